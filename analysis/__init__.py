@@ -1,0 +1,1 @@
+"""gentune analysis: load a finished (or running) experiment, draw plots, write the report."""

@@ -1,0 +1,1 @@
+"""gentune: the search driver, the single-trial trainer and the metrics."""

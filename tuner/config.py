@@ -1,0 +1,334 @@
+"""The one typed config that flows from the command line into every trial.
+
+`TrainConfig` holds every option of one training run. The docstring under each field is its
+documentation: `add_arguments` turns the fields into command-line flags with that text as help,
+and the README glossary is written from the same text.
+
+Values are validated once, at construction: a bad value raises `ConfigError` naming the field and
+what is allowed, before any data is loaded or any Ray worker starts. `from_dict` rejects unknown
+keys, so a search space that names a field the trainer does not have fails loudly instead of
+being silently ignored (the bug in Ray's own pbt_dcgan_mnist example).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+DATASETS = ("mnist", "fashion-mnist")
+FAMILIES = ("gan", "vae", "ae")
+ARCHS = ("conv", "mlp")
+D_NORMS = ("none", "batch", "spectral")
+OPTIMIZERS = ("adam", "rmsprop")
+BACKBONES = ("domain", "inception")
+DEVICES = ("auto", "cpu", "cuda")
+
+# VAE/AE optimiser defaults: Adam with Kingma & Ba's betas, the usual 1e-3 of VAE tutorials.
+AUTOENCODER_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999}
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of one training run (one trial)."""
+
+    # --- data -------------------------------------------------------------------------------
+    dataset: str = "fashion-mnist"
+    """Dataset: mnist | fashion-mnist (28x28 grayscale, 10 classes)."""
+    data_mirror: str | None = None
+    """Folder holding the original *-ubyte.gz files, for offline use (e.g. Debian's
+    /usr/share/datasets/fashion-mnist). Default: $GENTUNE_DATA_MIRROR, else torchvision's download."""
+    train_limit: int | None = None
+    """Use only the first N training images (smoke tests and tiny runs). Default: all."""
+
+    # --- model ------------------------------------------------------------------------------
+    family: str = "gan"
+    """Model family: gan | vae | ae (plain autoencoder)."""
+    arch: str = "conv"
+    """Architecture: conv (DCGAN-style / conv VAE) | mlp (tutorial MLP)."""
+    z_dim: int = 64
+    """Latent size: GAN noise dimension, or the VAE/AE code dimension."""
+    g_width: int = 64
+    """Generator / decoder width (channels of the widest conv layer, or MLP hidden units / 4)."""
+    d_width: int = 64
+    """Discriminator / encoder width (same unit as g_width)."""
+    d_norm: str = "none"
+    """Normalisation in the discriminator: none | batch | spectral. (GAN only.)"""
+
+    # --- GAN loss and optimiser (None = the loss's published default) -----------------------
+    loss: str | None = None
+    """GAN loss: bce | hinge | wgan | wgan-gp | lsgan. Default hinge. (GAN only.)"""
+    optimizer: str | None = None
+    """Optimiser for both networks: adam | rmsprop. Default: the loss's published choice."""
+    lr: float | None = None
+    """Learning rate of both networks (> 0). Default: the loss's published value."""
+    beta1: float | None = None
+    """Adam beta1, in [0, 1). Default: the loss's published value."""
+    beta2: float | None = None
+    """Adam beta2, in [0, 1). Default: the loss's published value."""
+    n_critic: int | None = None
+    """Critic (D) steps per generator step, each on a fresh real batch (>= 1). (GAN only.)"""
+    clip_value: float | None = None
+    """Critic weight clipping bound c, applied after each critic step (> 0). wgan only."""
+    gp_lambda: float | None = None
+    """Gradient-penalty weight lambda (> 0). wgan-gp only."""
+    batch_size: int = 64
+    """Images per batch (real batch for D, fake batch for G)."""
+
+    # --- VAE --------------------------------------------------------------------------------
+    kl_beta: float = 1.0
+    """KL weight beta of the (beta-)VAE objective (>= 0). VAE only."""
+    regularize: bool = False
+    """Add BatchNorm + dropout to the VAE/AE ("regularised VAE")."""
+    dropout: float = 0.2
+    """Dropout probability used when regularize is on, in [0, 1)."""
+
+    # --- budget -----------------------------------------------------------------------------
+    max_kimg: float = 10.0
+    """Training length in kimg (thousands of real images seen by D, or by the VAE)."""
+    eval_every_kimg: float = 2.0
+    """Evaluate (FID, samples, checkpoint) every this many kimg, and at the end."""
+
+    # --- metrics ----------------------------------------------------------------------------
+    fid_backbone: str = "domain"
+    """Feature network for FID: domain (small CNN trained on the dataset; fast) | inception
+    (Inception-v3 pool features, the literature's FID; slow on CPU). Numbers differ by backbone."""
+    fid_samples: int = 2000
+    """Generated samples per FID, compared with as many test images. FID is biased by 1/N:
+    compare only at equal fid_samples. The literature uses 10000."""
+
+    # --- runtime ----------------------------------------------------------------------------
+    seed: int = 0
+    """Random seed (weights, noise, batches). Runs are bit-for-bit reproducible on CPU."""
+    device: str = "auto"
+    """auto (cuda if available) | cpu | cuda."""
+    gpu_memory_fraction: float | None = None
+    """Cap this process's CUDA memory to this fraction of the GPU, in (0, 1] (fractional trials)."""
+    cache_dir: str | None = None
+    """Cache for datasets' real-image statistics and domain classifiers.
+    Default: $GENTUNE_CACHE, else ~/.cache/gentune."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # -- conversions -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        return build(cls, values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return build(type(self), {**self.to_dict(), **changes})
+
+    def resolved(self) -> "TrainConfig":
+        """The same config with every None default filled in from the loss / family defaults."""
+        changes: dict[str, Any] = {}
+        if self.family == "gan":
+            from models.losses import LOSSES
+
+            loss = LOSSES[self.loss or "hinge"]
+            defaults = {
+                "loss": loss.name,
+                "optimizer": loss.optimizer,
+                "lr": loss.lr,
+                "beta1": loss.betas[0],
+                "beta2": loss.betas[1],
+                "n_critic": loss.n_critic,
+                "clip_value": loss.clip_value,
+                "gp_lambda": loss.gp_lambda,
+            }
+        else:
+            defaults = dict(AUTOENCODER_DEFAULTS)
+        for key, value in defaults.items():
+            if getattr(self, key) is None and value is not None:
+                changes[key] = value
+        return self.replace(**changes) if changes else self
+
+
+# ------------------------------------------------------------------------------------------
+# validation
+
+
+def _require(ok: bool, field: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"invalid {field}={value!r}: allowed {allowed}")
+
+
+def _choice(cfg: Any, field: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, field)
+    _require(value in choices, field, "one of " + ", ".join(choices), value)
+
+
+def validate(cfg: TrainConfig) -> None:
+    from models.losses import LOSSES
+
+    _choice(cfg, "dataset", DATASETS)
+    _choice(cfg, "family", FAMILIES)
+    _choice(cfg, "arch", ARCHS)
+    _choice(cfg, "d_norm", D_NORMS)
+    _choice(cfg, "fid_backbone", BACKBONES)
+    _choice(cfg, "device", DEVICES)
+    if cfg.optimizer is not None:
+        _choice(cfg, "optimizer", OPTIMIZERS)
+    for name in ("z_dim", "g_width", "d_width", "batch_size", "fid_samples"):
+        _require(getattr(cfg, name) >= 1, name, "an integer >= 1", getattr(cfg, name))
+    if cfg.train_limit is not None:
+        _require(cfg.train_limit >= cfg.batch_size, "train_limit", f">= batch_size ({cfg.batch_size})", cfg.train_limit)
+    for name in ("max_kimg", "eval_every_kimg"):
+        value = getattr(cfg, name)
+        _require(math.isfinite(value) and value > 0, name, "a finite number > 0", value)
+    _require(cfg.eval_every_kimg <= cfg.max_kimg, "eval_every_kimg", f"<= max_kimg ({cfg.max_kimg})", cfg.eval_every_kimg)
+    if cfg.lr is not None:
+        _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a finite number > 0", cfg.lr)
+    for name in ("beta1", "beta2"):
+        value = getattr(cfg, name)
+        if value is not None:
+            _require(0 <= value < 1, name, "a number in [0, 1)", value)
+    _require(cfg.kl_beta >= 0 and math.isfinite(cfg.kl_beta), "kl_beta", "a finite number >= 0", cfg.kl_beta)
+    _require(0 <= cfg.dropout < 1, "dropout", "a number in [0, 1)", cfg.dropout)
+    if cfg.gpu_memory_fraction is not None:
+        _require(0 < cfg.gpu_memory_fraction <= 1, "gpu_memory_fraction", "a number in (0, 1]", cfg.gpu_memory_fraction)
+
+    if cfg.family == "gan":
+        if cfg.loss is not None:
+            _require(cfg.loss in LOSSES, "loss", "one of " + ", ".join(LOSSES), cfg.loss)
+        loss = cfg.loss or "hinge"
+        if cfg.n_critic is not None:
+            _require(cfg.n_critic >= 1, "n_critic", "an integer >= 1", cfg.n_critic)
+        if cfg.clip_value is not None:
+            _require(loss == "wgan", "clip_value", "only with loss=wgan (got loss=" + loss + ")", cfg.clip_value)
+            _require(cfg.clip_value > 0, "clip_value", "a number > 0", cfg.clip_value)
+        if cfg.gp_lambda is not None:
+            _require(loss == "wgan-gp", "gp_lambda", "only with loss=wgan-gp (got loss=" + loss + ")", cfg.gp_lambda)
+            _require(cfg.gp_lambda > 0, "gp_lambda", "a number > 0", cfg.gp_lambda)
+    else:
+        for name in ("loss", "n_critic", "clip_value", "gp_lambda"):
+            value = getattr(cfg, name)
+            _require(value is None, name, f"only with family=gan (family is {cfg.family})", value)
+        _require(cfg.d_norm == "none", "d_norm", f"only with family=gan (family is {cfg.family})", cfg.d_norm)
+
+
+# ------------------------------------------------------------------------------------------
+# typed construction from dicts (search spaces, YAML, checkpoints)
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(underlying type, optional?) for annotations like `int`, `float | None`."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"typing": typing})  # annotations are ours, not user input
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return annotation, False
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, tuple[type, bool]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: _base_type(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def coerce(cls: type, name: str, value: Any) -> Any:
+    """Check (and where lossless, convert) one value against the field's annotation."""
+    kind, optional = field_types(cls)[name]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"invalid {name}=None: allowed a {kind.__name__}")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        return coerce(cls, name, value.item())
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"invalid {name}={value!r}: allowed a {kind.__name__}")
+    return value
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """Construct `cls` from a dict, rejecting unknown keys and wrongly typed values."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: allowed keys are {', '.join(names)}")
+    return cls(**{k: coerce(cls, k, v) for k, v in values.items()})
+
+
+# ------------------------------------------------------------------------------------------
+# command line: flags generated from the dataclass fields and their docstrings
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each dataclass field (as tyro / cleanrl read them)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        tree = ast.parse(inspect.getsource(klass))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
+    """Add one flag per field of `cls`; unset flags stay out of the namespace (SUPPRESS)."""
+    group = parser.add_argument_group(title or cls.__name__)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        kind, optional = field_types(cls)[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"{docs.get(f.name, '')} [default: {default}]"
+        if kind is bool:
+            group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        elif kind is tuple:
+            group.add_argument(flag(f.name), dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
+                               metavar=kind.__name__.upper(), help=help_text)
+
+
+def from_namespace(cls: type, namespace: argparse.Namespace, **overrides: Any) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(namespace).items() if k in names}
+    values.update(overrides)
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    return build(cls, values)
+
+
+def load_config(path: str) -> TrainConfig:
+    """Read a config saved as JSON (e.g. OUT/config.json)."""
+    import json
+
+    with open(path) as fh:
+        return TrainConfig.from_dict(json.load(fh))

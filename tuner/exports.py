@@ -1,0 +1,183 @@
+"""Exports of an experiment: trials.csv / trials.parquet, history.parquet and best.json.
+
+They are rebuilt from Ray Tune's own records (ExperimentAnalysis reads each trial's result.json),
+so they can be written at the end, on resume, or for a study that is still running
+(`python -m tuner.exports EXPERIMENT_DIR`).
+
+trials: one row per trial: trial_id, status (completed / pruned / diverged / errored / running /
+pending), every TrainConfig field of the trial's full config, fid_final, fid_best, kimg (reached),
+wall_time_s, diverge_reason, the final value of every other metric, trial_dir and samples_dir
+(relative to the experiment folder).
+history: one row per evaluation of every trial (trial_id + every metric the trainer reported).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuner.config import TrainConfig
+
+RAY_COLUMNS = {
+    "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
+    "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "config",
+}
+STATUSES = ("completed", "pruned", "diverged", "errored", "running", "pending")
+
+
+def load_search_config(exp: Path) -> dict[str, Any]:
+    return json.loads((exp / "search_config.json").read_text())
+
+
+def trial_status(ray_status: str, last: dict[str, Any], max_kimg: float) -> str:
+    if ray_status == "ERROR":
+        return "errored"
+    if last.get("diverged"):
+        return "diverged"
+    if ray_status in ("RUNNING", "PAUSED"):
+        return "running"
+    if ray_status == "PENDING" or not last:
+        return "pending"
+    return "completed" if last.get("kimg", 0.0) >= max_kimg - 1e-9 else "pruned"
+
+
+def history_frame(trial_id: str, df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty or "kimg" not in df:
+        return pd.DataFrame()
+    keep = [c for c in df.columns if c not in RAY_COLUMNS and not c.startswith("config/")]
+    out = df[keep].copy()
+    out.insert(0, "trial_id", trial_id)
+    if "time_total_s" in df:
+        out["wall_time_s"] = df["time_total_s"].values
+    # After a resume, evaluations after the restored checkpoint are reported again: keep the last.
+    return out.drop_duplicates(subset=["kimg"], keep="last").sort_values("kimg").reset_index(drop=True)
+
+
+def build_frames(exp: str | Path) -> dict[str, Any]:
+    from ray import tune
+
+    exp = Path(exp)
+    saved = load_search_config(exp)
+    base, max_kimg = saved["base"], saved["base"]["max_kimg"]
+    from tuner.search import trial_config
+
+    analysis = tune.ExperimentAnalysis(str(exp))
+    rows, histories = [], []
+    for trial in analysis.trials:
+        hist = history_frame(trial.trial_id, analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame()))
+        last = dict(trial.last_result or {})
+        cfg = trial_config(base, trial.config)
+        finite = hist["fid"][hist["fid"].apply(lambda v: math.isfinite(v))] if not hist.empty else pd.Series(dtype=float)
+        trial_dir = Path(trial.path).name if trial.path else ""
+        row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial_status(trial.status, last, max_kimg)}
+        row.update(cfg.to_dict())
+        row.update({
+            "fid_final": float(finite.iloc[-1]) if len(finite) else math.nan,
+            "fid_best": float(finite.min()) if len(finite) else math.nan,
+            "kimg": float(last.get("kimg", 0.0)),
+            "wall_time_s": float(last.get("time_total_s", math.nan)),
+            "diverge_reason": last.get("diverge_reason", "") or "",
+            "error": (str(trial.error_file) if getattr(trial, "error_file", None) else ""),
+        })
+        if not hist.empty:
+            final = hist.iloc[-1]
+            for key in hist.columns:
+                if key in row or key in ("trial_id", "fid", "diverged", "diverge_reason"):
+                    continue
+                value = final[key]
+                if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not pd.api.types.is_scalar(value)):
+                    value = json.dumps(list(value))
+                row[key] = value
+        row["trial_dir"] = trial_dir
+        row["samples_dir"] = f"{trial_dir}/samples" if trial_dir else ""
+        rows.append(row)
+        if not hist.empty:
+            histories.append(hist)
+    trials = pd.DataFrame(rows)
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["trial_id", "kimg", "fid"])
+    best = best_record(trials, exp, analysis)
+    return {"trials": trials, "history": history, "best": best}
+
+
+def best_record(trials: pd.DataFrame, exp: Path, analysis) -> dict[str, Any] | None:
+    if trials.empty or trials["fid_best"].isna().all():
+        return None
+    row = trials.loc[trials["fid_best"].idxmin()]
+    trial = next(t for t in analysis.trials if t.trial_id == row["trial_id"])
+    checkpoint = None
+    try:
+        ckpt = analysis.get_best_checkpoint(trial, metric="fid", mode="min")
+        checkpoint = ckpt.path if ckpt is not None else None
+    except Exception:  # no checkpoint kept (e.g. a trial that diverged before its first evaluation)
+        checkpoint = None
+    config = {k: _plain(row[k]) for k in TrainConfig.__dataclass_fields__}
+    metrics = {k: _plain(row[k]) for k in ("fid_best", "fid_final", "kimg", "wall_time_s", "status")}
+    return {"trial_id": row["trial_id"], "config": config, "metrics": metrics, "checkpoint": checkpoint,
+            "samples_dir": str(exp / row["samples_dir"])}
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def write_exports(exp: str | Path) -> dict[str, Any]:
+    """Write trials.csv, trials.parquet, history.parquet and best.json atomically; return the frames."""
+    exp = Path(exp)
+    frames = build_frames(exp)
+    _atomic(exp / "trials.csv", lambda p: frames["trials"].to_csv(p, index=False))
+    _atomic(exp / "trials.parquet", lambda p: frames["trials"].to_parquet(p, index=False))
+    _atomic(exp / "history.parquet", lambda p: frames["history"].to_parquet(p, index=False))
+    _atomic(exp / "best.json", lambda p: Path(p).write_text(json.dumps(frames["best"], indent=2)))
+    return frames
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def summarize(frames: dict[str, Any], exp: str | Path) -> str:
+    trials, best = frames["trials"], frames["best"]
+    counts = trials["status"].value_counts().to_dict() if not trials.empty else {}
+    lines = ["", "== gentune study summary ==",
+             "trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s))]
+    if best is None:
+        lines.append("no trial reached an evaluation")
+    else:
+        cfg = best["config"]
+        searched = {k: cfg[k] for k in ("family", "arch", "loss", "z_dim", "lr", "beta1", "n_critic", "clip_value",
+                                         "gp_lambda", "batch_size", "g_width", "d_width", "kl_beta", "regularize")
+                    if cfg.get(k) is not None}
+        lines += [
+            f"best trial: {best['trial_id']}  fid[{cfg['fid_backbone']}, {cfg['fid_samples']} samples] "
+            f"{best['metrics']['fid_best']:.3f} at {best['metrics']['kimg']:.1f} kimg ({best['metrics']['status']})",
+            "best config: " + json.dumps(searched),
+            f"checkpoint: {best['checkpoint']}",
+            f"samples: {best['samples_dir']}",
+        ]
+    lines.append(f"results: {Path(exp) / 'trials.csv'}, history.parquet, best.json, optuna.journal")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tuner.exports EXPERIMENT_DIR", file=sys.stderr)
+        return 2
+    frames = write_exports(argv[0])
+    print(summarize(frames, argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Ray's OptunaSearch, made honest about early stopping and divergence.
+
+Ray's OptunaSearch tells Optuna COMPLETE for every trial that ends without error, so a trial that
+ASHA stopped at its first rung lands in the study with a low-budget FID as if it were final, and TPE
+learns from it (RAY-OPTUNA.md pitfall 1). This subclass tells Optuna:
+
+- PRUNED for a trial that ended before max_kimg (its intermediate FIDs stay as reported),
+- FAIL for a trial that diverged (with the reason as a user attribute),
+- FAIL for a trial that errored,
+- COMPLETE only for a trial that trained the whole budget.
+
+Intermediate values are keyed by images seen (kimg x 1000), the same clock ASHA uses.
+
+On restore after a killed driver, Optuna trials that were asked but never recorded in the
+searcher's snapshot stay RUNNING for ever (pitfall 3); `restore` marks them FAIL with the user
+attribute `stale=True`, so nothing is left RUNNING and the dashboard shows what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
+
+
+class HonestOptunaSearch(OptunaSearch):
+    def __init__(self, *args, max_kimg: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_kimg = max_kimg
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value = result.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        step = int(round(result["kimg"] * 1000))
+        self._ot_trials[trial_id].report(value, step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        trial = self._ot_trials[trial_id]
+        result = result or {}
+        value = result.get(self.metric)
+        if error:
+            state, values, status = TrialState.FAIL, None, "errored"
+        elif result.get("diverged"):
+            state, values, status = TrialState.FAIL, None, "diverged"
+            trial.set_user_attr("diverge_reason", result.get("diverge_reason", ""))
+        elif value is None or result.get("kimg", 0.0) < self._max_kimg - 1e-9:
+            state, values, status = TrialState.PRUNED, None, "pruned"
+        else:
+            state, values, status = TrialState.COMPLETE, value, "completed"
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        try:
+            self._ot_study.tell(trial, values, state=state)
+        except Exception as exc:  # e.g. already finished by a stale-trial cleanup
+            log.warning("optuna tell failed for %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        mark_stale_trials(self._ot_study, keep={t._trial_id for t in self._ot_trials.values()})
+
+
+def mark_stale_trials(study: optuna.Study, keep: set[int] = frozenset()) -> int:
+    """FAIL every RUNNING Optuna trial not in `keep`; returns how many were marked."""
+    marked = 0
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if frozen._trial_id in keep:
+            continue
+        study._storage.set_trial_user_attr(frozen._trial_id, "stale", True)
+        study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        marked += 1
+    return marked
+
+
+def make_storage(path: str) -> optuna.storages.BaseStorage:
+    """A journal file: optuna.load_study and optuna-dashboard can read it while the search runs."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(path))

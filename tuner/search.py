@@ -1,0 +1,365 @@
+"""Search: Ray Tune runs trials, Optuna's TPE proposes configs, ASHA stops weak ones on FID.
+
+    python tuner/search.py [flags]                               # local: one GPU if there is one, else CPU
+    ray submit cluster.yaml tuner/search.py -- --address auto [flags]   # on a Ray cluster
+
+Flags: every field of SearchConfig below, plus every field of tuner.config.TrainConfig, which
+sets the base config each trial starts from (the searched parameters override it).
+
+The path of one study:
+  flags -> SearchConfig + TrainConfig (validated before anything starts)
+  -> prepare the metrics once on the driver (domain classifier, real-image statistics)
+  -> Ray Tune: HonestOptunaSearch (TPE, define-by-run space) + ASHA on fid over kimg
+  -> each trial: run_trial -> tuner.trainable.train -> tune.report at each evaluation
+  -> exports (trials.csv/.parquet, history.parquet, best.json) and a summary.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script (ray submit): import the package, not tuner/*.py as top-level modules
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.config import ConfigError, TrainConfig, add_arguments, build, from_namespace
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Options of the study itself; each trial's options are TrainConfig's."""
+
+    num_samples: int = 8
+    """Number of trials to run (ignored with --grid, which runs exactly its cells)."""
+    losses: tuple[str, ...] = ()
+    """GAN losses to search over (e.g. --losses hinge wgan-gp). Default: every registered loss."""
+    grace_kimg: float = 2.0
+    """ASHA grace period: no trial is stopped before this many kimg."""
+    reduction_factor: int = 2
+    """ASHA reduction factor: keep the best 1/r of trials at each rung (>= 2)."""
+    space_file: str | None = None
+    """YAML file overriding search ranges, e.g. {lr: {low: 1e-5, high: 1e-3, log: true}, batch_size: [32, 64]}."""
+    ranges: tuple[str, ...] = ()
+    """Range overrides on the command line, e.g. --ranges lr=1e-5:1e-3 z_dim=16:128."""
+    warm_start: bool = False
+    """Evaluate the published reference configs first (DCGAN, WGAN, WGAN-GP) for the searched losses."""
+    grid: str | None = None
+    """Run a fixed grid instead of a search, with the full budget and no early stopping: lab1 | lab1-gan | lab1-vae."""
+    cpus_per_trial: float = 1.0
+    """CPUs reserved for each trial (also its torch thread count)."""
+    gpus_per_trial: float | None = None
+    """GPU share per trial, in [0, 1]: 0.25 runs four trials on one GPU, each capped to 25% of its memory.
+    Default: 1 if the cluster has a GPU, else 0."""
+    max_concurrent: int = 0
+    """Maximum trials running at once (0 = as many as the resources allow)."""
+    storage_path: str = "~/gentune_results"
+    """Where experiments are stored (a local folder, or s3://bucket/prefix on a cluster)."""
+    name: str = "study"
+    """Experiment name: results go to STORAGE_PATH/NAME."""
+    resume: bool = False
+    """Continue the interrupted experiment STORAGE_PATH/NAME (finished trials are not re-run)."""
+    address: str | None = None
+    """Ray cluster to join ('auto' on a cluster's head node). Default: start a local Ray."""
+    max_failures: int = 3
+    """Times a trial is retried from its last checkpoint after its worker dies."""
+
+    def __post_init__(self) -> None:
+        from models.losses import LOSSES
+        from tuner.space import GRIDS
+
+        def require(ok: bool, field: str, allowed: str, value: Any) -> None:
+            if not ok:
+                raise ConfigError(f"invalid {field}={value!r}: allowed {allowed}")
+
+        require(self.num_samples >= 1, "num_samples", "an integer >= 1", self.num_samples)
+        for loss in self.losses:
+            require(loss in LOSSES, "losses", "any of " + ", ".join(LOSSES), loss)
+        require(self.grace_kimg > 0, "grace_kimg", "a number > 0", self.grace_kimg)
+        require(self.reduction_factor >= 2, "reduction_factor", "an integer >= 2", self.reduction_factor)
+        require(self.grid is None or self.grid in GRIDS, "grid", "one of " + ", ".join(GRIDS), self.grid)
+        require(self.cpus_per_trial > 0, "cpus_per_trial", "a number > 0", self.cpus_per_trial)
+        if self.gpus_per_trial is not None:
+            require(0 <= self.gpus_per_trial <= 1, "gpus_per_trial", "a fraction in [0, 1]", self.gpus_per_trial)
+        require(self.max_concurrent >= 0, "max_concurrent", "an integer >= 0", self.max_concurrent)
+        require(self.max_failures >= 0, "max_failures", "an integer >= 0", self.max_failures)
+        require(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'", self.name)
+
+    @property
+    def experiment_dir(self) -> str:
+        if "://" in self.storage_path:
+            return self.storage_path.rstrip("/") + "/" + self.name
+        return str(Path(os.path.expanduser(self.storage_path)).resolve() / self.name)
+
+
+# ------------------------------------------------------------------------------------------
+# configuration
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tuner/search.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p, SearchConfig, "study (tuner.search.SearchConfig)")
+    add_arguments(p, TrainConfig, "base trial config (tuner.config.TrainConfig); searched fields are overridden")
+    return p
+
+
+# Smaller defaults than a single run, so that the no-flag study finishes in minutes on a CPU.
+SEARCH_TRAIN_DEFAULTS = {"max_kimg": 8.0, "eval_every_kimg": 2.0, "fid_samples": 1000}
+
+
+def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, Any]]:
+    """Flags -> (study config, base trial config, space overrides). Raises ConfigError."""
+    from tuner.space import build_ranges, load_space_file, parse_range  # noqa: F401
+
+    args = parser().parse_args(argv)
+    search = from_namespace(SearchConfig, args)
+    given = {f.name for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
+    defaults = {k: v for k, v in SEARCH_TRAIN_DEFAULTS.items() if k not in given}
+    base = from_namespace(TrainConfig, args, **defaults)
+    if search.grace_kimg > base.max_kimg:
+        raise ConfigError(f"invalid grace_kimg={search.grace_kimg}: allowed <= max_kimg ({base.max_kimg})")
+    overrides: dict[str, Any] = {}
+    if search.space_file:
+        overrides.update(load_space_file(search.space_file))
+    for item in search.ranges:
+        if "=" not in item:
+            raise ConfigError(f"invalid ranges item {item!r}: allowed NAME=LOW:HIGH or NAME=a,b,c")
+        key, value = item.split("=", 1)
+        overrides[key] = value.split(",") if "," in value else value
+    if search.grid is None:
+        build_ranges(base.family, overrides)  # validate now, before Ray starts
+    return search, base, overrides
+
+
+def searched_losses(search: SearchConfig, base: TrainConfig) -> tuple[str, ...]:
+    from models.losses import LOSSES
+
+    if search.losses:
+        return search.losses
+    return (base.loss,) if base.loss else tuple(LOSSES)
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
+    """The full config of one trial: base fields overridden by the searched (or grid) parameters."""
+    params = params.get("cell", params)
+    merged = {**base, **params}
+    if merged.get("family") == "gan" and params.get("loss") not in (None, base.get("loss")):
+        # a searched loss brings its own defaults, not those of the base loss
+        for key in ("optimizer", "lr", "beta1", "beta2", "n_critic", "clip_value", "gp_lambda"):
+            if key not in params:
+                merged[key] = None
+    return TrainConfig.from_dict(merged).resolved()
+
+
+# ------------------------------------------------------------------------------------------
+# the trial (runs in a Ray worker)
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, bytes], cpus: float = 1.0) -> None:
+    import torch
+    from ray import tune
+
+    from tuner.metrics_cache import install_assets
+    from tuner.trainable import train
+
+    install_assets(assets, base.get("cache_dir"))
+    cfg = trial_config(base, config)
+    torch.set_num_threads(max(1, int(cpus)))
+    out_dir = Path.cwd()  # the trial's working dir; Ray syncs it (samples/, metrics.jsonl) to storage
+
+    def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        metrics = {k: v for k, v in record.items()}
+        metrics.setdefault("diverged", False)
+        if checkpoint_dir is None:
+            tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_from = out_dir / "resume"
+        shutil.rmtree(resume_from, ignore_errors=True)
+        checkpoint.to_directory(str(resume_from))
+    train(cfg, out_dir, report=report, resume_from=resume_from)
+
+
+# ------------------------------------------------------------------------------------------
+# the study (runs on the driver)
+
+
+def make_trainable(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes]):
+    from ray import tune
+
+    trainable = tune.with_parameters(run_trial, base=base.to_dict(), assets=assets, cpus=search.cpus_per_trial)
+    return tune.with_resources(trainable, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial or 0})
+
+
+def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], trainable):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tuner.optuna_bridge import HonestOptunaSearch, make_storage
+    from tuner.space import GRIDS, build_ranges, define_by_run, warm_start_points
+
+    run_config = tune.RunConfig(
+        name=search.name,
+        storage_path=search.storage_path if "://" in search.storage_path else os.path.dirname(search.experiment_dir),
+        failure_config=tune.FailureConfig(max_failures=search.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="fid", checkpoint_score_order="min"),
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        verbose=1,
+    )
+    if search.grid:
+        tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, max_concurrent_trials=search.max_concurrent or None)
+        space = {"cell": tune.grid_search(GRIDS[search.grid])}
+        return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+
+    losses = searched_losses(search, base)
+    ranges = build_ranges(base.family, overrides)
+    searcher = HonestOptunaSearch(
+        space=define_by_run(base.family, losses, ranges),
+        metric="fid",
+        mode="min",
+        points_to_evaluate=warm_start_points(losses) if search.warm_start and base.family == "gan" else None,
+        sampler=optuna.samplers.TPESampler(seed=base.seed, constant_liar=True),
+        study_name=search.name,
+        storage=make_storage(study_path(search)),
+        max_kimg=base.max_kimg,
+    )
+    scheduler = ASHAScheduler(
+        time_attr="kimg",
+        max_t=base.max_kimg,
+        grace_period=search.grace_kimg,
+        reduction_factor=search.reduction_factor,
+    )
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        metric="fid",
+        mode="min",
+        num_samples=search.num_samples,
+        max_concurrent_trials=search.max_concurrent or None,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def study_path(search: SearchConfig) -> str:
+    """The Optuna journal: inside the experiment folder when that is local, else beside the driver."""
+    if "://" in search.storage_path:
+        local = Path.home() / "gentune_studies" / search.name
+    else:
+        local = Path(search.experiment_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    return str(local / "optuna.journal")
+
+
+def init_ray(search: SearchConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs only (RAY-OPTUNA.md pitfall 8)
+    if search.address:
+        ray.init(address=search.address, log_to_driver=True)
+    else:
+        # address="local": a stale /tmp/ray/ray_current_cluster must not redirect us (pitfall 8);
+        # the dashboard, if installed, listens on loopback only.
+        ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
+
+
+def resolve_gpus(search: SearchConfig, base: TrainConfig) -> tuple[SearchConfig, TrainConfig]:
+    import ray
+
+    gpus = search.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 and base.device != "cpu" else 0.0
+    search = dataclasses.replace(search, gpus_per_trial=gpus)
+    if gpus > 0:
+        fraction = gpus if gpus < 1 else None
+        base = base.replace(device="cuda", gpu_memory_fraction=base.gpu_memory_fraction or fraction)
+    else:
+        base = base.replace(device="cpu")
+    return search, base
+
+
+def is_experiment(path: str) -> bool:
+    from ray import tune
+
+    try:
+        return tune.Tuner.can_restore(path)
+    except Exception:
+        return False
+
+
+def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> int:
+    from ray import tune
+
+    from tuner.exports import summarize, write_exports
+    from tuner.metrics_cache import prepare_assets
+
+    exp = search.experiment_dir
+    if search.resume and not is_experiment(exp):
+        raise ConfigError(f"invalid resume: {exp} is not a gentune/Ray Tune experiment (no experiment_state file)")
+    if not search.resume and is_experiment(exp):
+        raise ConfigError(f"invalid name={search.name!r}: {exp} already holds an experiment; use --resume or another --name")
+    if search.resume:
+        saved = json.loads(Path(exp, "search_config.json").read_text()) if Path(exp, "search_config.json").is_file() else None
+        if saved is not None:
+            base = TrainConfig.from_dict(saved["base"])
+    # Everything that can fail on bad input or missing data fails here, before Ray starts.
+    assets = prepare_assets(base)
+
+    init_ray(search)
+    search, base = resolve_gpus(search, base)
+    trainable = make_trainable(search, base, assets)
+    if search.resume:
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
+    else:
+        tuner = build_tuner(search, base, overrides, trainable)
+        Path(exp).mkdir(parents=True, exist_ok=True)
+        Path(exp, "search_config.json").write_text(
+            json.dumps({"search": dataclasses.asdict(search), "base": base.to_dict(), "space_overrides": overrides}, indent=2, default=list)
+        )
+    tuner.fit()
+    if search.grid is None and Path(study_path(search)).is_file():
+        import optuna
+
+        from tuner.optuna_bridge import make_storage, mark_stale_trials
+
+        study = optuna.load_study(study_name=search.name, storage=make_storage(study_path(search)))
+        mark_stale_trials(study)  # everything has ended: nothing may stay RUNNING
+    frames = write_exports(exp)
+    print(summarize(frames, exp))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        search, base, overrides = parse(argv)
+        return run(search, base, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from tuner.data import DataError
+
+        if isinstance(err, DataError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
