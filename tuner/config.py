@@ -232,7 +232,9 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
-        return rest[0], True
+        return _base_type(rest[0])[0], True
+    if typing.get_origin(annotation) is tuple:
+        return tuple, False
     return annotation, False
 
 
@@ -253,6 +255,8 @@ def coerce(cls: type, name: str, value: Any) -> Any:
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if kind is tuple and isinstance(value, list):
+        value = tuple(value)
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
         return coerce(cls, name, value.item())
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -294,6 +298,13 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -332,3 +343,21 @@ def load_config(path: str) -> TrainConfig:
 
     with open(path) as fh:
         return TrainConfig.from_dict(json.load(fh))
+
+
+def glossary(cls: type) -> str:
+    """A markdown table of the fields of `cls` (the README glossary is generated from this)."""
+    rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else ""
+        text = field_docs(cls)[f.name].replace("|", "\\|")
+        rows.append(f"| `{flag(f.name)}` | `{default}` | {text} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m tuner.config: print the glossary tables
+    from tuner.search import SearchConfig
+
+    print(glossary(TrainConfig))
+    print()
+    print(glossary(SearchConfig))

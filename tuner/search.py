@@ -32,7 +32,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.config import ConfigError, TrainConfig, add_arguments, build, from_namespace
+from tuner.config import ArgumentParser, ConfigError, TrainConfig, add_arguments, build, from_namespace
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class SearchConfig:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tuner/search.py", description=__doc__,
+    p = ArgumentParser(prog="tuner/search.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p, SearchConfig, "study (tuner.search.SearchConfig)")
     add_arguments(p, TrainConfig, "base trial config (tuner.config.TrainConfig); searched fields are overridden")

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tuner.config import ConfigError, TrainConfig, add_arguments, from_namespace
+from tuner.config import ArgumentParser, ConfigError, TrainConfig, add_arguments, from_namespace
 
 
 def format_record(record: dict) -> str:
@@ -26,7 +26,7 @@ def format_record(record: dict) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuner.train", description=__doc__,
+    p = ArgumentParser(prog="python -m tuner.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder of this run")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint/checkpoint.pt")

@@ -321,7 +321,7 @@ def save_latent_scatter(model, images, labels, device, path: Path) -> None:
 
 
 def kimg_tag(kimg: float) -> str:
-    return f"{kimg:04.0f}" if float(kimg).is_integer() else f"{kimg:07.2f}"
+    return f"{kimg:04.0f}" if float(kimg).is_integer() else f"{kimg:08.3f}"
 
 
 def check_divergence(sums: dict[str, torch.Tensor]) -> str | None:

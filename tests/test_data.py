@@ -1,0 +1,66 @@
+"""Datasets through torchvision's own parsers: generated IDX MNIST, the offline Fashion mirror."""
+
+import gzip
+import shutil
+
+import pytest
+import torch
+
+from tuner import data
+
+
+def test_mnist_idx_files_parse_through_torchvision(idx_mnist):
+    images, labels = data.load_split("mnist", "train")
+    assert images.dtype == torch.uint8 and images.shape[1:] == (28, 28)
+    assert labels.dtype == torch.int64 and len(labels) == len(images)
+    test_images, _ = data.load_split("mnist", "test")
+    assert len(test_images) < len(images)
+    # loaded once per process: the same tensor object comes back
+    assert data.load_split("mnist", "train")[0] is images
+
+
+def test_sample_batch_is_deterministic_and_scaled(idx_mnist):
+    images = data.training_images("mnist", torch.device("cpu"))
+    a = data.sample_batch(images, 16, torch.Generator().manual_seed(3), "tanh")
+    b = data.sample_batch(images, 16, torch.Generator().manual_seed(3), "tanh")
+    assert torch.equal(a, b) and a.shape == (16, 1, 28, 28)
+    assert a.min() >= -1 and a.max() <= 1
+    u = data.sample_batch(images, 16, torch.Generator().manual_seed(3), "unit")
+    assert torch.allclose(u * 2 - 1, a)
+
+
+def test_missing_data_error_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path / "empty"))
+    monkeypatch.delenv("GENTUNE_DATA_MIRROR", raising=False)
+    data.load_split.cache_clear()
+    with pytest.raises(data.DataError) as err:
+        data.install_mirror("fashion-mnist", tmp_path / "nowhere")
+    message = str(err.value)
+    assert "data_mirror" in message and "dataset-fashion-mnist" in message and "GENTUNE_DATA_MIRROR" in message
+
+
+def test_mirror_missing_file_and_bad_checksum(fashion_mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path / "root"))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in fashion_mirror.glob("t10k-*"):
+        shutil.copy(f, partial / f.name)
+    with pytest.raises(data.DataError, match="lacks train-images-idx3-ubyte.gz"):
+        data.install_mirror("fashion-mnist", partial)
+    for f in fashion_mirror.glob("train-*"):
+        shutil.copy(f, partial / f.name)
+    labels = partial / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(gzip.decompress(labels.read_bytes()))
+    content[100] = (content[100] + 1) % 10  # one flipped label: still valid IDX, wrong content
+    labels.write_bytes(gzip.compress(bytes(content)))
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.gz has a bad checksum"):
+        data.install_mirror("fashion-mnist", partial)
+
+
+def test_fashion_mirror_lays_out_files_for_torchvision(fashion_mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path / "root"))
+    data.load_split.cache_clear()
+    images, labels = data.load_split("fashion-mnist", "test", str(fashion_mirror))
+    assert images.shape == (10000, 28, 28) and labels.bincount().tolist() == [1000] * 10
+    assert (tmp_path / "root" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    data.load_split.cache_clear()

@@ -1,0 +1,102 @@
+"""The search driver on a real Ray runtime and a real Optuna journal, with tiny models and data."""
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+
+from tuner import search
+from tuner.optuna_bridge import make_storage
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
+        "--fid-samples", "64", "--cpus-per-trial", "1", "--max-concurrent", "2"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run_search(tmp_path, name, *flags):
+    rc = search.main(["--storage-path", str(tmp_path), "--name", name, *TINY, *flags])
+    assert rc == 0
+    return tmp_path / name
+
+
+def load_study(exp, name):
+    return optuna.load_study(study_name=name, storage=make_storage(str(exp / "optuna.journal")))
+
+
+def test_asha_stops_trials_and_optuna_records_them_as_pruned(idx_mnist, tmp_path, ray_local):
+    exp = run_search(tmp_path, "asha", "--family", "gan", "--losses", "hinge", "wgan", "wgan-gp",
+                     "--num-samples", "6", "--max-kimg", "1", "--eval-every-kimg", "0.25",
+                     "--grace-kimg", "0.25", "--reduction-factor", "3")
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 6
+    assert set(trials["status"]) <= {"completed", "pruned", "diverged"}
+    pruned = trials[trials["status"] == "pruned"]
+    assert len(pruned) >= 1 and (pruned["kimg"] < 1.0).all()
+    completed = trials[trials["status"] == "completed"]
+    assert len(completed) >= 1 and (completed["kimg"] >= 1.0).all()
+
+    study = load_study(exp, "asha")
+    states = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert len(study.trials) == 6
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    for row in trials.itertuples():
+        ot = states[row.trial_id]
+        expected = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL"}[row.status]
+        assert ot.state.name == expected
+        if row.status == "pruned":
+            assert ot.value is None and ot.intermediate_values  # TPE sees the early FID only as intermediate
+        if row.status == "completed":
+            assert ot.value == pytest.approx(row.fid_final)
+
+    # conditional parameters appear only where they apply
+    for t in study.trials:
+        assert ("clip_value" in t.params) == (t.params["loss"] == "wgan")
+        assert ("gp_lambda" in t.params) == (t.params["loss"] == "wgan-gp")
+    assert trials.loc[trials["loss"] != "wgan", "clip_value"].isna().all()
+    assert trials.loc[trials["loss"] != "wgan-gp", "gp_lambda"].isna().all()
+
+    # exports: documented columns, one history row per evaluation, best.json pointing at a checkpoint
+    for column in ["trial_id", "status", "loss", "z_dim", "lr", "fid_final", "fid_best", "kimg", "wall_time_s",
+                   "trial_dir", "samples_dir", "classes_covered"]:
+        assert column in trials.columns
+    assert (exp / "trials.csv").is_file()
+    history = pd.read_parquet(exp / "history.parquet")
+    assert set(history["trial_id"]) == set(trials["trial_id"])
+    for row in trials.itertuples():
+        evals = history[history["trial_id"] == row.trial_id]
+        assert evals["fid"].min() == pytest.approx(row.fid_best)
+        assert (exp / row.samples_dir).is_dir() and list((exp / row.samples_dir).glob("kimg_*.png"))
+    best = json.loads((exp / "best.json").read_text())
+    assert best["metrics"]["fid_best"] == pytest.approx(trials["fid_best"].min())
+    assert best["checkpoint"] and (exp / best["checkpoint"]).exists() or __import__("os").path.exists(best["checkpoint"])
+
+
+def test_warm_start_trials_have_the_published_configs(idx_mnist, tmp_path, ray_local):
+    exp = run_search(tmp_path, "warm", "--family", "gan", "--losses", "bce", "wgan", "wgan-gp", "--warm-start",
+                     "--num-samples", "3", "--max-kimg", "0.25", "--eval-every-kimg", "0.25", "--grace-kimg", "0.25")
+    trials = pd.read_parquet(exp / "trials.parquet").set_index("loss")
+    bce, wgan, gp = trials.loc["bce"], trials.loc["wgan"], trials.loc["wgan-gp"]
+    assert (bce.optimizer, bce.lr, bce.beta1, bce.beta2, bce.n_critic) == ("adam", 2e-4, 0.5, 0.999, 1)
+    assert (wgan.optimizer, wgan.lr, wgan.clip_value, wgan.n_critic) == ("rmsprop", 5e-5, 0.01, 5)
+    assert (gp.optimizer, gp.lr, gp.beta1, gp.beta2, gp.gp_lambda, gp.n_critic) == ("adam", 1e-4, 0.5, 0.9, 10.0, 5)
+    assert set(trials["z_dim"]) == {100}
+
+
+def test_grid_mode_runs_exactly_the_grid(idx_mnist, tmp_path, ray_local):
+    exp = run_search(tmp_path, "grid", "--grid", "lab1-gan", "--max-kimg", "0.25", "--eval-every-kimg", "0.25",
+                     "--grace-kimg", "0.25")
+    trials = pd.read_parquet(exp / "trials.parquet")
+    cells = sorted(zip(trials["loss"], trials["z_dim"]))
+    assert cells == sorted((loss, z) for loss in ("hinge", "bce") for z in (32, 64, 128))
+    assert (trials["status"] == "completed").all()  # a fixed budget: nothing is stopped early
+    assert not (exp / "optuna.journal").exists()
