@@ -1,0 +1,318 @@
+"""cluster.yaml (AWS) and cluster-local.yaml (own machines), checked offline.
+
+First Ray's own checks, the path `ray up` takes before any cloud call (RAY-OPTUNA.md, "Offline
+cluster.yaml validation"): `prepare_config` merges the provider's defaults.yaml and `validate_config`
+applies ray-schema.json (unknown keys, types) and the min/max worker rule. Neither needs boto3, AWS
+credentials or the network; the autouse fixture below makes any connection attempt fail the test.
+
+Then the project's own rules, which Ray does not check: the security group opens only SSH to the
+outside, no credentials in the files, the project is copied to and installed on every node, the
+dashboard stays on loopback, every node starts Ray with the same RAY_AUTH_MODE, and the commands in
+docs/cluster.md use flags that tuner/search.py has.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import itertools
+import re
+import shlex
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = Path(__file__).resolve().parent.parent
+AWS = ROOT / "cluster.yaml"
+LOCAL = ROOT / "cluster-local.yaml"
+DOCS = ROOT / "docs" / "cluster.md"
+CONFIGS = [pytest.param(AWS, id="aws"), pytest.param(LOCAL, id="local")]
+PROJECT_MOUNT = "~/gentune"
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network access attempted during an offline test: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def raw(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def validated(config: dict[str, Any]) -> dict[str, Any]:
+    """What `ray up` does before its first cloud call; raises on an invalid config."""
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+# ------------------------------------------------------------------------------------------
+# Ray's own validation
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_ray_accepts_the_config(path: Path) -> None:
+    cfg = validated(raw(path))
+    assert cfg["head_node_type"] in cfg["available_node_types"]
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_typo_in_top_level_key_is_rejected(path: Path) -> None:
+    bad = raw(path)
+    bad["max_wrokers"] = 4
+    with pytest.raises(Exception) as err:
+        validated(bad)
+    assert "max_wrokers" in str(err.value)
+
+
+def test_typo_in_node_type_key_is_rejected() -> None:
+    bad = raw(AWS)
+    bad["available_node_types"]["gpu_worker"]["min_wrokers"] = 1
+    with pytest.raises(Exception) as err:
+        validated(bad)
+    assert "min_wrokers" in str(err.value)
+
+
+def test_aws_min_workers_above_max_workers_is_rejected() -> None:
+    bad = raw(AWS)
+    bad["available_node_types"]["gpu_worker"]["min_workers"] = bad["max_workers"] + 1
+    with pytest.raises(ValueError, match="min_workers"):
+        validated(bad)
+
+
+def test_local_min_workers_above_max_workers_is_rejected() -> None:
+    bad = raw(LOCAL)
+    assert len(bad["provider"]["worker_ips"]) >= 2
+    bad["min_workers"], bad["max_workers"] = 2, 1
+    with pytest.raises(ValueError, match="min_workers"):
+        validated(bad)
+
+
+def test_local_config_without_head_ip_is_rejected() -> None:
+    bad = raw(LOCAL)
+    del bad["provider"]["head_ip"]
+    with pytest.raises(Exception, match="head_ip"):
+        validated(bad)
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_each_node_type_min_workers_at_most_its_max(path: Path) -> None:
+    # Ray only compares the sum of min_workers with the global max_workers; check each type too.
+    for name, node_type in validated(raw(path))["available_node_types"].items():
+        assert 0 <= node_type["min_workers"] <= node_type["max_workers"], name
+
+
+# ------------------------------------------------------------------------------------------
+# AWS layout: CPU head, autoscaled spot GPU workers, S3 through instance profiles
+
+
+def test_aws_layout() -> None:
+    cfg = validated(raw(AWS))
+    assert cfg["provider"]["type"] == "aws"
+    assert cfg["provider"]["region"] == "us-west-2"
+    head = cfg["available_node_types"][cfg["head_node_type"]]
+    assert head["resources"].get("GPU") == 0, "no GPU trial may land on the head"
+    assert head["resources"].get("CPU", 0) >= 1, "the driver runs on the head"
+    assert "InstanceMarketOptions" not in head["node_config"], "the head is on-demand"
+    workers = {k: v for k, v in cfg["available_node_types"].items() if k != cfg["head_node_type"]}
+    assert workers
+    for name, node in workers.items():
+        assert node["resources"].get("GPU", 0) >= 1, name
+        assert node["min_workers"] == 0, f"{name} must autoscale from zero"
+        assert node["max_workers"] >= 1, name
+        assert node["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot", name
+        # workers write checkpoints to S3 themselves: they need an instance profile
+        assert node["node_config"].get("IamInstanceProfile"), name
+    for name, node in cfg["available_node_types"].items():
+        # without ImageId Ray falls back to its built-in Ubuntu 18.04 DLAMI
+        assert str(node["node_config"].get("ImageId", "")).startswith("ami-"), name
+
+
+# ------------------------------------------------------------------------------------------
+# Security group: only SSH from outside
+
+
+def ray_default_inbound_rules(cluster_sg: str, extended_rules: list[dict]) -> list[dict]:
+    """The inbound rules `ray up` authorizes on the security group it creates.
+
+    Ray's AWS module imports boto3 at import time, which this offline test does not need: the
+    pure functions that build the rules are read from its source and run on their own, so the
+    check follows the installed Ray rather than a copy of its defaults.
+    """
+    path = Path(ray.autoscaler.__file__).parent / "_private" / "aws" / "config.py"
+    tree = ast.parse(path.read_text())
+    wanted = {"_create_default_inbound_rules", "_create_default_intracluster_inbound_rules",
+              "_create_default_ssh_inbound_rules"}
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
+    assert {f.name for f in functions} == wanted, f"Ray's security group code moved: {path}"
+    namespace: dict[str, Any] = {"itertools": itertools}
+    exec(compile(ast.Module(body=functions, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["_create_default_inbound_rules"]({cluster_sg}, extended_rules)
+
+
+def outside_sources(rule: dict) -> list[str]:
+    """Sources of a rule that are not the cluster's own security group."""
+    sources = [r.get("CidrIp") for r in rule.get("IpRanges", [])]
+    sources += [r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])]
+    sources += [r.get("PrefixListId") for r in rule.get("PrefixListIds", [])]
+    return [s for s in sources if s]
+
+
+def test_security_group_opens_only_ssh_to_the_outside() -> None:
+    cfg = validated(raw(AWS))
+    for name, node in cfg["available_node_types"].items():
+        assert "SecurityGroupIds" not in node["node_config"], (
+            f"{name}: a user-provided security group is not checked by this test")
+    extended = cfg["provider"].get("security_group", {}).get("IpPermissions", [])
+    rules = ray_default_inbound_rules("sg-cluster", extended)
+    assert rules, "Ray's default rules could not be built"
+    for rule in rules:
+        if outside_sources(rule):
+            assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 22, 22), rule
+        else:
+            groups = {pair["GroupId"] for pair in rule.get("UserIdGroupPairs", [])}
+            assert groups == {"sg-cluster"}, f"rule with neither an outside source nor the cluster: {rule}"
+    text = AWS.read_text()
+    for port in re.findall(r"(?:FromPort|ToPort)\s*:\s*(\d+)", text):
+        assert port == "22", f"port {port} opened in cluster.yaml"
+
+
+def test_security_rule_check_catches_an_open_dashboard() -> None:
+    # bad input: a config that opens the dashboard port to the world must fail the rule above
+    opened = [{"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    rules = ray_default_inbound_rules("sg-cluster", opened)
+    offending = [r for r in rules if outside_sources(r) and (r["FromPort"], r["ToPort"]) != (22, 22)]
+    assert offending == opened
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_dashboard_listens_on_loopback_only(path: Path) -> None:
+    cfg = validated(raw(path))
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert not re.search(r"(?<![\d.])0\.0\.0\.0(?![\d.])", path.read_text()), "no 0.0.0.0 anywhere"
+
+
+# ------------------------------------------------------------------------------------------
+# No credentials
+
+
+CREDENTIAL_PATTERNS = [
+    r"AKIA[0-9A-Z]{16}",  # AWS access key id
+    r"ASIA[0-9A-Z]{16}",  # AWS temporary access key id
+    r"aws_access_key_id",
+    r"aws_secret",
+    r"aws_session_token",
+    r"secret_access_key",
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    r"RAY_AUTH_TOKEN\s*=",
+    r"(password|passwd)\s*[:=]",
+]
+
+
+def credentials_in(text: str) -> list[str]:
+    return [m.group(0) for p in CREDENTIAL_PATTERNS for m in re.finditer(p, text, flags=re.IGNORECASE)]
+
+
+@pytest.mark.parametrize("path", [AWS, LOCAL, DOCS], ids=["aws", "local", "docs"])
+def test_no_credentials_in_file(path: Path) -> None:
+    assert credentials_in(path.read_text()) == []
+
+
+def test_credential_check_catches_planted_keys() -> None:
+    planted = "\n".join([
+        "aws_access_key_id: " + "AKIA" + "ABCDEFGHIJKLMNOP",
+        "Aws_Secret_Access_Key = x",
+        "-----BEGIN OPENSSH " + "PRIVATE KEY-----",
+    ])
+    assert len(credentials_in(planted)) >= 4
+
+
+# ------------------------------------------------------------------------------------------
+# The project reaches every node (RAY-OPTUNA.md pitfall 7)
+
+
+def effective_setup(cfg: dict[str, Any]) -> dict[str, list[str]]:
+    """Setup commands per node type after prepare_config's merge (a node type's own
+    worker_setup_commands replace the global ones)."""
+    out = {}
+    for name, node in cfg["available_node_types"].items():
+        if name == cfg["head_node_type"]:
+            out[name] = cfg["head_setup_commands"]
+        else:
+            out[name] = node.get("worker_setup_commands", cfg["worker_setup_commands"])
+    return out
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_project_is_mounted_and_installed_on_every_node(path: Path) -> None:
+    cfg = validated(raw(path))
+    local = cfg["file_mounts"].get(PROJECT_MOUNT)
+    assert local is not None, f"file_mounts must copy the project to {PROJECT_MOUNT}"
+    # `ray up` resolves "." against its working directory: the docs say to run it from the repo root
+    assert (ROOT / local / "pyproject.toml").is_file()
+    for name, commands in effective_setup(cfg).items():
+        words = [shlex.split(c) for c in commands]
+        installs = [i for i, w in enumerate(words) if w[:3] == ["pip", "install", "-e"] and w[3:] == [PROJECT_MOUNT]]
+        assert installs, f"{name}: no `pip install -e {PROJECT_MOUNT}`"
+        ray_installs = [i for i, w in enumerate(words) if w[:2] == ["pip", "install"] and any(a.startswith("ray[") for a in w)]
+        assert ray_installs and ray_installs[0] < installs[0], f"{name}: install ray before the project"
+    assert any(".git" in pattern for pattern in cfg["rsync_exclude"]), "don't copy .git to every node"
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_command_is_valid_bash(path: Path) -> None:
+    cfg = validated(raw(path))
+    keys = ["initialization_commands", "head_setup_commands", "worker_setup_commands",
+            "head_start_ray_commands", "worker_start_ray_commands"]
+    for command in itertools.chain.from_iterable(cfg.get(k, []) for k in keys):
+        result = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
+        assert result.returncode == 0, f"{command!r}: {result.stderr}"
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_node_starts_ray_with_auth_disabled(path: Path) -> None:
+    # pitfall 8: a node holding a token file would otherwise start with token auth and the others
+    # could not join; tuner/search.py's driver defaults to RAY_AUTH_MODE=disabled as well
+    cfg = validated(raw(path))
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in cfg[key] if "ray start" in c]
+        assert start, key
+        assert all("RAY_AUTH_MODE=disabled" in c for c in start), key
+
+
+# ------------------------------------------------------------------------------------------
+# docs/cluster.md stays true to the configs and to tuner/search.py
+
+
+def test_docs_use_flags_that_search_py_has() -> None:
+    from tuner.search import parser
+
+    known = set(parser()._option_string_actions)
+    text = DOCS.read_text().replace("\\\n", " ")
+    lines = [line for line in text.splitlines() if "tuner/search.py" in line and " -- " in line]
+    assert lines, "docs/cluster.md shows no search command"
+    for line in lines:
+        args = line.split(" -- ", 1)[1]
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", args):
+            assert flag in known, f"docs/cluster.md uses {flag}, which tuner/search.py does not have"
+
+
+def test_docs_name_the_config_files_and_placeholders() -> None:
+    text = DOCS.read_text()
+    for needle in ("ray up cluster.yaml", "ray down cluster.yaml", "ray dashboard cluster.yaml",
+                   "cluster-local.yaml", "s3://YOUR-BUCKET/gentune", "--resume", "ImageId",
+                   raw(AWS)["available_node_types"]["gpu_worker"]["node_config"]["IamInstanceProfile"]["Name"]):
+        assert needle in text, needle
