@@ -13,7 +13,8 @@ from tuner.optuna_bridge import make_storage
 pytestmark = pytest.mark.slow
 
 TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-        "--fid-samples", "64", "--cpus-per-trial", "1", "--max-concurrent", "2"]
+        "--fid-samples", "64", "--cpus-per-trial", "1", "--max-concurrent", "2",
+        "--ranges", "g_width=8,16", "d_width=8,16", "batch_size=16,32"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,10 @@ def test_asha_stops_trials_and_optuna_records_them_as_pruned(idx_mnist, tmp_path
         expected = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL"}[row.status]
         assert ot.state.name == expected
         if row.status == "pruned":
-            assert ot.value is None and ot.intermediate_values  # TPE sees the early FID only as intermediate
+            # the FID at which ASHA stopped it is its last intermediate value (at images seen)
+            last_step = max(ot.intermediate_values)
+            assert last_step == round(row.kimg * 1000)
+            assert ot.intermediate_values[last_step] == pytest.approx(row.fid_final)
         if row.status == "completed":
             assert ot.value == pytest.approx(row.fid_final)
 
@@ -89,7 +93,7 @@ def test_warm_start_trials_have_the_published_configs(idx_mnist, tmp_path, ray_l
     assert (bce.optimizer, bce.lr, bce.beta1, bce.beta2, bce.n_critic) == ("adam", 2e-4, 0.5, 0.999, 1)
     assert (wgan.optimizer, wgan.lr, wgan.clip_value, wgan.n_critic) == ("rmsprop", 5e-5, 0.01, 5)
     assert (gp.optimizer, gp.lr, gp.beta1, gp.beta2, gp.gp_lambda, gp.n_critic) == ("adam", 1e-4, 0.5, 0.9, 10.0, 5)
-    assert set(trials["z_dim"]) == {100}
+    assert len(trials) == 3  # the three reference points, then nothing else (num_samples 3)
 
 
 def test_grid_mode_runs_exactly_the_grid(idx_mnist, tmp_path, ray_local):

@@ -55,6 +55,10 @@ class HonestOptunaSearch(OptunaSearch):
             trial.set_user_attr("diverge_reason", result.get("diverge_reason", ""))
         elif value is None or result.get("kimg", 0.0) < self._max_kimg - 1e-9:
             state, values, status = TrialState.PRUNED, None, "pruned"
+            # Tune skips on_trial_result for the result on which ASHA stops a trial: record that
+            # last FID as an intermediate value here, so TPE sees it as a partial result.
+            if value is not None and math.isfinite(value):
+                trial.report(value, int(round(result["kimg"] * 1000)))
         else:
             state, values, status = TrialState.COMPLETE, value, "completed"
         trial.set_user_attr("status", status)

@@ -165,13 +165,15 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
 # the trial (runs in a Ray worker)
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, bytes], cpus: float = 1.0) -> None:
+def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, bytes], cpus: float = 1.0,
+              env: dict[str, str] | None = None) -> None:
     import torch
     from ray import tune
 
     from tuner.metrics_cache import install_assets
     from tuner.trainable import train
 
+    os.environ.update(env or {})  # the driver's GENTUNE_* settings (data root, mirror, cache)
     install_assets(assets, base.get("cache_dir"))
     cfg = trial_config(base, config)
     torch.set_num_threads(max(1, int(cpus)))
@@ -201,7 +203,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
 def make_trainable(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes]):
     from ray import tune
 
-    trainable = tune.with_parameters(run_trial, base=base.to_dict(), assets=assets, cpus=search.cpus_per_trial)
+    env = {k: v for k, v in os.environ.items() if k.startswith("GENTUNE_")}
+    trainable = tune.with_parameters(run_trial, base=base.to_dict(), assets=assets, cpus=search.cpus_per_trial, env=env)
     return tune.with_resources(trainable, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial or 0})
 
 

@@ -54,14 +54,13 @@ AUTOENCODER_RANGES: dict[str, Range] = {
 }
 CONDITIONAL = {"clip_value": "wgan", "gp_lambda": "wgan-gp"}
 
-# The published reference configurations, enqueued by --warm-start (GAN studies).
+# The published reference configurations, enqueued by --warm-start (GAN studies). They fix what
+# the papers fix (loss, optimiser settings, n_critic, clip / lambda); TPE samples the rest (z_dim,
+# widths, batch size). The optimiser and beta2 come from the loss's defaults (models/losses.py).
 WARM_START = {
-    "bce": {"loss": "bce", "lr": 2e-4, "beta1": 0.5, "n_critic": 1, "z_dim": 100, "batch_size": 64,
-            "g_width": 64, "d_width": 64},  # DCGAN, Radford et al. 2016
-    "wgan": {"loss": "wgan", "lr": 5e-5, "beta1": 0.5, "n_critic": 5, "clip_value": 0.01, "z_dim": 100,
-             "batch_size": 64, "g_width": 64, "d_width": 64},  # WGAN, Arjovsky et al. 2017 (RMSprop)
-    "wgan-gp": {"loss": "wgan-gp", "lr": 1e-4, "beta1": 0.5, "n_critic": 5, "gp_lambda": 10.0, "z_dim": 100,
-                "batch_size": 64, "g_width": 64, "d_width": 64},  # WGAN-GP, Gulrajani et al. 2017
+    "bce": {"loss": "bce", "lr": 2e-4, "beta1": 0.5, "n_critic": 1},  # DCGAN, Radford et al. 2016
+    "wgan": {"loss": "wgan", "lr": 5e-5, "n_critic": 5, "clip_value": 0.01},  # WGAN, Arjovsky et al. 2017 (RMSprop)
+    "wgan-gp": {"loss": "wgan-gp", "lr": 1e-4, "beta1": 0.5, "n_critic": 5, "gp_lambda": 10.0},  # Gulrajani et al. 2017
 }
 
 
@@ -137,23 +136,30 @@ def load_space_file(path: str) -> dict[str, Any]:
     return data
 
 
-def define_by_run(family: str, losses: tuple[str, ...], ranges: dict[str, Range]) -> Callable:
-    """The function OptunaSearch calls with each new Optuna trial; returns nothing else."""
+@dataclass(frozen=True)
+class DefineByRun:
+    """The function OptunaSearch calls with each new Optuna trial (a class, so the searcher pickles)."""
 
-    def space(trial) -> None:
-        if family == "gan":
-            loss = trial.suggest_categorical("loss", list(losses))
-            for name, rng in ranges.items():
+    family: str
+    losses: tuple[str, ...]
+    ranges: dict[str, Range]
+
+    def __call__(self, trial) -> None:
+        if self.family == "gan":
+            loss = trial.suggest_categorical("loss", list(self.losses))
+            for name, rng in self.ranges.items():
                 if CONDITIONAL.get(name, loss) == loss:
                     rng.suggest(trial, name)
         else:
-            for name, rng in ranges.items():
-                if name == "kl_beta" and family != "vae":
+            for name, rng in self.ranges.items():
+                if name == "kl_beta" and self.family != "vae":
                     continue
                 rng.suggest(trial, name)
         return None
 
-    return space
+
+def define_by_run(family: str, losses: tuple[str, ...], ranges: dict[str, Range]) -> DefineByRun:
+    return DefineByRun(family, tuple(losses), dict(ranges))
 
 
 def warm_start_points(losses: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -250,6 +250,17 @@ def heldout_vae_terms(trial: Trial, n: int = 1000) -> dict[str, float]:
     return terms
 
 
+def prepare_metrics(cfg: TrainConfig, device: torch.device) -> None:
+    from tuner.backbones import get_backbone
+    from tuner.fid import real_statistics
+
+    mirror = resolve_mirror(cfg.data_mirror)
+    for name in dict.fromkeys(("domain", cfg.fid_backbone)):
+        backbone = get_backbone(name, cfg.dataset, device=str(device), cache_dir=cfg.cache_dir, mirror=mirror)
+        if name == cfg.fid_backbone:
+            real_statistics(cfg.dataset, "test", backbone, cfg.fid_samples, mirror=mirror, cache_dir=cfg.cache_dir)
+
+
 def evaluate(trial: Trial, out_dir: Path, tag: str) -> dict[str, Any]:
     from tuner.backbones import get_backbone
     from tuner.diversity import diversity_metrics
@@ -341,6 +352,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg)
     images = training_images(cfg.dataset, device, cfg.data_mirror, cfg.train_limit)
+    prepare_metrics(cfg, device)  # a first-time domain classifier / statistics are not trial time
     trial = build_trial(cfg, device)
     if resume_from is not None:
         load_checkpoint(trial, Path(resume_from))
@@ -382,7 +394,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
         t_eval = time.perf_counter()
         record: dict[str, Any] = {"kimg": trial.kimg, "step": trial.step}
         record.update({k: v.item() / interval_steps for k, v in sums.items()})
-        record.update(evaluate(trial, out_dir, kimg_tag(min(next_eval, target) / 1000)))
+        # Evaluation must not move the training RNG (dropout draws from it), or a resumed run would
+        # differ from an uninterrupted one.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            record.update(evaluate(trial, out_dir, kimg_tag(min(next_eval, target) / 1000)))
         trial.elapsed_s += time.perf_counter() - t_eval
         record["time_s"] = trial.elapsed_s
         record["img_per_s"] = interval_images / interval_train_s
