@@ -118,11 +118,20 @@ SEARCH_TRAIN_DEFAULTS = {"max_kimg": 8.0, "eval_every_kimg": 2.0, "fid_samples":
 
 
 def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, Any]]:
-    """Flags -> (study config, base trial config, space overrides). Raises ConfigError."""
+    """Flags -> (study config, base trial config, space overrides). Raises ConfigError.
+
+    With --resume, the study and base config saved with the experiment are used; only the study
+    flags given again on this command line (e.g. --address, --max-failures) override them.
+    """
     from tuner.space import build_ranges, load_space_file, parse_range  # noqa: F401
 
     args = parser().parse_args(argv)
     search = from_namespace(SearchConfig, args)
+    if search.resume:
+        given_search = {f.name: getattr(search, f.name) for f in dataclasses.fields(SearchConfig) if f.name in vars(args)}
+        saved = load_saved(search)
+        search = build(SearchConfig, {**saved["search"], **given_search, "resume": True})
+        return search, TrainConfig.from_dict(saved["base"]), saved.get("space_overrides", {})
     given = {f.name for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
     defaults = {k: v for k, v in SEARCH_TRAIN_DEFAULTS.items() if k not in given}
     base = from_namespace(TrainConfig, args, **defaults)
@@ -258,14 +267,45 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
+def is_remote(search: SearchConfig) -> bool:
+    return "://" in search.storage_path
+
+
+def local_dir(search: SearchConfig) -> Path:
+    """Where the driver keeps the study and writes exports: the experiment folder itself when it is
+    local; with remote storage (s3://...) a folder beside the driver, uploaded when written."""
+    return Path.home() / "gentune_studies" / search.name if is_remote(search) else Path(search.experiment_dir)
+
+
+def upload(search: SearchConfig, names: list[str]) -> None:
+    if not is_remote(search):
+        return
+    import pyarrow.fs
+
+    for name in names:
+        if not (local_dir(search) / name).is_file():
+            continue
+        pyarrow.fs.copy_files(str(local_dir(search) / name), f"{search.experiment_dir}/{name}")
+
+
+def load_saved(search: SearchConfig) -> dict[str, Any]:
+    if not is_experiment(search.experiment_dir):
+        raise ConfigError(f"invalid resume: {search.experiment_dir} is not a gentune/Ray Tune experiment (no experiment_state file)")
+    if is_remote(search):
+        import pyarrow.fs
+
+        local_dir(search).mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(f"{search.experiment_dir}/search_config.json", str(local_dir(search) / "search_config.json"))
+    path = local_dir(search) / "search_config.json"
+    if not path.is_file():
+        raise ConfigError(f"invalid resume: {search.experiment_dir} has no search_config.json (not started by gentune)")
+    return json.loads(path.read_text())
+
+
 def study_path(search: SearchConfig) -> str:
     """The Optuna journal: inside the experiment folder when that is local, else beside the driver."""
-    if "://" in search.storage_path:
-        local = Path.home() / "gentune_studies" / search.name
-    else:
-        local = Path(search.experiment_dir)
-    local.mkdir(parents=True, exist_ok=True)
-    return str(local / "optuna.journal")
+    local_dir(search).mkdir(parents=True, exist_ok=True)
+    return str(local_dir(search) / "optuna.journal")
 
 
 def init_ray(search: SearchConfig) -> None:
@@ -313,14 +353,8 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
     from tuner.metrics_cache import prepare_assets
 
     exp = search.experiment_dir
-    if search.resume and not is_experiment(exp):
-        raise ConfigError(f"invalid resume: {exp} is not a gentune/Ray Tune experiment (no experiment_state file)")
     if not search.resume and is_experiment(exp):
         raise ConfigError(f"invalid name={search.name!r}: {exp} already holds an experiment; use --resume or another --name")
-    if search.resume:
-        saved = json.loads(Path(exp, "search_config.json").read_text()) if Path(exp, "search_config.json").is_file() else None
-        if saved is not None:
-            base = TrainConfig.from_dict(saved["base"])
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
     assets = prepare_assets(base)
 
@@ -331,10 +365,13 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
     else:
         tuner = build_tuner(search, base, overrides, trainable)
-        Path(exp).mkdir(parents=True, exist_ok=True)
-        Path(exp, "search_config.json").write_text(
-            json.dumps({"search": dataclasses.asdict(search), "base": base.to_dict(), "space_overrides": overrides}, indent=2, default=list)
+        local = local_dir(search)
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "search_config.json").write_text(
+            json.dumps({"search": dataclasses.asdict(search), "base": base.to_dict(), "space_overrides": overrides},
+                       indent=2, default=list)
         )
+        upload(search, ["search_config.json"])
     tuner.fit()
     if search.grid is None and Path(study_path(search)).is_file():
         import optuna
@@ -343,7 +380,12 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
 
         study = optuna.load_study(study_name=search.name, storage=make_storage(study_path(search)))
         mark_stale_trials(study)  # everything has ended: nothing may stay RUNNING
-    frames = write_exports(exp)
+    if is_remote(search):  # exports are built from a local copy of the experiment, then uploaded
+        import pyarrow.fs
+
+        pyarrow.fs.copy_files(exp, str(local_dir(search)))
+    frames = write_exports(local_dir(search))
+    upload(search, ["trials.csv", "trials.parquet", "history.parquet", "best.json", "optuna.journal"])
     print(summarize(frames, exp))
     return 0
 
