@@ -26,6 +26,7 @@ from tuner.config import TrainConfig
 RAY_COLUMNS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
     "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "config",
+    "should_checkpoint",
 }
 STATUSES = ("completed", "pruned", "diverged", "errored", "running", "pending")
 
