@@ -1,0 +1,266 @@
+"""Trainer throughput: gentune's GAN step on the in-memory uint8 tensor vs the usual DataLoader loop.
+
+    python benchmarks/trainer_throughput.py            # real run: about 3-6 min on 2 CPU cores
+    python benchmarks/trainer_throughput.py --smoke    # tiny sizes, < 20 s
+
+Three loops, each with its own copy of the same DCGAN (models.registry.build_model via
+tuner.trainable.build_trial, same seed), the same loss and optimiser settings, the same batch size
+and device, run interleaved (order rotated every repeat, warm-up excluded):
+
+  gentune      tuner.trainable.gan_step(trial, images): batches drawn by index from the uint8 training
+               tensor held on the device (tuner.data.sample_batch), n_critic D steps + 1 G step.
+  gentune+loop the same step plus the bookkeeping of tuner.trainable.train's loop (metric sums, a
+               synchronising finiteness check every DIVERGENCE_CHECK_EVERY steps).
+  DataLoader   the usual lab loop: torchvision FashionMNIST with ToTensor + Normalize((0.5,), (0.5,)),
+               DataLoader(batch 128, shuffle, drop_last, num_workers 0), the same n_critic D steps
+               (each on a fresh loader batch) + G step, written like gan_step.
+
+Throughput is in real images seen by D per second (the unit of kimg). The share of step time spent
+outside the model is measured with perf_counter around the batch fetch (sample_batch, or next() on
+the loader + .to(device)) inside the timed steps, and as the extra time of the train-loop bookkeeping.
+
+Targets (CPU): gentune >= 1.4x the DataLoader loop; data path + bookkeeping <= 5% of step time.
+GPU targets are measured only where CUDA is available.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import torch  # noqa: E402
+
+import tuner.trainable as trainable  # noqa: E402
+from models.losses import LOSSES, clip_weights_, gradient_penalty  # noqa: E402
+from tuner.config import TrainConfig  # noqa: E402
+from tuner.data import data_root, load_split, resolve_mirror, training_images  # noqa: E402
+
+DATASET = "fashion-mnist"
+METHODS = ("gentune", "gentune+loop", "DataLoader")
+
+
+def build_parser():
+    p = common.parser(__doc__)
+    p.add_argument("--losses", nargs="+", default=["hinge", "wgan-gp"], help="GAN losses [default: hinge wgan-gp]")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size of all loops [default: 128, as the lab's loop]")
+    p.add_argument("--width", type=int, default=64, help="g_width = d_width [default: 64]")
+    p.add_argument("--repeats", type=int, default=7, help="timed repeats per loop, interleaved [default: 7]")
+    p.add_argument("--images-per-repeat", type=int, default=4096, help="D images per timed repeat [default: 4096]")
+    p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps per loop first [default: 5]")
+    p.add_argument("--threads", type=int, default=None, help="torch threads [default: all cores]")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader num_workers [default: 0, as in the lab code]")
+    return p
+
+
+# ------------------------------------------------------------------------------------------
+# the loops
+
+
+class TimedSampler:
+    """tuner.trainable.sample_batch with perf_counter around each call (synchronised on CUDA)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.inner = trainable.sample_batch
+        self.device = device
+        self.seconds = 0.0
+
+    def __call__(self, *args, **kwargs):
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = self.inner(*args, **kwargs)
+        sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class GentuneLoop:
+    def __init__(self, cfg: TrainConfig, device: torch.device, images: torch.Tensor, bookkeeping: bool) -> None:
+        self.trial = trainable.build_trial(cfg, device)
+        self.images, self.bookkeeping, self.device = images, bookkeeping, device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.sampler = TimedSampler(device)
+        self.book_seconds = 0.0
+
+    def step(self) -> None:
+        out = trainable.gan_step(self.trial, self.images)
+        if self.bookkeeping:  # what tuner.trainable.train does around every step
+            t0 = time.perf_counter()
+            for key, value in out.items():
+                self.sums[key] = self.sums.get(key, 0) + value
+            self.trial.step += 1
+            self.steps += 1
+            if self.steps % trainable.DIVERGENCE_CHECK_EVERY == 0:
+                trainable.check_divergence(self.sums)  # .item(): on CUDA this waits for the queued step
+            self.book_seconds += time.perf_counter() - t0
+
+    @property
+    def data_seconds(self) -> float:
+        return self.sampler.seconds
+
+
+class DataLoaderLoop:
+    """The lab's loop: the same models, loss and step structure, real batches from a DataLoader."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, workers: int) -> None:
+        from torchvision import datasets, transforms
+
+        self.trial = trainable.build_trial(cfg, device)
+        self.device = device
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        ds = datasets.FashionMNIST(str(data_root()), train=True, download=False, transform=tf)
+        self.loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                                                  num_workers=workers, persistent_workers=workers > 0)
+        self.it = iter(self.loader)
+        self.data_seconds = 0.0
+        self.book_seconds = 0.0
+
+    def next_batch(self) -> torch.Tensor:
+        sync(self.device)
+        t0 = time.perf_counter()
+        try:
+            x, _ = next(self.it)
+        except StopIteration:  # next epoch
+            self.it = iter(self.loader)
+            x, _ = next(self.it)
+        x = x.to(self.device)
+        sync(self.device)
+        self.data_seconds += time.perf_counter() - t0
+        return x
+
+    def step(self) -> None:
+        trial = self.trial
+        cfg, g, d = trial.cfg, trial.nets["G"], trial.nets["D"]
+        loss = LOSSES[cfg.loss]
+        for _ in range(cfg.n_critic):
+            real = self.next_batch()
+            z = torch.randn(cfg.batch_size, cfg.z_dim, generator=trial.gen, device=trial.device)
+            with torch.no_grad():
+                fake = g(z)
+            loss_d = loss.d_loss(d(real), d(fake))
+            if cfg.gp_lambda is not None:
+                loss_d = loss_d + cfg.gp_lambda * gradient_penalty(d, real, fake, generator=trial.gen)
+            trial.opts["D"].zero_grad(set_to_none=True)
+            loss_d.backward()
+            trial.opts["D"].step()
+            if cfg.clip_value is not None:
+                clip_weights_(d, cfg.clip_value)
+            trial.images_seen += cfg.batch_size
+        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=trial.gen, device=trial.device)
+        loss_g = loss.g_loss(d(g(z)))
+        trial.opts["G"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        trial.opts["G"].step()
+
+
+def timed(loop, steps: int, device: torch.device) -> tuple[float, float, float, int]:
+    """(seconds, data-path seconds, bookkeeping seconds, D images) of `steps` steps."""
+    data0, book0, seen0 = loop.data_seconds, loop.book_seconds, loop.trial.images_seen
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loop.step()
+    sync(device)
+    return (time.perf_counter() - t0, loop.data_seconds - data0, loop.book_seconds - book0,
+            loop.trial.images_seen - seen0)
+
+
+def bench_loss(loss: str, device: torch.device, images: torch.Tensor, args) -> dict[str, dict[str, list[float]]]:
+    cfg = TrainConfig(dataset=DATASET, loss=loss, batch_size=args.batch_size, g_width=args.width, d_width=args.width,
+                      device=device.type).resolved()
+    loops = {
+        "gentune": GentuneLoop(cfg, device, images, bookkeeping=False),
+        "gentune+loop": GentuneLoop(cfg, device, images, bookkeeping=True),
+        "DataLoader": DataLoaderLoop(cfg, device, args.workers),
+    }
+    steps = max(1, round(args.images_per_repeat / (cfg.batch_size * cfg.n_critic)))
+    # gan_step looks sample_batch up in tuner.trainable's namespace: time it there, per loop.
+    original = trainable.sample_batch
+    results = {m: {"img_s": [], "data_share": [], "book_share": []} for m in METHODS}
+    try:
+        for repeat in range(-1, args.repeats):  # repeat -1: warm-up, not recorded
+            order = METHODS[repeat % 3:] + METHODS[:repeat % 3]
+            for name in order:
+                loop = loops[name]
+                if isinstance(loop, GentuneLoop):
+                    trainable.sample_batch = loop.sampler
+                n = args.warmup_steps if repeat < 0 else steps
+                seconds, data_s, book_s, seen = timed(loop, n, device)
+                trainable.sample_batch = original
+                if repeat >= 0:
+                    results[name]["img_s"].append(seen / seconds)
+                    results[name]["data_share"].append(data_s / seconds)
+                    results[name]["book_share"].append(book_s / seconds)
+    finally:
+        trainable.sample_batch = original
+    return {"steps": steps, "n_critic": cfg.n_critic, **results}
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.smoke:
+        args.batch_size, args.width, args.repeats, args.images_per_repeat, args.warmup_steps = 16, 8, 2, 32, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_split(DATASET, "train", resolve_mirror(None))  # installs an offline mirror where torchvision reads it
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows, targets = [], []
+    load = common.LoadMonitor()
+    with load:
+        for device in devices:
+            images = training_images(DATASET, device)
+            for loss in args.losses:
+                r = bench_loss(loss, device, images, args)
+                med = {m: common.median(r[m]["img_s"]) for m in METHODS}
+                share = {m: common.median(r[m]["data_share"]) for m in METHODS}
+                bookkeeping = common.median(r["gentune+loop"]["book_share"])
+                outside = common.median(d + b for d, b in zip(r["gentune+loop"]["data_share"], r["gentune+loop"]["book_share"]))
+                ratio, ratio_loop = med["gentune"] / med["DataLoader"], med["gentune+loop"] / med["DataLoader"]
+                for m in METHODS:
+                    rows.append([device.type, loss, m, med[m], common.spread(r[m]["img_s"]),
+                                 f"{med[m] / med['DataLoader']:.2f}x", f"{100 * share[m]:.1f}%"])
+                kind = device.type.upper()
+                targets.append([kind, loss, "gentune step vs DataLoader loop", f"{ratio:.2f}x (with loop bookkeeping {ratio_loop:.2f}x)",
+                                "≥ 1.4x" if device.type == "cpu" else "(GPU: report)",
+                                common.verdict(ratio >= 1.4) if device.type == "cpu" else "measured"])
+                targets.append([kind, loss, "outside the model: data path + bookkeeping",
+                                f"{100 * outside:.1f}% (sampling {100 * share['gentune+loop']:.1f}%, bookkeeping {100 * bookkeeping:.1f}%)",
+                                "≤ 5%", common.verdict(outside <= 0.05)])
+        if not torch.cuda.is_available():
+            for what in ("gentune step vs DataLoader loop", "outside the model: data path + bookkeeping"):
+                targets.append(["GPU", " / ".join(args.losses), what, common.NO_GPU, "—", "not measured"])
+
+    setup = (f"DCGAN g_width = d_width = {args.width}, batch {args.batch_size}, z_dim 64, each loss's published optimiser "
+             f"settings (hinge: Adam 2e-4, n_critic 1; wgan-gp: Adam 1e-4, n_critic 5, lambda 10). {args.repeats} timed "
+             f"repeats of ~{args.images_per_repeat} D images per loop, interleaved with rotated order after one warm-up "
+             f"round of {args.warmup_steps} steps; medians (range over repeats). DataLoader num_workers={args.workers}. "
+             f"img/s = real images seen by D per second (n_critic x batch per step).")
+    blocks = [
+        setup,
+        common.table(["device", "loss", "loop", "img/s (median)", "range", "vs DataLoader", "data path share"], rows),
+        "Targets:\n\n" + common.table(["device", "loss", "figure", "measured", "target", "verdict"], targets),
+        "Data path share = perf_counter time around the batch fetch / step time (gentune: sample_batch; "
+        "DataLoader: next() + .to(device)). Outside the model = (sampling + bookkeeping) / step time of the "
+        "gentune+loop loop, where bookkeeping is perf_counter time around the train() loop body after the "
+        "step (metric sums, finiteness check every 10 steps), median over repeats.",
+    ]
+    common.publish(common.section("trainer_throughput: gan_step on the in-memory tensor vs DataLoader loop",
+                                  args.smoke, blocks, load), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

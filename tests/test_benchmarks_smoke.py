@@ -1,0 +1,50 @@
+"""Every benchmark runs alone in smoke mode, prints its table, and never appends to BENCHMARKS.md.
+
+Each script runs as a subprocess (`python benchmarks/NAME.py --smoke`) with $GENTUNE_BENCH_REPORT
+pointing at a temporary file: the section must land there, not in BENCHMARKS.md. Nothing here
+asserts on a timing: the numbers of a smoke run mean nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE_MARK = "(SMOKE: tiny sizes"
+
+# script -> (needs Fashion-MNIST, a line of the table it must print)
+SCRIPTS = {
+    "trainer_throughput": (True, "| device | loss | loop | img/s (median) |"),
+    "fid_speed": (True, "| dims | method | time (s, median) |"),
+    "search_efficiency": (False, "| figure | grid lab1-gan | ASHA+TPE study |"),
+    "scaling": (False, "| trainable | setup | slots |"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_benchmark_smoke_run(name: str, request: pytest.FixtureRequest, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    needs_data, header = SCRIPTS[name]
+    if needs_data:
+        request.getfixturevalue("fashion_mirror")  # skips where Fashion-MNIST is not installed
+        monkeypatch.setenv("GENTUNE_DOMAIN_TRAIN_LIMIT", "256")  # a tiny domain classifier in the temporary cache
+    report = tmp_path / "report.md"
+    monkeypatch.setenv("GENTUNE_BENCH_REPORT", str(report))
+    md = ROOT / "BENCHMARKS.md"
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--smoke"], cwd=tmp_path,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=600)
+
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert header in proc.stdout
+    assert "- command: `" in proc.stdout and "--smoke" in proc.stdout
+    assert "- machine: " in proc.stdout and " cores; torch " in proc.stdout
+    section = report.read_text()
+    assert f"### {name}" in section and SMOKE_MARK in section and header in section
+    assert not md.exists() or SMOKE_MARK not in md.read_text()
