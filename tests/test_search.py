@@ -104,3 +104,16 @@ def test_grid_mode_runs_exactly_the_grid(idx_mnist, tmp_path, ray_local):
     assert cells == sorted((loss, z) for loss in ("hinge", "bce") for z in (32, 64, 128))
     assert (trials["status"] == "completed").all()  # a fixed budget: nothing is stopped early
     assert not (exp / "optuna.journal").exists()
+
+
+def test_vae_study_searches_the_vae_space(idx_mnist, tmp_path, ray_local):
+    exp = run_search(tmp_path, "vae", "--family", "vae", "--num-samples", "2", "--max-kimg", "0.25",
+                     "--eval-every-kimg", "0.25", "--grace-kimg", "0.25", "--ranges", "z_dim=2:8")
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 2 and (trials["family"] == "vae").all()
+    assert trials["loss"].isna().all() and trials["n_critic"].isna().all()
+    study = load_study(exp, "vae")
+    for t in study.trials:
+        assert set(t.params) == {"z_dim", "lr", "kl_beta", "regularize"}
+        assert 2 <= t.params["z_dim"] <= 8
+    assert {"elbo", "test_recon", "recon", "kl"} <= set(trials.columns)
