@@ -201,6 +201,25 @@ def plot(grid: pd.DataFrame, study: pd.DataFrame, s: dict, path: Path, labels: t
     plt.close(fig)
 
 
+def adopt_saved_settings(args, study_exp: Path) -> None:
+    """Describe what was run, not the flags' defaults: read the study's saved search and base config."""
+    path = study_exp / "search_config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    base, search = saved.get("base", {}), saved.get("search", {})
+    for key in ("max_kimg", "eval_every_kimg", "fid_samples", "fid_backbone", "seed"):
+        if key in base:
+            setattr(args, key, base[key])
+    for key in ("num_samples", "reduction_factor", "cpus_per_trial"):
+        if key in search:
+            setattr(args, key, search[key])
+    if search.get("losses"):
+        args.losses = list(search["losses"])
+    if "grace_kimg" in search:
+        args.grace_kimg = search["grace_kimg"]
+
+
 def study_best_config(exp: Path) -> str:
     best = json.loads((exp / "best.json").read_text())
     if not best:
@@ -267,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 wall["grid"] = run_search(grid_argv(args, storage, names[0]), out_logs / "grid.log")
                 wall["study"] = run_search(study_argv(args, storage, names[1]), out_logs / "study.log")
                 grid_exp, study_exp = Path(storage) / names[0], Path(storage) / names[1]
+            adopt_saved_settings(args, study_exp)
             grid_h, study_h = load_history(grid_exp), load_history(study_exp)
             best_cfg = study_best_config(study_exp)
             out_dir = common.RESULTS_DIR
@@ -290,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
               f"trial: scaled down {REFERENCE_EPOCHS * REFERENCE_EPOCH_KIMG / args.max_kimg:.0f}x so both runs fit in "
               f"< 1 h on 2 CPU cores. Study: {args.num_samples} trials, TPE over losses {' '.join(args.losses)} and the "
               f"default space (z_dim, lr, beta1, batch size, n_critic, gp_lambda, g/d widths 16-96), ASHA grace "
-              f"{args.eval_every_kimg:g} kimg, reduction factor {args.reduction_factor}. Grid: lab1-gan (hinge/bce x "
+              f"{getattr(args, 'grace_kimg', args.eval_every_kimg):g} kimg, reduction factor {args.reduction_factor}. Grid: lab1-gan (hinge/bce x "
               f"z_dim 32/64/128, widths 64, published optimiser settings), FIFO, full budget. "
               f"{args.cpus_per_trial:g} CPU per trial.")
     headline = common.table(
