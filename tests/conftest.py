@@ -1,0 +1,101 @@
+"""Shared fixtures: a tiny MNIST written as real IDX files, and the offline Fashion-MNIST mirror.
+
+- `idx_mnist`: 512 train / 256 test 28×28 images in 10 learnable classes, written in the MNIST IDX
+  format into a temporary $GENTUNE_DATA_ROOT/MNIST/raw/, read by torchvision's own parser. It also
+  points $GENTUNE_CACHE at a temporary folder, clears the mirror / domain-limit variables, and
+  clears `load_split`'s per-process cache before and after the test.
+- `fashion_mirror`: the Debian Fashion-MNIST folder (skips the test where it is missing), with
+  $GENTUNE_DATA_MIRROR set, a session-wide temporary data root and a per-test temporary cache.
+
+`write_idx_dataset` makes other sizes or a FashionMNIST-named copy for tests that need one.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IDX_N_TRAIN = 512
+IDX_N_TEST = 256
+IDX_CLASSES = 10
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than about 10 s on 2 CPU cores")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file: magic 0x0000080<ndim>, big-endian int32 dims, raw bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def make_patterns(n: int, seed: int, num_classes: int = IDX_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic images (n, 28, 28) uint8 and balanced labels (n,) int: class k is a bright
+    6×6 square in cell k of a 4×4 grid (jittered ±1 px, random brightness) on faint noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        row, col = divmod(int(k), 4)
+        r = 7 * row + 1 + int(rng.integers(-1, 2))
+        c = 7 * col + 1 + int(rng.integers(-1, 2))
+        images[i, max(r, 0):r + 6, max(c, 0):c + 6] = rng.integers(180, 256)
+    return images, labels.astype(np.uint8)
+
+
+def write_idx_dataset(root: Path, class_name: str = "MNIST", n_train: int = IDX_N_TRAIN,
+                      n_test: int = IDX_N_TEST, seed: int = 0) -> Path:
+    """Write torchvision's four raw files under root/<class_name>/raw/; returns that folder."""
+    raw = Path(root) / class_name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
+        images, labels = make_patterns(n, s)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return raw
+
+
+def _clear_split_cache() -> None:
+    from tuner.data import load_split
+
+    load_split.cache_clear()
+
+
+@pytest.fixture
+def idx_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny MNIST (512 train / 256 test, 10 classes) as the only data; returns the data root."""
+    root = tmp_path / "data"
+    write_idx_dataset(root, "MNIST")
+    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(root))
+    monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GENTUNE_DATA_MIRROR", raising=False)
+    monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
+    _clear_split_cache()
+    yield root
+    _clear_split_cache()  # the cached tensors belong to this test's temporary data
+
+
+@pytest.fixture(scope="session")
+def _fashion_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fashion-data")
+
+
+@pytest.fixture
+def fashion_mirror(_fashion_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The offline Fashion-MNIST folder (skip where absent), with env vars pointing at it."""
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    if not all((FASHION_DIR / name).is_file() for name in names):
+        pytest.skip(f"Fashion-MNIST not installed at {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+    monkeypatch.setenv("GENTUNE_DATA_MIRROR", str(FASHION_DIR))
+    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(_fashion_data_root))
+    monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
+    return str(FASHION_DIR)

@@ -1,0 +1,254 @@
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+
+from tuner import fid as fidmod
+from tuner.backbones import get_backbone
+from tuner.data import load_split
+from tuner.fid import (
+    feature_statistics,
+    fid_from_features,
+    fid_of_images,
+    frechet_distance,
+    real_statistics,
+    statistics_path,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def random_spd(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def reference_fid(mu1, s1, mu2, s2):
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean).real)
+
+
+# ------------------------------------------------------------------------------------------
+# the pure steps
+
+
+@pytest.mark.parametrize("d", [4, 16, 64])
+def test_frechet_distance_matches_sqrtm(d):
+    rng = np.random.default_rng(d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = random_spd(rng, d), random_spd(rng, d)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference_fid(mu1, s1, mu2, s2), rel=1e-6)
+
+
+def test_frechet_distance_diagonal_closed_form():
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
+    mu1, mu2 = np.zeros(3), np.array([1.0, 2.0, 0.0])
+    expected = 5.0 + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)  # |dmu|^2 + sum (sqrt a - sqrt b)^2
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+    assert isinstance(frechet_distance(mu1, np.diag(a), mu2, np.diag(b)), float)
+
+
+def test_frechet_distance_identical_equal_cov_and_symmetry():
+    rng = np.random.default_rng(1)
+    d = 32
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = random_spd(rng, d), random_spd(rng, d)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(mu1, s1, mu2, s1) == pytest.approx(np.sum((mu1 - mu2) ** 2), rel=1e-9)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-10)
+    assert frechet_distance(mu1, s1, mu2, s2) > 0
+
+
+def test_frechet_distance_singular_covariance_clips_round_off():
+    v = np.arange(1.0, 9.0)
+    s = np.outer(v, v)  # rank 1: eigh returns round-off negatives that must not become NaN
+    value = frechet_distance(np.zeros(8), s, np.zeros(8), s)
+    assert value == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_feature_statistics_float64_and_unbiased():
+    feats = np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]], dtype=np.float32)
+    mu, sigma = feature_statistics(feats)
+    assert mu.dtype == np.float64 and sigma.dtype == np.float64
+    assert mu == pytest.approx([2.0, 2.0], abs=1e-12)
+    assert sigma == pytest.approx(np.array([[4.0, 3.0], [3.0, 3.0]]), abs=1e-12)  # ddof = 1
+    with pytest.raises(ValueError, match="N >= 2"):
+        feature_statistics(np.zeros((1, 3)))
+
+
+# ------------------------------------------------------------------------------------------
+# cached real statistics and the trainer's entry point (tiny MNIST, domain backbone)
+
+
+def test_real_statistics_are_cached_per_n(idx_mnist, monkeypatch):
+    bb = get_backbone("domain", "mnist")
+    images, _ = load_split("mnist", "test")
+    mu, sigma = real_statistics("mnist", "test", bb, 100)
+    path = statistics_path("mnist", "test", bb, 100)
+    assert path.is_file() and path.parent.name == "stats"
+    exp_mu, exp_sigma = feature_statistics(bb.features(images[:100]))
+    assert mu == pytest.approx(exp_mu, abs=1e-12)
+    assert sigma == pytest.approx(exp_sigma, abs=1e-12)
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("features recomputed despite the cache")
+
+    monkeypatch.setattr(bb, "features", no_features)
+    mu2, sigma2 = real_statistics("mnist", "test", bb, 100)
+    assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
+
+    assert statistics_path("mnist", "test", bb, 50) != path
+    with pytest.raises(AssertionError, match="recomputed"):
+        real_statistics("mnist", "test", bb, 50)  # another n is another file
+    with pytest.raises(ValueError, match="allowed 2 .. 256"):
+        real_statistics("mnist", "test", bb, 257)
+
+
+def test_real_statistics_recompute_a_damaged_cache_file(idx_mnist):
+    bb = get_backbone("domain", "mnist")
+    mu, sigma = real_statistics("mnist", "train", bb, 20)
+    path = statistics_path("mnist", "train", bb, 20)
+    path.write_bytes(b"not an npz")
+    mu2, sigma2 = real_statistics("mnist", "train", bb, 20)
+    assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
+    with np.load(path) as f:
+        assert str(f["backbone"]) == bb.cache_key and int(f["n"]) == 20
+
+
+def test_fid_of_images_matches_the_pure_steps(idx_mnist):
+    bb = get_backbone("domain", "mnist")
+    train, _ = load_split("mnist", "train")
+    generated = train[:120].numpy()  # stands in for generator samples
+    value = fid_of_images(generated, "mnist", "domain", 120)
+    real, _ = load_split("mnist", "test")
+    expected = fid_from_features(bb.features(generated), bb.features(real[:120]))
+    assert value == pytest.approx(expected, rel=1e-9)
+    noise = torch.randint(0, 256, (120, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert fid_of_images(noise, "mnist", bb, 120) > 10 * value
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+
+
+def run_cli(capsys, *argv):
+    code = fidmod.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_npz_vs_npz_json_equals_library(idx_mnist, tmp_path, capsys):
+    train, _ = load_split("mnist", "train")
+    a, b = train[:100].numpy(), train[100:180].unsqueeze(1).numpy()
+    np.savez(tmp_path / "a.npz", images=a, labels=np.zeros(100))
+    np.savez(tmp_path / "b.npz", b)  # no 'images' key: the first array
+    code, out, err = run_cli(capsys, tmp_path / "a.npz", tmp_path / "b.npz", "--backbone", "domain",
+                             "--dataset", "mnist", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    bb = get_backbone("domain", "mnist")
+    assert result["fid"] == pytest.approx(fid_from_features(bb.features(a), bb.features(b)), rel=1e-12)
+    assert (result["backbone"], result["n_a"], result["n_b"]) == ("domain", 100, 80)
+    assert result["backbone_key"] == bb.cache_key
+
+    code, out, _ = run_cli(capsys, tmp_path / "a.npz", tmp_path / "b.npz", "--backbone", "domain",
+                           "--dataset", "mnist", "--limit", "50")
+    assert code == 0
+    expected = fid_from_features(bb.features(a[:50]), bb.features(b[:50]))
+    assert out.strip() == f"FID (domain, 50 vs 50): {expected:.4f}"
+
+
+def test_cli_dataset_spec_and_png_folder(idx_mnist, tmp_path, capsys):
+    train, _ = load_split("mnist", "train")
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(60):
+        Image.fromarray(train[i].numpy(), mode="L").save(folder / f"{i:03d}.png")
+    np.save(tmp_path / "same.npy", train[:60].numpy())
+
+    # the domain classifier's dataset comes from the dataset spec on the other side
+    code, out, err = run_cli(capsys, "mnist:test", folder, "--backbone", "domain", "--json")
+    assert code == 0, err
+    from_folder = json.loads(out)
+    assert (from_folder["n_a"], from_folder["n_b"]) == (256, 60)
+    # fid_of_images puts the generated set first; FID is symmetric up to round-off (60 samples in
+    # 128-d give singular covariances, the worst case for it)
+    assert from_folder["fid"] == pytest.approx(fid_of_images(train[:60], "mnist", "domain", 256), rel=1e-7)
+
+    code, out, _ = run_cli(capsys, "mnist:test", tmp_path / "same.npy", "--backbone", "domain", "--json")
+    assert json.loads(out)["fid"] == pytest.approx(from_folder["fid"], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make, args, pattern",
+    [
+        (lambda d: np.savez(d / "x.npz", images=np.zeros((5, 28, 28), np.float32)), ["{d}/x.npz", "mnist:test"],
+         "invalid A .*'images'.*dtype float32.*allowed uint8"),
+        (lambda d: np.savez(d / "x.npz", images=np.zeros((5, 32, 32), np.uint8)), ["mnist:test", "{d}/x.npz"],
+         r"invalid B .*shape \(5, 32, 32\).*allowed uint8 images shaped N×28×28"),
+        (None, ["cifar:train", "mnist:test"], "invalid A='cifar:train': unknown dataset 'cifar'.*allowed one of mnist"),
+        (None, ["mnist:valid", "mnist:test"], "unknown split 'valid'.*allowed one of train, test"),
+        (None, ["mnist:test", "{d}/missing.npz"], "invalid B=.*no such file or folder"),
+        (None, ["mnist:test", "mnist:train", "--backbone", "resnet"], "invalid --backbone='resnet': allowed one of"),
+        (lambda d: np.savez(d / "x.npz", images=np.zeros((5, 28, 28), np.uint8)), ["{d}/x.npz", "{d}/x.npz"],
+         "missing --dataset.*allowed one of mnist, fashion-mnist"),
+        (None, ["mnist:test", "mnist:train", "--limit", "1"], "invalid --limit=1"),
+    ],
+)
+def test_cli_bad_input_exits_2(idx_mnist, tmp_path, capsys, make, args, pattern):
+    if make:
+        make(tmp_path)
+    argv = [a.format(d=tmp_path) for a in args]
+    if "--backbone" not in argv:
+        argv += ["--backbone", "domain"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(pattern, err), err
+
+
+def test_cli_subprocess_error_has_no_traceback(tmp_path):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((3, 28, 28), np.int64))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "tuner.fid", str(tmp_path / "bad.npz"), "mnist:test"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "invalid A" in proc.stderr and "int64" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------
+# real data
+
+
+@pytest.mark.slow
+def test_fashion_domain_fid_is_small_for_real_and_large_for_noise(fashion_mirror, monkeypatch):
+    from tuner import domain
+
+    monkeypatch.setenv(domain.TRAIN_LIMIT_ENV, "4000")
+    bb = get_backbone("domain", "fashion-mnist")
+    assert bb.meta["n_train"] == 4000 and bb.meta["full_data"] is False
+    assert bb.meta["test_accuracy"] > 0.75  # 4000 images; the full-data classifier reaches > 0.90
+
+    train, _ = load_split("fashion-mnist", "train")
+    real = fid_of_images(train[:500], "fashion-mnist", bb, 500, split="test")
+    noise = torch.randint(0, 256, (500, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    fake = fid_of_images(noise, "fashion-mnist", bb, 500, split="test")
+    assert math.isfinite(real) and real > 0
+    assert fake > 20 * real
