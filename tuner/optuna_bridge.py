@@ -37,13 +37,16 @@ class HonestOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         value = result.get(self.metric)
-        if value is None or not math.isfinite(value):
+        if value is None or not math.isfinite(value) or self._finished_in_storage(trial_id):
             return
         step = int(round(result["kimg"] * 1000))
         self._ot_trials[trial_id].report(value, step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if self._finished_in_storage(trial_id):
+            self._completed_trials.add(trial_id)
             return
         trial = self._ot_trials[trial_id]
         result = result or {}
@@ -68,6 +71,16 @@ class HonestOptunaSearch(OptunaSearch):
         except Exception as exc:  # e.g. already finished by a stale-trial cleanup
             log.warning("optuna tell failed for %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+    def _finished_in_storage(self, trial_id: str) -> bool:
+        """True when the study already holds a final state for this trial.
+
+        After a killed driver, Tune re-runs from its checkpoint a trial that finished after the last
+        experiment snapshot; its Optuna trial was told then, and Optuna refuses any update to it
+        (UpdateFinishedTrialError), which would end the whole run. Its first record stands.
+        """
+        frozen = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        return frozen.state.is_finished()
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
