@@ -2,6 +2,7 @@
 
 import gzip
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +41,7 @@ def test_missing_data_error_says_how_to_get_it(tmp_path, monkeypatch):
 
 
 def test_mirror_missing_file_and_bad_checksum(fashion_mirror, tmp_path, monkeypatch):
+    fashion_mirror = Path(fashion_mirror)
     monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path / "root"))
     partial = tmp_path / "partial"
     partial.mkdir()
