@@ -6,8 +6,9 @@ so they can be written at the end, on resume, or for a study that is still runni
 
 trials: one row per trial: trial_id, status (completed / pruned / diverged / errored / running /
 pending), every TrainConfig field of the trial's full config, fid_final, fid_best, kimg (reached),
-wall_time_s, diverge_reason, the final value of every other metric, trial_dir and samples_dir
-(relative to the experiment folder).
+wall_time_s, diverge_reason, error (path of Ray's error.txt), the final value of every other metric
+(prefixed final_ where its name is also a config field: the VAE metric `loss` is `final_loss`),
+trial_dir and samples_dir (relative to the experiment folder).
 history: one row per evaluation of every trial (trial_id + every metric the trainer reported).
 """
 
@@ -83,17 +84,19 @@ def build_frames(exp: str | Path) -> dict[str, Any]:
             "kimg": float(last.get("kimg", 0.0)),
             "wall_time_s": float(last.get("time_total_s", math.nan)),
             "diverge_reason": last.get("diverge_reason", "") or "",
-            "error": (str(trial.error_file) if getattr(trial, "error_file", None) else ""),
+            # Ray writes error.txt into an errored trial's folder (read from storage: no Ray needed)
+            "error": f"{Path(trial.path).name}/error.txt" if trial.path and (Path(trial.path) / "error.txt").is_file() else "",
         })
         if not hist.empty:
             final = hist.iloc[-1]
             for key in hist.columns:
-                if key in row or key in ("trial_id", "fid", "diverged", "diverge_reason"):
+                if key in ("trial_id", "fid", "diverged", "diverge_reason", "kimg", "wall_time_s"):
                     continue
+                column = f"final_{key}" if key in row else key  # e.g. the VAE metric `loss` vs the config field
                 value = final[key]
                 if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not pd.api.types.is_scalar(value)):
                     value = json.dumps(list(value))
-                row[key] = value
+                row[column] = value
         row["trial_dir"] = trial_dir
         row["samples_dir"] = f"{trial_dir}/samples" if trial_dir else ""
         rows.append(row)
