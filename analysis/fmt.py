@@ -14,32 +14,20 @@ def _bad(x: Any) -> bool:
         return True
 
 
-def fid(x: Any) -> str:
-    """FID: 2 decimals."""
-    return "n/a" if _bad(x) else f"{float(x):.2f}"
+def _fixed(decimals: int, doc: str):
+    def format_number(x: Any) -> str:
+        return "n/a" if _bad(x) else f"{float(x):.{decimals}f}"
+
+    format_number.__doc__ = doc
+    return format_number
 
 
-def kimg(x: Any) -> str:
-    """kimg: 2 decimals (evaluations fall on multiples of a quarter kimg in small runs)."""
-    return "n/a" if _bad(x) else f"{float(x):.2f}"
-
-
-def seconds(x: Any) -> str:
-    return "n/a" if _bad(x) else f"{float(x):.1f}"
-
-
-def nats(x: Any) -> str:
-    """Losses, reconstruction and KL terms (nats per image): 2 decimals."""
-    return "n/a" if _bad(x) else f"{float(x):.2f}"
-
-
-def kl(x: Any) -> str:
-    """KL of class shares from uniform: 3 decimals."""
-    return "n/a" if _bad(x) else f"{float(x):.3f}"
-
-
-def importance(x: Any) -> str:
-    return "n/a" if _bad(x) else f"{float(x):.2f}"
+fid = _fixed(2, "FID: 2 decimals.")
+kimg = _fixed(2, "kimg: 2 decimals (evaluations fall on multiples of a quarter kimg in small runs).")
+seconds = _fixed(1, "Wall time in seconds: 1 decimal.")
+nats = _fixed(2, "Losses, reconstruction and KL terms (nats per image): 2 decimals.")
+kl = _fixed(3, "KL of class shares from uniform: 3 decimals.")
+importance = _fixed(2, "Hyperparameter importance: 2 decimals.")
 
 
 def count(x: Any) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from analysis import fmt
+from tuner.config import ArgumentParser
 from analysis.answers import Answer, answer_all
 from analysis.frames import (
     STATUSES_ORDER,
@@ -376,7 +377,7 @@ def write_report(paths: list[str | Path], out: str | Path, top: int = 3, rebuild
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+    p = ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR", help="experiment folders (STORAGE_PATH/NAME)")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md and its images")

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import fmt
+from tuner.config import ArgumentParser
 
 COLUMNS = ["trial_id", "seed", "fid_final", "fid_best", "kimg", "wall_time_s", "diverged"]
 
@@ -160,7 +161,7 @@ def rerun_summary(trials: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFram
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.rerun", description=__doc__,
+    p = ArgumentParser(prog="python -m analysis.rerun", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", metavar="EXPERIMENT_DIR")
     p.add_argument("--top", type=int, default=3, help="how many of the best configs to re-train [3]")
