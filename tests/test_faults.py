@@ -144,7 +144,385 @@ def fault_hook(control_dir: str):
 
 
 # ------------------------------------------------------------------------------------------
-# 1. divergence inside a real study
+# security
+
+
+def python_sources() -> list[Path]:
+    skip = {".git", ".venv", "venv", "node_modules", "__pycache__"}
+    return [p for p in REPO.rglob("*.py") if not skip & set(p.relative_to(REPO).parts)]
+
+
+def test_every_torch_load_is_weights_only_and_nothing_unpickles():
+    """Checkpoints and caches are read with torch.load(weights_only=True) only; no pickle, no
+    np.load(allow_pickle=True). (Ray's own pickles of the experiment state are outside our code.)"""
+    torch_loads, offenders = 0, []
+    for path in python_sources():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = ast.unparse(node.func)
+            kwargs = {k.arg: k.value for k in node.keywords}
+            where = f"{path.relative_to(REPO)}:{node.lineno} {func}"
+            if func == "torch.load":
+                torch_loads += 1
+                flag = kwargs.get("weights_only")
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    offenders.append(where)
+            elif func.split(".")[-1] in ("load", "loads") and func.split(".")[0] in ("pickle", "cloudpickle", "dill", "joblib"):
+                offenders.append(where)
+            elif func in ("np.load", "numpy.load", "pd.read_pickle", "pandas.read_pickle"):
+                flag = kwargs.get("allow_pickle")
+                if func.endswith("read_pickle") or (flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False)):
+                    offenders.append(where)
+    assert torch_loads >= 2  # the checkpoint loader and the domain-classifier cache are found
+    assert not offenders, offenders
+
+
+def test_local_ray_binds_the_dashboard_to_loopback(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    search.init_ray(search.SearchConfig())
+    (kwargs,) = calls
+    assert kwargs["address"] == "local"  # never a stale /tmp/ray/ray_current_cluster
+    assert kwargs["dashboard_host"] == "127.0.0.1"
+    # the running dashboard process is checked in test_driver_killed_three_times_...
+# ------------------------------------------------------------------------------------------
+# the searcher after a driver kill: a trial told to Optuna after the last snapshot
+
+
+def make_searcher(journal: Path, max_kimg: float = 1.0) -> HonestOptunaSearch:
+    from tuner.space import build_ranges, define_by_run
+
+    return HonestOptunaSearch(space=define_by_run("gan", ("hinge",), build_ranges("gan")), metric="fid", mode="min",
+                              sampler=optuna.samplers.TPESampler(seed=0), study_name="s",
+                              storage=make_storage(str(journal)), max_kimg=max_kimg)
+
+
+def test_restored_searcher_accepts_reruns_of_trials_finished_after_the_snapshot(tmp_path):
+    """Tune snapshots the searcher with the experiment; a trial that finished (and was told to
+    Optuna) after the last snapshot is RUNNING in that snapshot, so a resumed run re-runs it from its
+    checkpoint and reports it again. Optuna refuses updates to finished trials; the searcher must not
+    let that end the resumed run, nor leave a trial RUNNING."""
+    journal = tmp_path / "optuna.journal"
+    searcher = make_searcher(journal)
+    searcher.suggest("t_done")
+    searcher.suggest("t_stale")
+    searcher.on_trial_result("t_done", {"fid": 30.0, "kimg": 0.5})
+    searcher.save(str(tmp_path / "snapshot.pkl"))  # the last experiment snapshot
+    searcher.on_trial_result("t_done", {"fid": 20.0, "kimg": 1.0})
+    searcher.on_trial_complete("t_done", {"fid": 20.0, "kimg": 1.0})
+    searcher.suggest("t_lost")  # asked after the snapshot: Tune will never hear of it again
+    # -- SIGKILL here; the resumed driver restores the snapshot --
+    resumed = make_searcher(journal)
+    resumed.restore(str(tmp_path / "snapshot.pkl"))
+    resumed.on_trial_result("t_done", {"fid": 21.0, "kimg": 0.75})  # the re-run, from its 0.5 kimg checkpoint
+    resumed.on_trial_result("t_done", {"fid": 19.0, "kimg": 1.0})
+    resumed.on_trial_complete("t_done", {"fid": 19.0, "kimg": 1.0})
+    resumed.on_trial_result("t_stale", {"fid": 40.0, "kimg": 1.0})
+    resumed.on_trial_complete("t_stale", {"fid": 40.0, "kimg": 1.0})
+
+    study = optuna.load_study(study_name="s", storage=make_storage(str(journal)))
+    states = {t.number: t for t in study.trials}
+    assert states[0].state.name == "COMPLETE" and states[0].value == 20.0  # its first record stands
+    assert states[1].state.name == "COMPLETE" and states[1].value == 40.0
+    assert states[2].state.name == "FAIL" and states[2].user_attrs["stale"] is True
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+# ------------------------------------------------------------------------------------------
+# damaged checkpoint files, unwritable storage
+
+
+PAYLOAD = "import pickle, os\nclass E:\n    def __reduce__(self):\n        return (os.system, ('touch {marker}',))\n"
+
+
+@pytest.mark.slow
+def test_damaged_checkpoint_gives_one_line_error_naming_the_file(idx_mnist, tmp_path):
+    flags = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
+             "--fid-samples", "64", "--seed", "1", "--max-kimg", "0.25", "--eval-every-kimg", "0.125"]
+    cfg = TrainConfig(**TINY_CFG, max_kimg=0.125, eval_every_kimg=0.125)
+    train(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoint" / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    marker = tmp_path / "code-ran"
+    damage = {
+        "truncated": lambda: ckpt.write_bytes(good[: len(good) // 2]),
+        "garbage": lambda: ckpt.write_bytes(bytes(range(256)) * 40),
+        # a pickle that runs a command when loaded without weights_only
+        "malicious": lambda: subprocess.run([sys.executable, "-c", PAYLOAD.format(marker=marker) +
+                                             f"pickle.dump({{'config': E()}}, open({str(ckpt)!r}, 'wb'), protocol=2)"],
+                                            check=True),
+    }
+    for kind, write in damage.items():
+        write()
+        proc = subprocess.run([sys.executable, "-m", "tuner.train", "--out", str(tmp_path / "run"), "--resume", *flags],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (kind, proc.stderr)
+        assert lines[0].startswith(f"error: checkpoint file {ckpt} is unreadable or corrupt"), (kind, lines[0])
+        assert "weights_only=False" not in lines[0]  # never advise loading it unsafely
+        assert "fid[" not in proc.stdout  # no evaluation: nothing was trained
+    assert not marker.exists()  # the malicious checkpoint's code never ran
+    assert "GLOBAL" in lines[0] or "global" in lines[0]  # the refusal names what it refused
+
+
+def test_unwritable_storage_fails_before_ray_starts(idx_mnist, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a regular file, not a folder")
+    places = [blocker / "sub"]
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    if os.geteuid() == 0:  # root ignores permissions: a read-only mount bites, where mounting is allowed
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(readonly)],
+                                 capture_output=True).returncode == 0
+    else:
+        readonly.chmod(0o500)
+        mounted = True
+    if mounted:
+        places.append(readonly / "results")
+    try:
+        for place in places:
+            ray_tmp = tmp_path / f"ray-{len(place.parts)}"
+            proc = subprocess.run([sys.executable, "tuner/search.py", "--storage-path", str(place), "--name", "x",
+                                   *TINY], cwd=REPO, capture_output=True, text=True, timeout=300,
+                                  env=dict(os.environ, RAY_TMPDIR=str(ray_tmp)))
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+            assert lines[0].startswith(f"error: invalid storage_path={str(place)!r}") and "writable" in lines[0]
+            assert not ray_tmp.exists() and "Ray" not in proc.stdout + proc.stderr
+            assert not place.exists()
+    finally:
+        if os.geteuid() == 0 and mounted:
+            subprocess.run(["umount", str(readonly)], check=False)
+        readonly.chmod(0o700)
+    assert len(places) == 2 or os.geteuid() == 0  # as root without mount rights, only the file case runs
+
+
+# ------------------------------------------------------------------------------------------
+# a worker node is lost while it runs a trial
+
+
+@pytest.mark.slow
+def test_lost_worker_node_trial_resumes_from_its_checkpoint_on_another_node(idx_mnist, tmp_path, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        pytest.fail("a Ray runtime from an earlier test is still connected")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    control = tmp_path / "control"
+    control.mkdir()
+    arm(control, action="hold")
+    # Node deaths are noticed after a few missed health checks; make that quick.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
+    first = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    name = "nodeloss"
+    flags = ["--storage-path", str(tmp_path), "--name", name, "--address", cluster.address, *TINY,
+             "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32",
+             "--num-samples", "3", "--max-concurrent", "2", "--max-kimg", "1", "--eval-every-kimg", "0.25",
+             "--grace-kimg", "1", "--max-failures", "2"]
+    outcome: dict[str, object] = {}
+
+    def driver() -> None:  # Tune runs in a thread; the Cluster's nodes are started from the main thread
+        try:
+            outcome["rc"] = search.main(flags)
+        except BaseException as err:
+            outcome["error"] = err
+
+    try:
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": fault_hook(str(control))})
+        thread = threading.Thread(target=driver, daemon=True)
+        thread.start()
+        try:
+            claimed = wait_for(lambda: (control / "claimed").is_file() and (control / "claimed").read_text(),
+                               240, "a trial to report its first checkpoint")
+            removed = json.loads(claimed)
+            (node,) = [n for n in cluster.list_all_nodes() if n.node_id == removed["node_id"]]
+            cluster.remove_node(node, allow_graceful=False)
+            cluster.add_node(num_cpus=1)  # capacity stays at two trials
+        finally:
+            (control / "release").touch()
+        thread.join(timeout=300)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert not thread.is_alive(), "the study did not end"
+    assert outcome.get("rc") == 0, outcome
+
+    exp = tmp_path / name
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 3 and (trials["status"] == "completed").all()  # every trial ended, none errored
+    rows = result_rows(exp)
+    original_nodes = {n.node_id for n in first}
+    assert {r[0]["node_id"] for r in rows.values()} == original_nodes  # the first two trials ran on both nodes
+
+    held = rows[removed["trial_id"]]
+    kimgs = [r["kimg"] for r in held]
+    assert kimgs == sorted(set(kimgs)) and kimgs[-1] >= 1.0  # no evaluation repeated, the whole budget
+    at_kill = [i for i, r in enumerate(held) if r["kimg"] == removed["kimg"]]
+    assert at_kill == [0]  # killed after its first checkpoint (0.256 kimg)
+    after = held[1]
+    assert after["node_id"] != removed["node_id"]  # resumed elsewhere ...
+    assert after["iterations_since_restore"] == 1  # ... as a restored trial ...
+    assert after["kimg"] == pytest.approx(removed["kimg"] + 0.256)  # ... from its checkpoint, not from 0
+    assert all(r["node_id"] != removed["node_id"] for r in held[1:])
+    history = pd.read_parquet(exp / "history.parquet")
+    assert len(history[history["trial_id"] == removed["trial_id"]]) == len(held)
+
+
+# ------------------------------------------------------------------------------------------
+# the driver is SIGKILLed at three points of one study, and resumed each time
+
+
+def snapshot_statuses(exp: Path) -> dict[str, str]:
+    """Trial statuses in the newest experiment snapshot (what a resumed run starts from)."""
+    newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.name, default=None)
+    if newest is None:
+        return {}
+    try:
+        state = json.loads(newest.read_text())
+    except json.JSONDecodeError:  # being written
+        return {}
+    return {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in state["trial_data"]}
+
+
+def processes_under(path: Path) -> dict[int, str]:
+    """pid -> command line of every process whose command line names `path` (a run's Ray temp dir)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmdline:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+class Driver:
+    """`python tuner/search.py ...` in its own session, with its own Ray temp dir."""
+
+    def __init__(self, flags: list[str], workdir: Path, tag: str):
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix=f"gt{tag}", dir="/tmp"))  # short: Ray's socket paths
+        env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(self.ray_tmp), PYTHONUNBUFFERED="1")
+        self.log = workdir / f"driver-{tag}.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "tuner/search.py", *flags], cwd=REPO, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL the driver's whole process group, then anything else its Ray left running."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        for pid in processes_under(self.ray_tmp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"driver did not finish in {timeout} s; log:\n{self.log.read_text()[-3000:]}")
+
+    def started_its_own_ray(self) -> bool:
+        return any((self.ray_tmp / "ray").glob("session_2*"))
+
+
+@pytest.mark.slow
+def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(idx_mnist, tmp_path):
+    name, n = "killed", 4
+    exp = tmp_path / "store" / name
+    flags = ["--storage-path", str(tmp_path / "store"), "--name", name, *TINY, "--losses", "hinge",
+             "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--num-samples", str(n),
+             "--max-concurrent", "2", "--max-kimg", "0.75", "--eval-every-kimg", "0.25", "--grace-kimg", "0.5"]
+    resume = ["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"]
+
+    def total_results() -> int:
+        return sum(len(r) for r in result_rows(exp).values())
+
+    def finished_in_snapshot() -> list[str]:
+        return [t for t, s in snapshot_statuses(exp).items() if s == "TERMINATED"]
+
+    # Kill points: (1) the first evaluation of the study is on disk; (2) two more evaluations after
+    # the first resume; (3) the snapshot records a finished trial. A fourth run resumes to the end.
+    drivers: list[Driver] = []
+    done_at_kill: dict[str, int] = {}  # trial id -> result rows when a snapshot already had it TERMINATED
+    # Trials told to Optuna after the last snapshot: Tune re-runs them from their checkpoint (pitfall 3)
+    # and their first Optuna record stands, even if ASHA decides differently the second time.
+    told_then_rerun: set[str] = set()
+    try:
+        for k, args in enumerate([flags, resume, resume, resume]):
+            before = total_results()
+            drivers.append(driver := Driver(args, tmp_path, str(k)))
+            if k == 0:
+                wait_for(lambda: list(exp.glob("*/checkpoint_000000")), 240, "the first checkpoint", driver.proc)
+                dashboards = [c for c in processes_under(driver.ray_tmp).values() if "dashboard/dashboard.py" in c]
+                assert dashboards and all("--host=127.0.0.1" in c for c in dashboards)  # loopback only
+            elif k == 1:
+                wait_for(lambda: total_results() >= before + 2, 240, "two more evaluations", driver.proc)
+            elif k == 2:
+                wait_for(finished_in_snapshot, 240, "a finished trial in the snapshot", driver.proc)
+            else:
+                assert driver.wait(300) == 0, driver.log.read_text()[-3000:]
+                break
+            driver.kill()
+            assert driver.started_its_own_ray()
+            rows = result_rows(exp)
+            for trial_id in finished_in_snapshot():
+                done_at_kill.setdefault(trial_id, len(rows[trial_id]))
+            study = load_study(exp, name)
+            running = [t for t in study.trials if t.state.name == "RUNNING"]
+            assert k > 0 or running  # the kill leaves Optuna trials RUNNING: the resume must clean up
+            told = {t.user_attrs["ray_trial_id"] for t in study.trials if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
+            told_then_rerun |= told - set(finished_in_snapshot())
+    finally:
+        for driver in drivers:
+            driver.kill()
+    assert all(d.started_its_own_ray() for d in drivers)
+    assert not any(processes_under(d.ray_tmp) for d in drivers)
+    assert done_at_kill  # kill point 3 happened after a trial had finished
+
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == n and trials["trial_id"].is_unique
+    assert not trials.duplicated(subset=["lr", "beta1", "z_dim", "n_critic", "batch_size"]).any()
+    assert set(trials["status"]) <= FINISHED
+    rows = result_rows(exp)
+    for trial_id, count in done_at_kill.items():
+        assert len(rows[trial_id]) == count, f"finished trial {trial_id} was run again"
+    history = pd.read_parquet(exp / "history.parquet")
+    assert set(history["trial_id"]) == set(trials["trial_id"])
+    assert not history.duplicated(subset=["trial_id", "kimg"]).any()
+    assert json.loads((exp / "best.json").read_text())["trial_id"] in set(trials["trial_id"])
+
+    study = load_study(exp, name)
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    told = {t.user_attrs["ray_trial_id"]: t for t in study.trials if "ray_trial_id" in t.user_attrs}
+    assert set(told) == set(trials["trial_id"])  # each trial told exactly once, to its own Optuna trial
+    expected = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL"}
+    for row in trials.itertuples():
+        if row.trial_id not in told_then_rerun:
+            assert told[row.trial_id].state.name == expected[row.status]
+    assert len(told_then_rerun) < n
+    others = [t for t in study.trials if "ray_trial_id" not in t.user_attrs]
+    assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") for t in others)
+
+
+# ------------------------------------------------------------------------------------------
+# divergence inside a real study (the tests from here on share one local Ray with the fault hook)
 
 
 @pytest.fixture(scope="module")
@@ -205,43 +583,39 @@ def test_diverging_configs_end_as_failed_trials_in_a_real_study(idx_mnist, tmp_p
 
 
 # ------------------------------------------------------------------------------------------
-# 3a. the searcher after a driver kill: a trial told to Optuna after the last snapshot
+# a corrupt checkpoint in Ray's storage, restored after its worker died
 
 
-def make_searcher(journal: Path, max_kimg: float = 1.0) -> HonestOptunaSearch:
-    from tuner.space import build_ranges, define_by_run
+@pytest.mark.slow
+def test_trial_whose_checkpoint_is_corrupt_restarts_from_scratch_and_the_study_ends(idx_mnist, tmp_path, hooked_ray):
+    # The first trial to checkpoint truncates its checkpoint in Ray's storage and its worker dies
+    # (SIGKILL). Tune restores it (max_failures 1) from that checkpoint: loading fails with a
+    # CheckpointError naming the file, and the trial starts again from scratch instead of failing
+    # the same way on every retry.
+    name = "corrupt"
+    exp = tmp_path / name
+    arm(hooked_ray, action="corrupt_and_die", exp=str(exp))
+    try:
+        rc = search.main(["--storage-path", str(tmp_path), "--name", name, *TINY, "--losses", "hinge",
+                          "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--num-samples", "2",
+                          "--max-concurrent", "2", "--max-kimg", "0.5", "--eval-every-kimg", "0.25",
+                          "--grace-kimg", "0.5", "--max-failures", "1"])
+    finally:
+        disarm(hooked_ray)
+    assert rc == 0
+    victim = json.loads((hooked_ray / "claimed").read_text())["trial_id"]
+    corrupted = Path((hooked_ray / "corrupted").read_text())
+    with pytest.raises(CheckpointError, match=str(corrupted)):  # the damage is real and named
+        load_checkpoint(build_trial(TrainConfig(**TINY_CFG).resolved(), torch.device("cpu")), corrupted)
 
-    return HonestOptunaSearch(space=define_by_run("gan", ("hinge",), build_ranges("gan")), metric="fid", mode="min",
-                              sampler=optuna.samplers.TPESampler(seed=0), study_name="s",
-                              storage=make_storage(str(journal)), max_kimg=max_kimg)
-
-
-def test_restored_searcher_accepts_reruns_of_trials_finished_after_the_snapshot(tmp_path):
-    """Tune snapshots the searcher with the experiment; a trial that finished (and was told to
-    Optuna) after the last snapshot is RUNNING in that snapshot, so a resumed run re-runs it from its
-    checkpoint and reports it again. Optuna refuses updates to finished trials; the searcher must not
-    let that end the resumed run, nor leave a trial RUNNING."""
-    journal = tmp_path / "optuna.journal"
-    searcher = make_searcher(journal)
-    searcher.suggest("t_done")
-    searcher.suggest("t_stale")
-    searcher.on_trial_result("t_done", {"fid": 30.0, "kimg": 0.5})
-    searcher.save(str(tmp_path / "snapshot.pkl"))  # the last experiment snapshot
-    searcher.on_trial_result("t_done", {"fid": 20.0, "kimg": 1.0})
-    searcher.on_trial_complete("t_done", {"fid": 20.0, "kimg": 1.0})
-    searcher.suggest("t_lost")  # asked after the snapshot: Tune will never hear of it again
-    # -- SIGKILL here; the resumed driver restores the snapshot --
-    resumed = make_searcher(journal)
-    resumed.restore(str(tmp_path / "snapshot.pkl"))
-    resumed.on_trial_result("t_done", {"fid": 21.0, "kimg": 0.75})  # the re-run, from its 0.5 kimg checkpoint
-    resumed.on_trial_result("t_done", {"fid": 19.0, "kimg": 1.0})
-    resumed.on_trial_complete("t_done", {"fid": 19.0, "kimg": 1.0})
-    resumed.on_trial_result("t_stale", {"fid": 40.0, "kimg": 1.0})
-    resumed.on_trial_complete("t_stale", {"fid": 40.0, "kimg": 1.0})
-
-    study = optuna.load_study(study_name="s", storage=make_storage(str(journal)))
-    states = {t.number: t for t in study.trials}
-    assert states[0].state.name == "COMPLETE" and states[0].value == 20.0  # its first record stands
-    assert states[1].state.name == "COMPLETE" and states[1].value == 40.0
-    assert states[2].state.name == "FAIL" and states[2].user_attrs["stale"] is True
-    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    trials = pd.read_parquet(exp / "trials.parquet").set_index("trial_id")
+    assert len(trials) == 2 and (trials["status"] == "completed").all()
+    rows = result_rows(exp)[victim]
+    first_kimg = rows[0]["kimg"]
+    # evaluated at 0.256 kimg, died, restored, failed to load, restarted: 0.256 kimg again, then on
+    assert [r["kimg"] for r in rows] == [first_kimg, first_kimg, rows[-1]["kimg"]] and rows[-1]["kimg"] >= 0.5
+    assert rows[1]["iterations_since_restore"] == 1
+    history = pd.read_parquet(exp / "history.parquet")
+    assert history.loc[history["trial_id"] == victim, "kimg"].is_monotonic_increasing
+    messages = [p.read_text(errors="replace") for p in Path(ray._private.worker._global_node.get_logs_dir_path()).glob("worker-*.err")]
+    assert any(f"cannot resume from" in m and "checkpoint_000000" in m and "is unreadable or corrupt" in m for m in messages)

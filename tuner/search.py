@@ -134,7 +134,12 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         return search, TrainConfig.from_dict(saved["base"]), saved.get("space_overrides", {})
     given = {f.name for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
     defaults = {k: v for k, v in SEARCH_TRAIN_DEFAULTS.items() if k not in given}
+    if "eval_every_kimg" in defaults and "max_kimg" in given:
+        # --max-kimg 1 alone must not fail on a default the user never typed (eval every 2 kimg)
+        defaults["eval_every_kimg"] = min(defaults["eval_every_kimg"], args.max_kimg)
     base = from_namespace(TrainConfig, args, **defaults)
+    if "grace_kimg" not in vars(args) and search.grace_kimg > base.max_kimg:
+        search = dataclasses.replace(search, grace_kimg=base.eval_every_kimg)  # the default, shortened to fit
     if search.grace_kimg > base.max_kimg:
         raise ConfigError(f"invalid grace_kimg={search.grace_kimg}: allowed <= max_kimg ({base.max_kimg})")
     overrides: dict[str, Any] = {}
@@ -176,11 +181,12 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, bytes], cpus: float = 1.0,
               env: dict[str, str] | None = None) -> None:
+    import ray
     import torch
     from ray import tune
 
     from tuner.metrics_cache import install_assets
-    from tuner.trainable import train
+    from tuner.trainable import CheckpointError, train
 
     os.environ.update(env or {})  # the driver's GENTUNE_* settings (data root, mirror, cache)
     install_assets(assets, base.get("cache_dir"))
@@ -188,11 +194,14 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
     torch.set_num_threads(max(1, int(cpus)))
     out_dir = Path.cwd()  # the trial's working dir; Ray syncs it (samples/, metrics.jsonl) to storage
 
+    node_id = ray.get_runtime_context().get_node_id()  # which Ray node ran each evaluation
+
     def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
         # Ray's progress table shows the first four metrics: put the ones a reader scans first.
         first = [k for k in ("fid", "kimg", "classes_covered", "img_per_s") if k in record]
         metrics = {k: record[k] for k in first} | {k: v for k, v in record.items() if k not in first}
         metrics.setdefault("diverged", False)
+        metrics["node_id"] = node_id
         if checkpoint_dir is None:
             tune.report(metrics)
         else:
@@ -204,7 +213,16 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
         resume_from = out_dir / "resume"
         shutil.rmtree(resume_from, ignore_errors=True)
         checkpoint.to_directory(str(resume_from))
-    train(cfg, out_dir, report=report, resume_from=resume_from)
+    try:
+        train(cfg, out_dir, report=report, resume_from=resume_from)
+    except CheckpointError as err:
+        if resume_from is None:
+            raise
+        # A damaged checkpoint would fail every retry the same way: start this trial again instead.
+        # (train() loads the checkpoint before its first step, so nothing was reported from it.)
+        print(f"gentune: cannot resume from {checkpoint.path}: {err}; restarting the trial from scratch",
+              file=sys.stderr, flush=True)
+        train(cfg, out_dir, report=report, resume_from=None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -348,6 +366,32 @@ def is_experiment(path: str) -> bool:
         return False
 
 
+def check_writable(search: SearchConfig) -> None:
+    """Fail before Ray starts when the (local) storage folder cannot be created or written.
+
+    Probes the deepest existing folder of STORAGE_PATH/NAME with a temporary file, so nothing is left
+    behind: a path below a regular file, a read-only mount or a folder without write access fail here.
+    """
+    import tempfile
+
+    if is_remote(search):
+        return
+    path = Path(search.experiment_dir)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as err:
+            problem = f"cannot write in {existing} ({err.strerror or err})"
+    if problem:
+        raise ConfigError(f"invalid storage_path={search.storage_path!r}: {problem}; "
+                          "allowed a writable local folder or s3://bucket/prefix")
+
+
 def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> int:
     from ray import tune
 
@@ -357,6 +401,7 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
     exp = search.experiment_dir
     if not search.resume and is_experiment(exp):
         raise ConfigError(f"invalid name={search.name!r}: {exp} already holds an experiment; use --resume or another --name")
+    check_writable(search)
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
     assets = prepare_assets(base)
 
@@ -397,15 +442,20 @@ def main(argv: list[str] | None = None) -> int:
         search, base, overrides = parse(argv)
         return run(search, base, overrides)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except Exception as err:
         from tuner.data import DataError
 
         if isinstance(err, DataError):
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             return 2
         raise
+
+
+def one_line(err: Exception) -> str:
+    """The error message on one line (YAML and torchvision messages span several)."""
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

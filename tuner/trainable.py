@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,17 +140,30 @@ def save_checkpoint(trial: Trial, directory: Path) -> Path:
     return path
 
 
+def _load_failure(err: Exception) -> str:
+    """torch.load's reason on one line. Its weights_only refusal spans a page and suggests retrying
+    with weights_only=False, which would run whatever code the file holds: keep only the reason."""
+    text = str(err)
+    if text.startswith("Weights only load failed"):
+        detail = text.split("Check the documentation", 1)[0].split("trusted source.", 1)[-1]
+        detail = detail.split("WeightsUnpickler error:", 1)[-1]
+        return "torch.load(weights_only=True) refused it (" + " ".join(detail.split()) + ")"
+    return " ".join(text.split(". ")[0].split()) or type(err).__name__
+
+
 def load_checkpoint(trial: Trial, path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     try:
-        state = torch.load(path, map_location=trial.device, weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on a foreign pickle protocol: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=trial.device, weights_only=True)
         saved = TrainConfig.from_dict(state["config"])
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {path} does not exist") from None
-    except Exception as err:  # truncated zip, wrong format, missing keys
-        raise CheckpointError(f"checkpoint file {path} is unreadable or corrupt: {err}") from err
+    except Exception as err:  # truncated zip, wrong format, missing keys, objects weights_only refuses
+        raise CheckpointError(f"checkpoint file {path} is unreadable or corrupt: {_load_failure(err)}") from err
     differing = sorted(
         k for k, v in saved.to_dict().items() if k not in RESUMABLE_CHANGES and trial.cfg.to_dict()[k] != v
     )
