@@ -39,7 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
         "--fid-samples", "64", "--cpus-per-trial", "1"]
 TINY_CFG = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
-FINISHED = {"completed", "pruned", "diverged"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -249,7 +248,6 @@ def test_damaged_checkpoint_gives_one_line_error_naming_the_file(idx_mnist, tmp_
     marker = tmp_path / "code-ran"
     damage = {
         "truncated": lambda: ckpt.write_bytes(good[: len(good) // 2]),
-        "garbage": lambda: ckpt.write_bytes(bytes(range(256)) * 40),
         # a pickle that runs a command when loaded without weights_only
         "malicious": lambda: subprocess.run([sys.executable, "-c", PAYLOAD.format(marker=marker) +
                                              f"pickle.dump({{'config': E()}}, open({str(ckpt)!r}, 'wb'), protocol=2)"],
@@ -448,7 +446,7 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
     exp = tmp_path / "store" / name
     flags = ["--storage-path", str(tmp_path / "store"), "--name", name, *TINY, "--losses", "hinge",
              "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--num-samples", str(n),
-             "--max-concurrent", "2", "--max-kimg", "0.75", "--eval-every-kimg", "0.25", "--grace-kimg", "0.5"]
+             "--max-concurrent", "2", "--max-kimg", "0.75", "--eval-every-kimg", "0.25", "--grace-kimg", "0.75"]
     resume = ["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"]
 
     def total_results() -> int:
@@ -457,13 +455,13 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
     def finished_in_snapshot() -> list[str]:
         return [t for t, s in snapshot_statuses(exp).items() if s == "TERMINATED"]
 
-    # Kill points: (1) the first evaluation of the study is on disk; (2) two more evaluations after
-    # the first resume; (3) the snapshot records a finished trial. A fourth run resumes to the end.
+    # Every trial needs 3 evaluations and none is stopped early (grace = max), so the kill points
+    # fall where work is left whatever the timing: (1) the study's first evaluation is on disk (no
+    # trial has two); (2) the first resumed run adds one evaluation (no trial has three: none has
+    # finished); (3) the second resumed run's snapshot records a finished trial (two trials at least
+    # have not started yet: two run at a time). A fourth run resumes to the end.
     drivers: list[Driver] = []
     done_at_kill: dict[str, int] = {}  # trial id -> result rows when a snapshot already had it TERMINATED
-    # Trials told to Optuna after the last snapshot: Tune re-runs them from their checkpoint (pitfall 3)
-    # and their first Optuna record stands, even if ASHA decides differently the second time.
-    told_then_rerun: set[str] = set()
     try:
         for k, args in enumerate([flags, resume, resume, resume]):
             before = total_results()
@@ -473,7 +471,7 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
                 dashboards = [c for c in processes_under(driver.ray_tmp).values() if "dashboard/dashboard.py" in c]
                 assert dashboards and all("--host=127.0.0.1" in c for c in dashboards)  # loopback only
             elif k == 1:
-                wait_for(lambda: total_results() >= before + 2, 240, "two more evaluations", driver.proc)
+                wait_for(lambda: total_results() > before, 240, "an evaluation by the resumed run", driver.proc)
             elif k == 2:
                 wait_for(finished_in_snapshot, 240, "a finished trial in the snapshot", driver.proc)
             else:
@@ -486,9 +484,8 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
                 done_at_kill.setdefault(trial_id, len(rows[trial_id]))
             study = load_study(exp, name)
             running = [t for t in study.trials if t.state.name == "RUNNING"]
-            assert k > 0 or running  # the kill leaves Optuna trials RUNNING: the resume must clean up
-            told = {t.user_attrs["ray_trial_id"] for t in study.trials if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
-            told_then_rerun |= told - set(finished_in_snapshot())
+            assert running  # the kill leaves Optuna trials RUNNING: the resume must clean them up
+            assert k == 2 or not finished_in_snapshot()
     finally:
         for driver in drivers:
             driver.kill()
@@ -499,7 +496,7 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
     trials = pd.read_csv(exp / "trials.csv")
     assert len(trials) == n and trials["trial_id"].is_unique
     assert not trials.duplicated(subset=["lr", "beta1", "z_dim", "n_critic", "batch_size"]).any()
-    assert set(trials["status"]) <= FINISHED
+    assert (trials["status"] == "completed").all()
     rows = result_rows(exp)
     for trial_id, count in done_at_kill.items():
         assert len(rows[trial_id]) == count, f"finished trial {trial_id} was run again"
@@ -512,11 +509,10 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     told = {t.user_attrs["ray_trial_id"]: t for t in study.trials if "ray_trial_id" in t.user_attrs}
     assert set(told) == set(trials["trial_id"])  # each trial told exactly once, to its own Optuna trial
-    expected = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL"}
     for row in trials.itertuples():
-        if row.trial_id not in told_then_rerun:
-            assert told[row.trial_id].state.name == expected[row.status]
-    assert len(told_then_rerun) < n
+        # a trial re-run from an older checkpoint reproduces its results exactly (seeded, CPU)
+        assert told[row.trial_id].state.name == "COMPLETE"
+        assert told[row.trial_id].value == pytest.approx(row.fid_final, rel=1e-9)
     others = [t for t in study.trials if "ray_trial_id" not in t.user_attrs]
     assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") for t in others)
 
