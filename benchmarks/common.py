@@ -139,6 +139,11 @@ def spread(xs) -> str:
     return f"{fmt(min(xs))}–{fmt(max(xs))}" if len(xs) > 1 else fmt(xs[0])
 
 
+def quartiles(xs) -> str:
+    q = statistics.quantiles(list(xs), n=4) if len(list(xs)) > 1 else [list(xs)[0]] * 3
+    return f"{fmt(q[0])}–{fmt(q[2])}"
+
+
 def fmt(value, digits: int = 3) -> str:
     if value is None:
         return "—"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,10 @@ def build_parser():
                    help="where the two Ray experiments are written [default: $TMPDIR/gentune-bench]")
     p.add_argument("--analyze", nargs=2, metavar=("GRID_EXP", "STUDY_EXP"), default=None,
                    help="analyse two finished experiment folders instead of running them")
+    p.add_argument("--grid-exp", default=None,
+                   help="reuse this finished grid experiment (same budget flags) and run only the study")
+    p.add_argument("--study-flags", default="",
+                   help="extra tuner.search flags for the study, one quoted string, e.g. \"--warm-start --ranges n_critic=1:2\"")
     p.add_argument("--wall", nargs=2, type=float, metavar=("GRID_S", "STUDY_S"), default=None,
                    help="with --analyze: the wall-clock seconds the two runs took (printed by the run)")
     return p
@@ -82,7 +87,8 @@ def grid_argv(args, storage: str, name: str) -> list[str]:
 
 def study_argv(args, storage: str, name: str) -> list[str]:
     return ["--num-samples", str(args.num_samples), "--losses", *args.losses, "--grace-kimg", str(args.eval_every_kimg),
-            "--reduction-factor", str(args.reduction_factor), *budget_flags(args), "--storage-path", storage, "--name", name]
+            "--reduction-factor", str(args.reduction_factor), *budget_flags(args), "--storage-path", storage, "--name", name,
+            *shlex.split(args.study_flags)]
 
 
 def run_search(argv: list[str], log: Path) -> float:
@@ -283,9 +289,14 @@ def main(argv: list[str] | None = None) -> int:
                 Path(storage).mkdir(parents=True, exist_ok=True)
                 out_logs = common.RESULTS_DIR / f"search_efficiency_{st}"
                 out_logs.mkdir(parents=True, exist_ok=True)
-                wall["grid"] = run_search(grid_argv(args, storage, names[0]), out_logs / "grid.log")
+                if args.grid_exp:
+                    grid_exp = Path(args.grid_exp)
+                    notes.append(f"The grid was not re-run: its experiment {grid_exp} was reused (--grid-exp).")
+                else:
+                    wall["grid"] = run_search(grid_argv(args, storage, names[0]), out_logs / "grid.log")
+                    grid_exp = Path(storage) / names[0]
                 wall["study"] = run_search(study_argv(args, storage, names[1]), out_logs / "study.log")
-                grid_exp, study_exp = Path(storage) / names[0], Path(storage) / names[1]
+                study_exp = Path(storage) / names[1]
             adopt_saved_settings(args, study_exp)
             grid_h, study_h = load_history(grid_exp), load_history(study_exp)
             best_cfg = study_best_config(study_exp)
@@ -298,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     grid_c, study_c = compute_curve(grid_h), compute_curve(study_h)
     s = summarize(grid_c, study_c)
     png = out_dir / f"search_efficiency_{st}.png"
-    plot(grid_c, study_c, s, png, ("grid lab1-gan", f"ASHA+TPE ({args.num_samples} trials)"), args.fid_backbone, args.fid_samples)
+    plot(grid_c, study_c, s, png, ("grid lab1-gan", f"ASHA+TPE ({args.num_samples} trials{', ' + args.study_flags if args.study_flags else ''})"), args.fid_backbone, args.fid_samples)
     for curve, kind in ((grid_c, "grid"), (study_c, "study")):
         curve.to_csv(out_dir / f"search_efficiency_{st}_{kind}_curve.csv", index=False)
 
@@ -312,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
               f"default space (z_dim, lr, beta1, batch size, n_critic, gp_lambda, g/d widths 16-96), ASHA grace "
               f"{getattr(args, 'grace_kimg', args.eval_every_kimg):g} kimg, reduction factor {args.reduction_factor}. Grid: lab1-gan (hinge/bce x "
               f"z_dim 32/64/128, widths 64, published optimiser settings), FIFO, full budget. "
-              f"{args.cpus_per_trial:g} CPU per trial.")
+              f"{args.cpus_per_trial:g} CPU per trial."
+              + (f" Extra study flags: `{args.study_flags}`." if args.study_flags else ""))
     headline = common.table(
         ["figure", "grid lab1-gan", "ASHA+TPE study", "ratio / gain", "target", "verdict"],
         [

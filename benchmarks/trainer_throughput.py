@@ -48,8 +48,8 @@ def build_parser():
     p.add_argument("--losses", nargs="+", default=["hinge", "wgan-gp"], help="GAN losses [default: hinge wgan-gp]")
     p.add_argument("--batch-size", type=int, default=128, help="batch size of all loops [default: 128, as the lab's loop]")
     p.add_argument("--width", type=int, default=64, help="g_width = d_width [default: 64]")
-    p.add_argument("--repeats", type=int, default=7, help="timed repeats per loop, interleaved [default: 7]")
-    p.add_argument("--images-per-repeat", type=int, default=4096, help="D images per timed repeat [default: 4096]")
+    p.add_argument("--repeats", type=int, default=30, help="timed rounds; each round times every loop once [default: 30]")
+    p.add_argument("--images-per-repeat", type=int, default=1024, help="D images per loop per round [default: 1024]")
     p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps per loop first [default: 5]")
     p.add_argument("--threads", type=int, default=None, help="torch threads [default: all cores]")
     p.add_argument("--workers", type=int, default=0, help="DataLoader num_workers [default: 0, as in the lab code]")
@@ -211,7 +211,7 @@ def bench_loss(loss: str, device: torch.device, images: torch.Tensor, args) -> d
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.smoke:
-        args.batch_size, args.width, args.repeats, args.images_per_repeat, args.warmup_steps = 16, 8, 2, 32, 1
+        args.batch_size, args.width, args.repeats, args.images_per_repeat, args.warmup_steps = 16, 8, 3, 32, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     load_split(DATASET, "train", resolve_mirror(None))  # installs an offline mirror where torchvision reads it
@@ -225,13 +225,16 @@ def main(argv: list[str] | None = None) -> int:
             for loss in args.losses:
                 r = bench_loss(loss, device, images, args)
                 med = {m: common.median(r[m]["img_s"]) for m in METHODS}
+                # Paired ratios: each round's loops ran back to back, so they saw the same contention.
+                paired = {m: [a / b for a, b in zip(r[m]["img_s"], r["DataLoader"]["img_s"])] for m in METHODS}
+                pmed = {m: common.median(paired[m]) for m in METHODS}
                 share = {m: common.median(r[m]["data_share"]) for m in METHODS}
                 bookkeeping = common.median(r["gentune+loop"]["book_share"])
                 outside = common.median(d + b for d, b in zip(r["gentune+loop"]["data_share"], r["gentune+loop"]["book_share"]))
-                ratio, ratio_loop = med["gentune"] / med["DataLoader"], med["gentune+loop"] / med["DataLoader"]
+                ratio, ratio_loop = pmed["gentune"], pmed["gentune+loop"]
                 for m in METHODS:
-                    rows.append([device.type, loss, m, med[m], common.spread(r[m]["img_s"]),
-                                 f"{med[m] / med['DataLoader']:.2f}x", f"{100 * share[m]:.1f}%"])
+                    rows.append([device.type, loss, m, med[m], common.spread(r[m]["img_s"]), f"{pmed[m]:.2f}x",
+                                 common.quartiles(paired[m]) if m != "DataLoader" else "—", f"{100 * share[m]:.1f}%"])
                 kind = device.type.upper()
                 targets.append([kind, loss, "gentune step vs DataLoader loop", f"{ratio:.2f}x (with loop bookkeeping {ratio_loop:.2f}x)",
                                 "≥ 1.4x" if device.type == "cpu" else "(GPU: report)",
@@ -245,12 +248,16 @@ def main(argv: list[str] | None = None) -> int:
 
     setup = (f"DCGAN g_width = d_width = {args.width}, batch {args.batch_size}, z_dim 64, each loss's published optimiser "
              f"settings (hinge: Adam 2e-4, n_critic 1; wgan-gp: Adam 1e-4, n_critic 5, lambda 10). {args.repeats} timed "
-             f"repeats of ~{args.images_per_repeat} D images per loop, interleaved with rotated order after one warm-up "
-             f"round of {args.warmup_steps} steps; medians (range over repeats). DataLoader num_workers={args.workers}. "
+             f"rounds; in each round every loop trains ~{args.images_per_repeat} D images, back to back, in an order "
+             f"rotated every round, after one warm-up round of {args.warmup_steps} steps. img/s: median (range) over "
+             f"rounds. vs DataLoader: median over rounds of the ratio of a loop's img/s to the DataLoader loop's in "
+             f"the same round (paired, so slow changes in machine load cancel), with its interquartile range. "
+             f"DataLoader num_workers={args.workers}, torch threads {torch.get_num_threads()}. "
              f"img/s = real images seen by D per second (n_critic x batch per step).")
     blocks = [
         setup,
-        common.table(["device", "loss", "loop", "img/s (median)", "range", "vs DataLoader", "data path share"], rows),
+        common.table(["device", "loss", "loop", "img/s (median)", "range", "vs DataLoader (paired median)",
+                      "paired IQR", "data path share"], rows),
         "Targets:\n\n" + common.table(["device", "loss", "figure", "measured", "target", "verdict"], targets),
         "Data path share = perf_counter time around the batch fetch / step time (gentune: sample_batch; "
         "DataLoader: next() + .to(device)). Outside the model = (sampling + bookkeeping) / step time of the "
