@@ -525,11 +525,12 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
 def hooked_ray(tmp_path_factory):
     """A local Ray (2 CPUs) whose workers carry the fault hook; tests arm it with a plan file."""
     control = tmp_path_factory.mktemp("fault-control")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": fault_hook(str(control))})
-    yield control
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": fault_hook(str(control))})
+        yield control
+        ray.shutdown()
 
 
 def arm(control: Path, **plan) -> None:

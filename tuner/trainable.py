@@ -143,6 +143,10 @@ def save_checkpoint(trial: Trial, directory: Path) -> Path:
 def _load_failure(err: Exception) -> str:
     """torch.load's reason on one line. Its weights_only refusal spans a page and suggests retrying
     with weights_only=False, which would run whatever code the file holds: keep only the reason."""
+    if isinstance(err, KeyError):  # a readable file without our entries
+        return f"not a gentune checkpoint (no {err} entry)"
+    if isinstance(err, TypeError):  # e.g. a list where a dict belongs
+        return f"not a gentune checkpoint ({err})"
     text = str(err)
     if text.startswith("Weights only load failed"):
         detail = text.split("Check the documentation", 1)[0].split("trusted source.", 1)[-1]
