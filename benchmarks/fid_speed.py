@@ -52,7 +52,7 @@ def build_parser():
     p.add_argument("--samples", type=int, default=10_000, help="features per set [default: 10000]")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per method (3 at >= 1024-d) [default: 5]")
     p.add_argument("--inception-n", type=int, default=100, help="images timed through inception, then extrapolated [default: 100]")
-    p.add_argument("--eval-repeats", type=int, default=3, help="timed evaluations per backbone [default: 3]")
+    p.add_argument("--eval-repeats", type=int, default=5, help="rounds of (training block, domain evaluation) [default: 5]")
     p.add_argument("--threads", type=int, default=None,
                    help="torch and BLAS threads [default: all cores; a search trial has --cpus-per-trial, 1 by default]")
     p.add_argument("--skip-e2e", action="store_true", help="part 1 only")
@@ -152,19 +152,14 @@ def bench_formulas(args) -> tuple[list[list], dict[int, dict[str, float]], str]:
 # part 2: one evaluation at a rung, as a share of a trial
 
 
-def training_img_s(trial, images, n_images: int, repeats: int) -> float:
+def training_img_s(trial, images, n_images: int) -> float:
     from tuner.trainable import gan_step
 
-    for _ in range(3):
-        gan_step(trial, images)
-    rates = []
-    for _ in range(repeats):
-        seen0 = trial.images_seen
-        with common.Timer() as t:
-            while trial.images_seen - seen0 < n_images:
-                gan_step(trial, images)
-        rates.append((trial.images_seen - seen0) / t.s)
-    return common.median(rates)
+    seen0 = trial.images_seen
+    with common.Timer() as t:
+        while trial.images_seen - seen0 < n_images:
+            gan_step(trial, images)
+    return (trial.images_seen - seen0) / t.s
 
 
 def bench_evaluation(args, fid_2048_s: float | None) -> tuple[list[list], list[list], list[str]]:
@@ -194,26 +189,32 @@ def _bench_evaluation(args, cfg, trial, images, out: Path, fid_2048_s: float | N
     device = trial.device
     n = cfg.fid_samples
     evals_per_trial = int(np.ceil(cfg.max_kimg / cfg.eval_every_kimg - 1e-9))
-    img_s = training_img_s(trial, images, 256 if args.smoke else 4096, 2 if args.smoke else 3)
-    train_s = cfg.max_kimg * 1000 / img_s
+    block = 128 if args.smoke else 2048
 
-    # domain: the real evaluate() at the default N
+    def share(eval_s: float, img_s: float) -> float:
+        return evals_per_trial * eval_s / (cfg.max_kimg * 1000 / img_s + evals_per_trial * eval_s)
+
+    # domain: the real evaluate() at the default N, each right after a timed training block, so that
+    # the two sides of the share see the same machine load (the share is a median over rounds)
+    training_img_s(trial, images, block // 4)  # warm-up
     evaluate(trial, out, "warmup")
-    dom = []
+    dom, rates, shares = [], [], []
     for i in range(args.eval_repeats):
+        rates.append(training_img_s(trial, images, block))
         with common.Timer() as t:
             evaluate(trial, out, f"r{i}")
         dom.append(t.s)
-    dom_s = common.median(dom)
+        shares.append(share(t.s, rates[-1]))
+    dom_s, img_s = common.median(dom), common.median(rates)
+    train_s = cfg.max_kimg * 1000 / img_s
 
-    def share(eval_s: float) -> float:
-        return evals_per_trial * eval_s / (train_s + evals_per_trial * eval_s)
-
-    rows = [["domain", n, "measured: evaluate()", dom_s, common.spread(dom), evals_per_trial * dom_s, f"{100 * share(dom_s):.1f}%"]]
+    rows = [["domain", n, "measured: evaluate()", dom_s, common.spread(dom), evals_per_trial * dom_s,
+             f"{100 * common.median(shares):.1f}%"]]
     notes = [
         f"Trial at search defaults: hinge, batch {cfg.batch_size}, widths {cfg.g_width}, max_kimg {cfg.max_kimg:g}, "
         f"eval every {cfg.eval_every_kimg:g} kimg -> {evals_per_trial} evaluations of N = {n}; training measured at "
-        f"{img_s:.0f} img/s -> {train_s:.0f} s of training per trial.",
+        f"{img_s:.0f} img/s (median of {args.eval_repeats} blocks of {block} images, range {common.spread(rates)}) -> "
+        f"{train_s:.0f} s of training per trial. Share = evaluations / (training + evaluations), per round, median.",
     ]
     if args.smoke:  # loading and warming up Inception alone takes longer than a smoke run may
         rows.append(["inception", n, "skipped in smoke mode", None, "—", None, "—"])
@@ -226,6 +227,7 @@ def _bench_evaluation(args, cfg, trial, images, out: Path, fid_2048_s: float | N
     gen = torch.Generator(device=device).manual_seed(1)
     samples = generate(trial, n, gen)
     inc.features(samples[:2])  # warm-up (TorchScript optimisation on the first calls)
+    inc_img_s = training_img_s(trial, images, block)
     with common.Timer() as t_feat:
         inc.features(samples[:k])
     per_image = t_feat.s / k
@@ -244,7 +246,7 @@ def _bench_evaluation(args, cfg, trial, images, out: Path, fid_2048_s: float | N
         fid_2048_s = t_fid.s
     inc_s = t_gen.s + per_image * n + t_stats.s + fid_2048_s + t_div.s + t_grid.s
     rows.append(["inception", n, f"EXTRAPOLATED from {k} images ({1000 * per_image:.0f} ms/image)", inc_s, "—",
-                 evals_per_trial * inc_s, f"{100 * share(inc_s):.1f}%"])
+                 evals_per_trial * inc_s, f"{100 * share(inc_s, inc_img_s):.1f}%"])
     parts = [
         ["generate N samples", t_gen.s], [f"inception features, {k} images (measured)", t_feat.s],
         [f"inception features, {n} images (extrapolated)", per_image * n], [f"statistics of {n}x2048", t_stats.s],
@@ -260,7 +262,7 @@ def _bench_evaluation(args, cfg, trial, images, out: Path, fid_2048_s: float | N
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.smoke:
-        args.dims, args.samples, args.repeats, args.eval_repeats = [16, 32], 500, 2, 1
+        args.dims, args.samples, args.repeats, args.eval_repeats = [16, 32], 500, 2, 2
     if args.threads:
         torch.set_num_threads(args.threads)
     load = common.LoadMonitor()
