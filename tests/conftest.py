@@ -12,8 +12,14 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
+
+# One Ray auth mode for the whole session. Ray 2.59+ turns token auth on for local clusters; the
+# driver (tuner/search.py) turns it off for the Ray it starts. A pytest process that starts Ray
+# several times must not flip between the two, or a later start fails with InvalidAuthToken.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 import numpy as np
 import pytest
