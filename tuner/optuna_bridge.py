@@ -13,7 +13,9 @@ Intermediate values are keyed by images seen (kimg x 1000), the same clock ASHA 
 
 On restore after a killed driver, Optuna trials that were asked but never recorded in the
 searcher's snapshot stay RUNNING for ever (pitfall 3); `restore` marks them FAIL with the user
-attribute `stale=True`, so nothing is left RUNNING and the dashboard shows what happened.
+attribute `stale=True`, so nothing is left RUNNING and the dashboard shows what happened. Trials
+that Tune re-runs from an older checkpoint report evaluations the study already holds (skipped), or
+finished after the snapshot and were told then (their first record stands: Optuna refuses updates).
 """
 
 from __future__ import annotations
@@ -37,15 +39,18 @@ class HonestOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         value = result.get(self.metric)
-        if value is None or not math.isfinite(value) or self._finished_in_storage(trial_id):
+        if value is None or not math.isfinite(value):
             return
         step = int(round(result["kimg"] * 1000))
+        stored = self._stored(trial_id)
+        if stored.state.is_finished() or step in stored.intermediate_values:
+            return  # a trial resumed from an older checkpoint reports the same evaluation again
         self._ot_trials[trial_id].report(value, step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        if self._finished_in_storage(trial_id):
+        if self._stored(trial_id).state.is_finished():
             self._completed_trials.add(trial_id)
             return
         trial = self._ot_trials[trial_id]
@@ -72,15 +77,14 @@ class HonestOptunaSearch(OptunaSearch):
             log.warning("optuna tell failed for %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
 
-    def _finished_in_storage(self, trial_id: str) -> bool:
-        """True when the study already holds a final state for this trial.
+    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
+        """The trial as the study holds it now (not as the searcher's snapshot remembers it).
 
         After a killed driver, Tune re-runs from its checkpoint a trial that finished after the last
         experiment snapshot; its Optuna trial was told then, and Optuna refuses any update to it
-        (UpdateFinishedTrialError), which would end the whole run. Its first record stands.
+        (UpdateFinishedTrialError), which would end the whole run: its first record stands.
         """
-        frozen = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
-        return frozen.state.is_finished()
+        return self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
