@@ -393,16 +393,18 @@ def snapshot_statuses(exp: Path) -> dict[str, str]:
 
 
 def processes_under(path: Path) -> dict[int, str]:
-    """pid -> command line of every process whose command line names `path` (a run's Ray temp dir)."""
+    """pid -> command line of every live process of a driver run: its command line names `path` (the
+    run's Ray temp dir), or it inherited RAY_TMPDIR=path (Ray's workers rename themselves ray::...)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if str(path) in cmdline:
+        if cmdline and (str(path) in cmdline or f"RAY_TMPDIR={path}".encode() in environ):
             found[int(entry.name)] = cmdline
     return found
 
@@ -433,6 +435,7 @@ class Driver:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        wait_for(lambda: not processes_under(self.ray_tmp), 30, f"the processes of {self.ray_tmp} to end")
 
     def wait(self, timeout: float) -> int:
         try:
