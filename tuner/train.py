@@ -37,7 +37,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        cfg = from_namespace(TrainConfig, args).resolved()
+        overrides = {}
+        if "eval_every_kimg" not in vars(args) and "max_kimg" in vars(args):
+            # the default interval, shortened to fit a budget the user gave
+            overrides["eval_every_kimg"] = min(TrainConfig.eval_every_kimg, args.max_kimg)
+        cfg = from_namespace(TrainConfig, args, **overrides).resolved()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
