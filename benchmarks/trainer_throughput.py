@@ -205,6 +205,28 @@ def bench_loss(loss: str, device: torch.device, images: torch.Tensor, args) -> d
     return {"steps": steps, "n_critic": cfg.n_critic, **results}
 
 
+def bench_data_path(device: torch.device, images: torch.Tensor, args) -> dict[str, list[float]]:
+    """Microseconds per image of the data path alone: sample_batch vs the DataLoader, interleaved."""
+    cfg = TrainConfig(dataset=DATASET, batch_size=args.batch_size, device=device.type).resolved()
+    loader = DataLoaderLoop(cfg, device, args.workers)
+    gen = torch.Generator(device=device).manual_seed(0)
+    batches = 2 if args.smoke else 16
+    out = {"gentune": [], "DataLoader": []}
+    for repeat in range(-1, args.repeats):
+        for name in (("gentune", "DataLoader") if repeat % 2 else ("DataLoader", "gentune")):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                if name == "gentune":
+                    trainable.sample_batch(images, cfg.batch_size, gen, "tanh")
+                else:
+                    loader.next_batch()
+            sync(device)
+            if repeat >= 0:
+                out[name].append(1e6 * (time.perf_counter() - t0) / (batches * cfg.batch_size))
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 
 
@@ -217,11 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     load_split(DATASET, "train", resolve_mirror(None))  # installs an offline mirror where torchvision reads it
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    rows, targets = [], []
+    rows, targets, data_rows = [], [], []
     load = common.LoadMonitor()
     with load:
         for device in devices:
             images = training_images(DATASET, device)
+            dp = bench_data_path(device, images, args)
+            per = {m: common.median(v) for m, v in dp.items()}
+            for m in ("gentune", "DataLoader"):
+                data_rows.append([device.type, m, per[m], common.spread(dp[m])])
+            data_rows.append([device.type, "DataLoader − gentune (the most the tensor path can save)",
+                              per["DataLoader"] - per["gentune"], "—"])
             for loss in args.losses:
                 r = bench_loss(loss, device, images, args)
                 med = {m: common.median(r[m]["img_s"]) for m in METHODS}
@@ -258,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         setup,
         common.table(["device", "loss", "loop", "img/s (median)", "range", "vs DataLoader (paired median)",
                       "paired IQR", "data path share"], rows),
+        "Data path alone (no model), µs per image, interleaved rounds of %d batches:\n\n" % (2 if args.smoke else 16)
+        + common.table(["device", "data path", "µs/image (median)", "range"], data_rows)
+        + "\n\nA loop at r img/s spends 1e6/r µs per image; the tensor path can speed it up by at most "
+        "(1e6/r) / (1e6/r − saving), e.g. 1.4x only if the DataLoader's data path is ≥ 29% of its step.",
         "Targets:\n\n" + common.table(["device", "loss", "figure", "measured", "target", "verdict"], targets),
         "Data path share = perf_counter time around the batch fetch / step time (gentune: sample_batch; "
         "DataLoader: next() + .to(device)). Outside the model = (sampling + bookkeeping) / step time of the "
