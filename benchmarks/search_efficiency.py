@@ -65,7 +65,7 @@ def build_parser():
     p.add_argument("--grid-exp", default=None,
                    help="reuse this finished grid experiment (same budget flags) and run only the study")
     p.add_argument("--study-flags", default="",
-                   help="extra tuner.search flags for the study, one quoted string, e.g. \"--warm-start --ranges n_critic=1:2\"")
+                   help="extra tuner.search flags for the study, as one string: --study-flags=\"--warm-start --ranges n_critic=1:2\"")
     p.add_argument("--wall", nargs=2, type=float, metavar=("GRID_S", "STUDY_S"), default=None,
                    help="with --analyze: the wall-clock seconds the two runs took (printed by the run)")
     return p
@@ -201,7 +201,7 @@ def plot(grid: pd.DataFrame, study: pd.DataFrame, s: dict, path: Path, labels: t
     ax.axvline(s["quarter"], color="grey", ls="--", lw=1, label="1/4 of grid compute")
     ax.set_yscale("log")
     ax.set_title(f"Best FID so far ({backbone} features, {n} samples) vs compute")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
