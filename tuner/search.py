@@ -188,7 +188,12 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
     from tuner.metrics_cache import install_assets
     from tuner.trainable import CheckpointError, train
 
-    os.environ.update(env or {})  # the driver's GENTUNE_* settings (data root, mirror, cache)
+    # The driver's GENTUNE_* settings (data root, mirror, cache) replace whatever the worker
+    # process inherited when Ray started it: a stale mirror must not reach another dataset's trial.
+    env = env or {}
+    for key in [k for k in os.environ if k.startswith("GENTUNE_") and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
     install_assets(assets, base.get("cache_dir"))
     cfg = trial_config(base, config)
     torch.set_num_threads(max(1, int(cpus)))
