@@ -13,7 +13,7 @@ and device, run interleaved (order rotated every repeat, warm-up excluded):
                synchronising finiteness check every DIVERGENCE_CHECK_EVERY steps).
   DataLoader   the usual lab loop: torchvision FashionMNIST with ToTensor + Normalize((0.5,), (0.5,)),
                DataLoader(batch 128, shuffle, drop_last, num_workers 0), the same n_critic D steps
-               (each on a fresh loader batch) + G step, written like gan_step.
+               (each on a fresh loader batch) + G step: gan_step itself, fed by the loader.
 
 Throughput is in real images seen by D per second (the unit of kimg). The share of step time spent
 outside the model is measured with perf_counter around the batch fetch (sample_batch, or next() on
@@ -35,7 +35,6 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 import tuner.trainable as trainable  # noqa: E402
-from models.losses import LOSSES, clip_weights_, gradient_penalty  # noqa: E402
 from tuner.config import TrainConfig  # noqa: E402
 from tuner.data import data_root, load_split, resolve_mirror, training_images  # noqa: E402
 
@@ -138,28 +137,7 @@ class DataLoaderLoop:
         return x
 
     def step(self) -> None:
-        trial = self.trial
-        cfg, g, d = trial.cfg, trial.nets["G"], trial.nets["D"]
-        loss = LOSSES[cfg.loss]
-        for _ in range(cfg.n_critic):
-            real = self.next_batch()
-            z = torch.randn(cfg.batch_size, cfg.z_dim, generator=trial.gen, device=trial.device)
-            with torch.no_grad():
-                fake = g(z)
-            loss_d = loss.d_loss(d(real), d(fake))
-            if cfg.gp_lambda is not None:
-                loss_d = loss_d + cfg.gp_lambda * gradient_penalty(d, real, fake, generator=trial.gen)
-            trial.opts["D"].zero_grad(set_to_none=True)
-            loss_d.backward()
-            trial.opts["D"].step()
-            if cfg.clip_value is not None:
-                clip_weights_(d, cfg.clip_value)
-            trial.images_seen += cfg.batch_size
-        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=trial.gen, device=trial.device)
-        loss_g = loss.g_loss(d(g(z)))
-        trial.opts["G"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        trial.opts["G"].step()
+        trainable.gan_step(self.trial, None, next_real=self.next_batch)
 
 
 def timed(loop, steps: int, device: torch.device) -> tuple[float, float, float, int]:

@@ -189,12 +189,16 @@ def load_checkpoint(trial: Trial, path: Path) -> None:
 # training steps
 
 
-def gan_step(trial: Trial, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """n_critic critic steps, each on a fresh real batch, then one generator step."""
+def gan_step(trial: Trial, images: torch.Tensor | None,
+             next_real: Callable[[], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """n_critic critic steps, each on a fresh real batch, then one generator step.
+
+    Real batches are sampled from `images`, or taken from `next_real()` when given (the
+    throughput benchmark feeds a DataLoader through it)."""
     cfg, g, d = trial.cfg, trial.nets["G"], trial.nets["D"]
     loss = LOSSES[cfg.loss]
     for _ in range(cfg.n_critic):
-        real = sample_batch(images, cfg.batch_size, trial.gen, "tanh")
+        real = next_real() if next_real is not None else sample_batch(images, cfg.batch_size, trial.gen, "tanh")
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=trial.gen, device=trial.device)
         with torch.no_grad():
             fake = g(z)
