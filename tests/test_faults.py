@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import shutil
 import signal
@@ -100,15 +101,19 @@ def fault_hook(control_dir: str):
             plan_path = control / "plan.json"
             if not plan_path.is_file():
                 return None
-            plan = _json.loads(plan_path.read_text())
-            tmp = control / f"claim.{_os.getpid()}.tmp"
-            tmp.write_text(_json.dumps(info))
             try:
-                _os.link(tmp, control / "claimed")  # atomic: exactly one trial wins
+                plan = _json.loads(plan_path.read_text())
+                # a name no other worker uses (pids repeat across the nodes of a test Cluster)
+                tmp = control / f"claim.{_os.getpid()}.{_os.urandom(8).hex()}.tmp"
+                tmp.write_text(_json.dumps(info))
+            except (FileNotFoundError, ValueError):  # disarmed meanwhile, or plan being written
+                return None
+            try:
+                _os.link(tmp, control / "claimed")  # atomic, with its content: exactly one trial wins
             except FileExistsError:
                 return None
             finally:
-                tmp.unlink()
+                tmp.unlink(missing_ok=True)
             return plan
 
         def train(cfg, out_dir, report=None, resume_from=None):
@@ -306,7 +311,6 @@ def test_unwritable_storage_fails_before_ray_starts(idx_mnist, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="flaky outside its author's runs: the Ray worker fault hook misfires in a fresh clone (FileNotFoundError on CONTROL/claimed; node-loss kimg off by one batch). Tracked in the closing note; fix before re-enabling.")
 def test_lost_worker_node_trial_resumes_from_its_checkpoint_on_another_node(idx_mnist, tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
 
@@ -364,14 +368,17 @@ def test_lost_worker_node_trial_resumes_from_its_checkpoint_on_another_node(idx_
     assert {rows[t][0]["node_id"] for t in first_two} == {n.node_id for n in first}
 
     held = rows[removed["trial_id"]]
-    kimgs = [r["kimg"] for r in held]
-    assert kimgs == sorted(set(kimgs)) and kimgs[-1] >= 1.0  # no evaluation repeated, the whole budget
-    at_kill = [i for i, r in enumerate(held) if r["kimg"] == removed["kimg"]]
-    assert at_kill == [0]  # killed after its first checkpoint (0.256 kimg)
+    victim = trials.set_index("trial_id").loc[removed["trial_id"]]
+    # The reports an uninterrupted run of this config makes: a generator step shows D
+    # batch_size * n_critic real images; evaluation runs at the first step at or past each 0.25 kimg.
+    per_step = int(victim["batch_size"]) * int(victim["n_critic"])
+    expected = [math.ceil(k * 250 / per_step) * per_step / 1000 for k in (1, 2, 3, 4)]
+    assert [r["kimg"] for r in held] == pytest.approx(expected)  # none repeated, none lost, whole budget
+    assert removed["kimg"] == pytest.approx(expected[0])  # the node was removed after its first checkpoint
     after = held[1]
     assert after["node_id"] != removed["node_id"]  # resumed elsewhere ...
-    assert after["iterations_since_restore"] == 1  # ... as a restored trial ...
-    assert after["kimg"] == pytest.approx(removed["kimg"] + 0.256)  # ... from its checkpoint, not from 0
+    assert after["iterations_since_restore"] == 1  # ... as a restored trial, from its checkpoint (from 0,
+    # its first report would have been expected[0] again)
     assert all(r["node_id"] != removed["node_id"] for r in held[1:])
     history = pd.read_parquet(exp / "history.parquet")
     assert len(history[history["trial_id"] == removed["trial_id"]]) == len(held)
@@ -547,7 +554,8 @@ def hooked_ray(tmp_path_factory):
 def arm(control: Path, **plan) -> None:
     for name in ("claimed", "release", "corrupted"):
         (control / name).unlink(missing_ok=True)
-    (control / "plan.json").write_text(json.dumps(plan))
+    (control / "plan.tmp").write_text(json.dumps(plan))
+    (control / "plan.tmp").replace(control / "plan.json")  # workers never read half a plan
 
 
 def disarm(control: Path) -> None:
@@ -556,7 +564,6 @@ def disarm(control: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="flaky outside its author's runs: the Ray worker fault hook misfires in a fresh clone (FileNotFoundError on CONTROL/claimed; node-loss kimg off by one batch). Tracked in the closing note; fix before re-enabling.")
 def test_diverging_configs_end_as_failed_trials_in_a_real_study(idx_mnist, tmp_path, hooked_ray):
     # lsgan at lr 1e4 turns non-finite within a few steps; lr 1e-4 trains normally. TPE's seeded
     # start-up sampling (seed 0) draws both values among the 4 trials.
@@ -596,7 +603,6 @@ def test_diverging_configs_end_as_failed_trials_in_a_real_study(idx_mnist, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="flaky outside its author's runs: the Ray worker fault hook misfires in a fresh clone (FileNotFoundError on CONTROL/claimed; node-loss kimg off by one batch). Tracked in the closing note; fix before re-enabling.")
 def test_trial_whose_checkpoint_is_corrupt_restarts_from_scratch_and_the_study_ends(idx_mnist, tmp_path, hooked_ray):
     # The first trial to checkpoint truncates its checkpoint in Ray's storage and its worker dies
     # (SIGKILL). Tune restores it (max_failures 1) from that checkpoint: loading fails with a
