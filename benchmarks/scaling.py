@@ -25,6 +25,7 @@ running): the dcgan figures measure that contention, not a second machine.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -46,8 +47,8 @@ def build_parser():
     p.add_argument("--steps", type=int, default=60, help="gan_step calls per dcgan trial [default: 60]")
     p.add_argument("--sleep-s", type=float, default=3.0, help="length of a sleep trial [default: 3]")
     p.add_argument("--cpus-per-node", type=int, default=1, help="CPUs of each node [default: 1]")
-    p.add_argument("--reuse-actors", action="store_true",
-                   help="TuneConfig(reuse_actors=True): trials reuse worker processes [default: off, as tuner/search.py]")
+    p.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction, default=True,
+                   help="TuneConfig(reuse_actors=...): trials reuse worker processes [default: on, as tuner/search.py]")
     return p
 
 

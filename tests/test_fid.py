@@ -16,10 +16,12 @@ from tuner import fid as fidmod
 from tuner.backbones import get_backbone
 from tuner.data import load_split
 from tuner.fid import (
+    Reference,
     feature_statistics,
     fid_from_features,
     fid_of_images,
     frechet_distance,
+    real_reference,
     real_statistics,
     statistics_path,
 )
@@ -47,6 +49,30 @@ def test_frechet_distance_matches_sqrtm(d):
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     s1, s2 = random_spd(rng, d), random_spd(rng, d)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference_fid(mu1, s1, mu2, s2), rel=1e-6)
+
+
+def test_a_factored_reference_scores_many_generated_sides_like_sqrtm():
+    rng = np.random.default_rng(7)
+    d = 32
+    mu_r, s_r = rng.normal(size=d), random_spd(rng, d)
+    reference = Reference.from_moments(mu_r, s_r)
+    for _ in range(3):  # one factorization, several evaluations
+        mu_g, s_g = rng.normal(size=d), random_spd(rng, d)
+        assert reference.distance(mu_g, s_g) == pytest.approx(reference_fid(mu_g, s_g, mu_r, s_r), rel=1e-9)
+
+
+def test_a_rank_deficient_reference_keeps_only_its_nonzero_directions():
+    # 10 samples in 32 dims: the covariance has rank 9, so the root has 9 columns, and the
+    # score still equals sqrtm's (computed on the full matrices).
+    rng = np.random.default_rng(3)
+    mu_r, s_r = feature_statistics(rng.normal(size=(10, 32)))
+    reference = Reference.from_moments(mu_r, s_r)
+    assert reference.root.shape == (32, 9)
+    mu_g, s_g = rng.normal(size=32), random_spd(rng, 32)
+    assert reference.distance(mu_g, s_g) == pytest.approx(reference_fid(mu_g, s_g, mu_r, s_r), rel=1e-6)
+    assert Reference.from_moments(np.zeros(4), np.zeros((4, 4))).distance(np.ones(4), np.eye(4)) == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        reference.distance(np.zeros(31), np.eye(31))
 
 
 def test_frechet_distance_diagonal_closed_form():
@@ -116,6 +142,20 @@ def test_real_statistics_are_cached_per_n(idx_mnist, monkeypatch):
         real_statistics("mnist", "test", bb, 50)  # another n is another file
     with pytest.raises(ValueError, match="allowed 2 .. 256"):
         real_statistics("mnist", "test", bb, 257)
+
+
+def test_real_reference_is_factored_once_per_cache_file(idx_mnist, monkeypatch):
+    bb = get_backbone("domain", "mnist")
+    first = real_reference("mnist", "test", bb, 64)
+    assert first.distance(*real_statistics("mnist", "test", bb, 64)) == pytest.approx(0.0, abs=1e-6 * first.trace)
+    assert real_reference("mnist", "test", bb, 64) is first  # reused: no second eigh
+    # a rewritten cache file (here: statistics of other images under the same name) is re-read
+    path = statistics_path("mnist", "test", bb, 64)
+    images, _ = load_split("mnist", "train")
+    mu, sigma = feature_statistics(bb.features(images[:64]))
+    np.savez(path, mu=mu, sigma=sigma, n=64, dataset="mnist", split="test", backbone=bb.cache_key)
+    again = real_reference("mnist", "test", bb, 64)
+    assert again is not first and np.array_equal(again.mu, mu)
 
 
 def test_real_statistics_recompute_a_damaged_cache_file(idx_mnist):

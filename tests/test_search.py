@@ -80,6 +80,13 @@ def test_asha_stops_trials_and_optuna_records_them_as_pruned(idx_mnist, tmp_path
         evals = history[history["trial_id"] == row.trial_id]
         assert evals["fid"].min() == pytest.approx(row.fid_best)
         assert (exp / row.samples_dir).is_dir() and list((exp / row.samples_dir).glob("kimg_*.png"))
+        # each trial wrote its own folder, also when it ran in a reused worker process
+        written = [json.loads(line) for line in (exp / row.trial_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["kimg"] for r in written] == pytest.approx(list(evals["kimg"]))
+        assert json.loads((exp / row.trial_dir / "config.json").read_text())["z_dim"] == row.z_dim
+    # reuse_actors (the default): 6 trials, 2 at a time, ran in fewer than 6 worker processes
+    pids = {json.loads(line)["pid"] for path in exp.glob("*/result.json") for line in path.read_text().splitlines()}
+    assert 2 <= len(pids) < len(trials)
     best = json.loads((exp / "best.json").read_text())
     assert best["metrics"]["fid_best"] == pytest.approx(trials["fid_best"].min())
     assert best["checkpoint"] and (exp / best["checkpoint"]).exists() or __import__("os").path.exists(best["checkpoint"])
