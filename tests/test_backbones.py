@@ -156,6 +156,12 @@ def test_domain_features_batch_invariant_and_probabilities(idx_mnist):
     assert probs.shape == (40, 10)
     assert probs.sum(1) == pytest.approx(np.ones(40), abs=1e-9)
     assert probs.argmax(1).tolist() == labels[:40].tolist()
+    # the one-pass variant gives what the two separate passes give (the classifier's own softmax)
+    feats, probs2 = bb.features_and_probabilities(images[:40], batch_size=16)
+    assert np.array_equal(feats, bb.features(images[:40], batch_size=16))
+    with torch.inference_mode():
+        expected = torch.softmax(bb.model(images[:40].unsqueeze(1)).double(), dim=1).numpy()
+    assert probs2 == pytest.approx(expected, abs=1e-12) and probs == pytest.approx(expected, abs=1e-12)
 
 
 def test_damaged_classifier_file_is_retrained(idx_mnist, capsys):

@@ -227,14 +227,21 @@ class DomainBackbone(Backbone):
         return self.model.embed(images)
 
     @torch.inference_mode()
+    def features_and_probabilities(self, images: torch.Tensor | np.ndarray,
+                                   batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """float64 features (N, dim) and softmax class probabilities (N, 10), from one forward pass."""
+        images = as_uint8_images(images)
+        feats = np.empty((len(images), self.dim), dtype=np.float64)
+        probs = np.empty((len(images), domain.NUM_CLASSES), dtype=np.float64)
+        for i in range(0, len(images), batch_size):
+            embedded = self.model.embed(images[i:i + batch_size].to(self.device))
+            feats[i:i + len(embedded)] = embedded.double().cpu().numpy()
+            probs[i:i + len(embedded)] = torch.softmax(self.model.fc2(embedded).double(), dim=1).cpu().numpy()
+        return feats, probs
+
     def probabilities(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> np.ndarray:
         """float64 softmax class probabilities (N, 10) of uint8 images."""
-        images = as_uint8_images(images)
-        out = np.empty((len(images), domain.NUM_CLASSES), dtype=np.float64)
-        for i in range(0, len(images), batch_size):
-            batch = images[i:i + batch_size].to(self.device)
-            out[i:i + len(batch)] = torch.softmax(self.model(batch).double(), dim=1).cpu().numpy()
-        return out
+        return self.features_and_probabilities(images, batch_size)[1]
 
 
 register_backbone("inception", InceptionBackbone)

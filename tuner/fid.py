@@ -188,8 +188,16 @@ def fid_of_images(images: torch.Tensor | np.ndarray, dataset: str, backbone: Bac
     images of `dataset:split` (cached statistics). Use N == n_real: FID is biased by 1/N."""
     if isinstance(backbone, str):
         backbone = get_backbone(backbone, dataset, device=device, cache_dir=cache_dir, mirror=mirror)
-    reference = real_reference(dataset, split, backbone, n_real, mirror, cache_dir, batch_size=batch_size)
-    return reference.distance(*feature_statistics(backbone.features(images, batch_size=batch_size)))
+    return fid_of_features(backbone.features(images, batch_size=batch_size), dataset, backbone, n_real, split,
+                           mirror, cache_dir)
+
+
+def fid_of_features(features: np.ndarray, dataset: str, backbone: Backbone, n_real: int, split: str = "test",
+                    mirror: str | None = None, cache_dir: str | None = None) -> float:
+    """FID of the backbone's features (N, dim) of generated images against the first `n_real`
+    images of `dataset:split` (cached statistics, factored once per process)."""
+    reference = real_reference(dataset, split, backbone, n_real, mirror, cache_dir)
+    return reference.distance(*feature_statistics(features))
 
 
 # ------------------------------------------------------------------------------------------

@@ -286,7 +286,7 @@ def prepare_metrics(cfg: TrainConfig, device: torch.device) -> None:
 def evaluate(trial: Trial, out_dir: Path, tag: str) -> dict[str, Any]:
     from tuner.backbones import get_backbone
     from tuner.diversity import diversity_metrics
-    from tuner.fid import fid_of_images
+    from tuner.fid import fid_of_features
 
     cfg = trial.cfg
     for net in trial.nets.values():
@@ -296,13 +296,18 @@ def evaluate(trial: Trial, out_dir: Path, tag: str) -> dict[str, Any]:
         samples = generate(trial, cfg.fid_samples, eval_gen)
         mirror = resolve_mirror(cfg.data_mirror)
         backbone = get_backbone(cfg.fid_backbone, cfg.dataset, device=str(trial.device), cache_dir=cfg.cache_dir, mirror=mirror)
+        domain = get_backbone("domain", cfg.dataset, device=str(trial.device), cache_dir=cfg.cache_dir, mirror=mirror)
+        if backbone is domain:  # one forward pass gives the FID features and the class probabilities
+            features, probabilities = domain.features_and_probabilities(samples)
+        else:
+            features, probabilities = backbone.features(samples), domain.probabilities(samples)
         metrics: dict[str, Any] = {
-            "fid": fid_of_images(samples, cfg.dataset, backbone, n_real=cfg.fid_samples, mirror=mirror, cache_dir=cfg.cache_dir),
+            "fid": fid_of_features(features, cfg.dataset, backbone, n_real=cfg.fid_samples, mirror=mirror,
+                                   cache_dir=cfg.cache_dir),
             "fid_backbone": cfg.fid_backbone,
             "fid_samples": cfg.fid_samples,
         }
-        domain = get_backbone("domain", cfg.dataset, device=str(trial.device), cache_dir=cfg.cache_dir, mirror=mirror)
-        metrics.update(diversity_metrics(domain.probabilities(samples)))
+        metrics.update(diversity_metrics(probabilities))
         save_grid(decode(trial, trial.fixed_noise), out_dir / "samples" / f"kimg_{tag}.png")
         if cfg.family != "gan":
             metrics.update(heldout_vae_terms(trial))
