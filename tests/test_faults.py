@@ -76,11 +76,11 @@ def load_study(exp: Path, name: str) -> optuna.Study:
 def fault_hook(control_dir: str):
     """A Ray `worker_process_setup_hook` that injects a fault right after a trial's first checkpoint.
 
-    The test writes CONTROL/plan.json: {"action": "hold" | "corrupt_and_die", ...}. The first trial
-    to report a checkpoint claims the plan (CONTROL/claimed, created atomically, so it happens once
+    The test writes CONTROL/plan.json: {"action": "hold" | "corrupt_and_die", "at_checkpoint": n (1 if
+    absent), ...}. The first trial to report its n-th checkpoint claims the plan (CONTROL/claimed, created atomically, so it happens once
     per plan) and then
       - hold: records its node id and trial id in CONTROL/claimed and blocks (the test removes its node);
-      - corrupt_and_die: truncates its checkpoint in Ray's storage (plan["exp"]) and SIGKILLs its
+      - corrupt_and_die: truncates that checkpoint in Ray's storage (plan["exp"]) and SIGKILLs its
         own worker process, so Tune restores the trial from that damaged checkpoint.
     The closure is pickled by value, so the workers need nothing from the tests folder.
     """
@@ -117,9 +117,18 @@ def fault_hook(control_dir: str):
             return plan
 
         def train(cfg, out_dir, report=None, resume_from=None):
+            checkpoints = [0]  # checkpointed reports of this train() call
+
             def hooked_report(record, checkpoint_dir):
                 report(record, checkpoint_dir)
                 if checkpoint_dir is None:
+                    return
+                checkpoints[0] += 1
+                plan_path = control / "plan.json"
+                try:
+                    if checkpoints[0] != _json.loads(plan_path.read_text()).get("at_checkpoint", 1):
+                        return
+                except (FileNotFoundError, ValueError):
                     return
                 import ray as _ray
                 from ray import tune as _tune
@@ -134,7 +143,8 @@ def fault_hook(control_dir: str):
                     while not (control / "release").exists() and _time.monotonic() < deadline:
                         _time.sleep(0.1)
                 elif plan["action"] == "corrupt_and_die":
-                    (ckpt,) = _Path(plan["exp"]).glob(f"*{info['trial_id']}*/checkpoint_000000/checkpoint.pt")
+                    index = plan.get("at_checkpoint", 1) - 1
+                    (ckpt,) = _Path(plan["exp"]).glob(f"*{info['trial_id']}*/checkpoint_{index:06d}/checkpoint.pt")
                     data = ckpt.read_bytes()
                     ckpt.write_bytes(data[: len(data) // 3])  # a truncated zip
                     (control / "corrupted").write_text(str(ckpt))
@@ -603,35 +613,38 @@ def test_diverging_configs_end_as_failed_trials_in_a_real_study(idx_mnist, tmp_p
 
 
 @pytest.mark.slow
-def test_trial_whose_checkpoint_is_corrupt_restarts_from_scratch_and_the_study_ends(idx_mnist, tmp_path, hooked_ray):
-    # The first trial to checkpoint truncates its checkpoint in Ray's storage and its worker dies
-    # (SIGKILL). Tune restores it (max_failures 1) from that checkpoint: loading fails with a
-    # CheckpointError naming the file, and the trial starts again from scratch instead of failing
-    # the same way on every retry.
+def test_trial_whose_latest_checkpoint_is_corrupt_resumes_from_the_previous_one(idx_mnist, tmp_path, hooked_ray):
+    # The first trial to report its second checkpoint truncates it in Ray's storage and its worker
+    # dies (SIGKILL). Tune restores it (max_failures 1) from that latest checkpoint: loading fails
+    # with a CheckpointError naming the file, and the trial resumes from its previous checkpoint
+    # (still in storage) instead of failing the same way on every retry.
     name = "corrupt"
     exp = tmp_path / name
-    arm(hooked_ray, action="corrupt_and_die", exp=str(exp))
+    arm(hooked_ray, action="corrupt_and_die", exp=str(exp), at_checkpoint=2)
     try:
         rc = search.main(["--storage-path", str(tmp_path), "--name", name, *TINY, "--losses", "hinge",
                           "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--num-samples", "2",
-                          "--max-concurrent", "2", "--max-kimg", "0.5", "--eval-every-kimg", "0.25",
-                          "--grace-kimg", "0.5", "--max-failures", "1"])
+                          "--max-concurrent", "2", "--max-kimg", "0.75", "--eval-every-kimg", "0.25",
+                          "--grace-kimg", "0.75", "--max-failures", "1"])
     finally:
         disarm(hooked_ray)
     assert rc == 0
     victim = json.loads((hooked_ray / "claimed").read_text())["trial_id"]
     corrupted = Path((hooked_ray / "corrupted").read_text())
+    assert corrupted.parent.name == "checkpoint_000001"
     with pytest.raises(CheckpointError, match=str(corrupted)):  # the damage is real and named
         load_checkpoint(build_trial(TrainConfig(**TINY_CFG).resolved(), torch.device("cpu")), corrupted)
 
     trials = pd.read_parquet(exp / "trials.parquet").set_index("trial_id")
     assert len(trials) == 2 and (trials["status"] == "completed").all()
     rows = result_rows(exp)[victim]
-    first_kimg = rows[0]["kimg"]
-    # evaluated at 0.256 kimg, died, restored, failed to load, restarted: 0.256 kimg again, then on
-    assert [r["kimg"] for r in rows] == [first_kimg, first_kimg, rows[-1]["kimg"]] and rows[-1]["kimg"] >= 0.5
-    assert rows[1]["iterations_since_restore"] == 1
+    k1, k2, k3 = (r["kimg"] for r in (rows[0], rows[1], rows[-1]))
+    # evaluated at k1 and k2, died, restored, k2's checkpoint unreadable, resumed from k1's: k2 again, then k3
+    assert [r["kimg"] for r in rows] == [k1, k2, k2, k3] and k1 < k2 < k3 and k3 >= 0.75
+    assert rows[2]["iterations_since_restore"] == 1
+    assert rows[2]["fid"] == pytest.approx(rows[1]["fid"])  # resumed from k1's state: the same training again
     history = pd.read_parquet(exp / "history.parquet")
     assert history.loc[history["trial_id"] == victim, "kimg"].is_monotonic_increasing
     messages = [p.read_text(errors="replace") for p in Path(ray._private.worker._global_node.get_logs_dir_path()).glob("worker-*.err")]
-    assert any(f"cannot resume from" in m and "checkpoint_000000" in m and "is unreadable or corrupt" in m for m in messages)
+    assert any("cannot resume from" in m and "checkpoint_000001" in m and "is unreadable or corrupt" in m
+               and "resuming from the older" in m for m in messages)

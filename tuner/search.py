@@ -215,22 +215,41 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
         else:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-    resume_from = None
+    # Resume from the checkpoint Tune restores (its latest). If that one is damaged, every retry
+    # would fail the same way: try the trial's older checkpoints still in storage, newest first
+    # (Tune keeps the best-FID ones besides the latest), then start again from scratch.
+    # train() loads the checkpoint before its first step, so a CheckpointError means nothing was
+    # reported from it.
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
+    candidates = [checkpoint, *older_checkpoints(checkpoint)] if checkpoint is not None else []
+    for i, candidate in enumerate(candidates):
         resume_from = out_dir / "resume"
         shutil.rmtree(resume_from, ignore_errors=True)
-        checkpoint.to_directory(str(resume_from))
+        candidate.to_directory(str(resume_from))
+        try:
+            train(cfg, out_dir, report=report, resume_from=resume_from)
+            return
+        except CheckpointError as err:
+            instead = f"resuming from the older {candidates[i + 1].path}" if i + 1 < len(candidates) else "restarting the trial from scratch"
+            print(f"gentune: cannot resume from {candidate.path}: {err}; {instead}", file=sys.stderr, flush=True)
+    train(cfg, out_dir, report=report, resume_from=None)
+
+
+def older_checkpoints(checkpoint) -> list:
+    """The trial's checkpoints in storage older than `checkpoint`, newest first (any filesystem
+    Ray supports: local, NFS, S3). Tune names them checkpoint_000000, checkpoint_000001, ..."""
+    import pyarrow.fs
+    from ray import tune
+
+    path = checkpoint.path.rstrip("/")
+    parent, name = path.rsplit("/", 1)
     try:
-        train(cfg, out_dir, report=report, resume_from=resume_from)
-    except CheckpointError as err:
-        if resume_from is None:
-            raise
-        # A damaged checkpoint would fail every retry the same way: start this trial again instead.
-        # (train() loads the checkpoint before its first step, so nothing was reported from it.)
-        print(f"gentune: cannot resume from {checkpoint.path}: {err}; restarting the trial from scratch",
-              file=sys.stderr, flush=True)
-        train(cfg, out_dir, report=report, resume_from=None)
+        infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    except OSError:
+        return []
+    older = sorted((info.base_name for info in infos if info.type == pyarrow.fs.FileType.Directory
+                    and info.base_name.startswith("checkpoint_") and info.base_name < name), reverse=True)
+    return [tune.Checkpoint(f"{parent}/{older_name}", filesystem=checkpoint.filesystem) for older_name in older]
 
 
 # ------------------------------------------------------------------------------------------
@@ -257,7 +276,9 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
         name=search.name,
         storage_path=search.storage_path if "://" in search.storage_path else os.path.dirname(search.experiment_dir),
         failure_config=tune.FailureConfig(max_failures=search.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="fid", checkpoint_score_order="min"),
+        # the 2 best-FID checkpoints besides the latest: best.json points at the best, and a trial whose
+        # latest is damaged resumes from an older one (run_trial)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="fid", checkpoint_score_order="min"),
         sync_config=tune.SyncConfig(sync_artifacts=True),
         verbose=1,
     )
