@@ -316,6 +316,50 @@ def test_unwritable_storage_fails_before_ray_starts(idx_mnist, tmp_path):
     assert len(places) == 2 or os.geteuid() == 0  # as root without mount rights, only the file case runs
 
 
+def mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                                capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_results_disk_full_mid_study_stops_with_one_error_and_resume_finishes_it(idx_mnist, tmp_path):
+    # A 16 MiB tmpfs filled up to 1.5 MiB free: the first trials' checkpoints fill it mid-study.
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, "16m"):
+        pytest.skip("needs root with mount rights for a tiny tmpfs (a full disk cannot be simulated here)")
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(bytes(14 * 2**20 + 2**19))
+        storage = disk / "results"
+        flags = ["tuner/search.py", "--storage-path", str(storage), "--name", "full", *TINY, "--losses", "hinge",
+                 "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "z_dim=16:16", "--num-samples", "3",
+                 "--max-concurrent", "2", "--max-kimg", "1", "--eval-every-kimg", "0.25", "--grace-kimg", "1",
+                 "--max-failures", "1"]
+        proc = subprocess.run([sys.executable, *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert errors == [f"error: storage_path {storage / 'full'} is full (0 KiB free, needs at least 256 KiB): the "
+                          "study stopped; the trials finished so far are kept; free some space and run the same "
+                          "command with --resume to continue"], proc.stderr[-3000:]
+        assert "EOFError" not in proc.stderr  # the driver did not crash reading an empty error file (it used to)
+        exp = storage / "full"
+        assert not [p for p in ("trials.csv", "trials.parquet", "history.parquet", "best.json") if (exp / p).exists()]
+
+        filler.unlink()  # the user frees space and resumes
+        proc = subprocess.run([sys.executable, *flags, "--resume"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        trials = pd.read_parquet(exp / "trials.parquet")
+        assert len(trials) == 3 and (trials["status"] == "completed").all() and (trials["kimg"] >= 1.0).all()
+        study = load_study(exp, "full")
+        assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials if t.state.name == "COMPLETE") == \
+            sorted(trials["trial_id"])
+        assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
 # ------------------------------------------------------------------------------------------
 # a worker node is lost while it runs a trial
 

@@ -271,6 +271,7 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
 
     from tuner.optuna_bridge import HonestOptunaSearch, make_storage
     from tuner.space import GRIDS, build_ranges, define_by_run, warm_start_points
+    from tuner.storage import StorageGuard
 
     run_config = tune.RunConfig(
         name=search.name,
@@ -281,6 +282,8 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="fid", checkpoint_score_order="min"),
         sync_config=tune.SyncConfig(sync_artifacts=True),
         verbose=1,
+        # a full local results disk stops the study with one error; --resume continues it
+        callbacks=[] if is_remote(search) else [StorageGuard(search.experiment_dir)],
     )
     if search.grid:
         tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, max_concurrent_trials=search.max_concurrent or None,
@@ -421,6 +424,19 @@ def check_writable(search: SearchConfig) -> None:
     if problem:
         raise ConfigError(f"invalid storage_path={search.storage_path!r}: {problem}; "
                           "allowed a writable local folder or s3://bucket/prefix")
+    from tuner.storage import FULL_BYTES, free_bytes
+
+    if free_bytes(existing) < FULL_BYTES:
+        raise ConfigError(f"invalid storage_path={search.storage_path!r}: {existing} has only "
+                          f"{free_bytes(existing) // 1024} KiB free; allowed a folder with at least {FULL_BYTES // 1024} KiB free")
+
+
+def check_space(search: SearchConfig) -> None:
+    """Raise StorageFull (one clear line, no exports half-written) if the local storage is full."""
+    from tuner.storage import StorageFull, full_message, is_full
+
+    if not is_remote(search) and is_full(search.experiment_dir):
+        raise StorageFull(full_message(search.experiment_dir)) from None
 
 
 def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> int:
@@ -450,7 +466,12 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
                        indent=2, default=list)
         )
         upload(search, ["search_config.json"])
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception:
+        check_space(search)  # a full disk surfaces as any error (Ray cannot even write error files)
+        raise
+    check_space(search)
     if search.grid is None and Path(study_path(search)).is_file():
         import optuna
 
@@ -481,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, DataError):
             print(f"error: {one_line(err)}", file=sys.stderr)
             return 2
+        if type(err).__name__ == "StorageFull":  # a fault during the run, not bad input: exit 1
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return 1
         raise
 
 
