@@ -330,12 +330,20 @@ def test_results_disk_full_mid_study_stops_with_one_error_and_resume_finishes_it
         pytest.skip("needs root with mount rights for a tiny tmpfs (a full disk cannot be simulated here)")
     try:
         filler = disk / "filler"
-        filler.write_bytes(bytes(14 * 2**20 + 2**19))
         storage = disk / "results"
         flags = ["tuner/search.py", "--storage-path", str(storage), "--name", "full", *TINY, "--losses", "hinge",
                  "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "z_dim=16:16", "--num-samples", "3",
                  "--max-concurrent", "2", "--max-kimg", "1", "--eval-every-kimg", "0.25", "--grace-kimg", "1",
                  "--max-failures", "1"]
+        # already (nearly) full: refused before Ray starts, like any bad input
+        filler.write_bytes(bytes(16 * 2**20 - 2**17))
+        proc = subprocess.run([sys.executable, *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"error: invalid storage_path={str(storage)!r}: {disk} has only ")
+        assert lines[0].endswith("KiB free; allowed a folder with at least 256 KiB free") and not storage.exists()
+
+        filler.write_bytes(bytes(14 * 2**20 + 2**19))
         proc = subprocess.run([sys.executable, *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert proc.returncode == 1, proc.stderr[-3000:]
