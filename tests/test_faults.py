@@ -74,11 +74,11 @@ def load_study(exp: Path, name: str) -> optuna.Study:
 
 
 def fault_hook(control_dir: str):
-    """A Ray `worker_process_setup_hook` that injects a fault right after a trial's first checkpoint.
+    """A Ray `worker_process_setup_hook` that injects a fault right after a trial's n-th checkpoint.
 
     The test writes CONTROL/plan.json: {"action": "hold" | "corrupt_and_die", "at_checkpoint": n (1 if
-    absent), ...}. The first trial to report its n-th checkpoint claims the plan (CONTROL/claimed, created atomically, so it happens once
-    per plan) and then
+    absent), ...}. The first trial to report its n-th checkpoint claims the plan (CONTROL/claimed,
+    created atomically, so it happens once per plan) and then
       - hold: records its node id and trial id in CONTROL/claimed and blocks (the test removes its node);
       - corrupt_and_die: truncates that checkpoint in Ray's storage (plan["exp"]) and SIGKILLs its
         own worker process, so Tune restores the trial from that damaged checkpoint.
@@ -97,24 +97,23 @@ def fault_hook(control_dir: str):
         original = trainable.train
         control = _Path(control_dir)
 
-        def claim(info: dict) -> dict | None:
-            plan_path = control / "plan.json"
-            if not plan_path.is_file():
-                return None
+        def read_plan() -> dict | None:
             try:
-                plan = _json.loads(plan_path.read_text())
-                # a name no other worker uses (pids repeat across the nodes of a test Cluster)
-                tmp = control / f"claim.{_os.getpid()}.{_os.urandom(8).hex()}.tmp"
+                return _json.loads((control / "plan.json").read_text())
+            except (FileNotFoundError, ValueError):  # not armed, or disarmed meanwhile
+                return None
+
+        def claim(info: dict) -> bool:
+            # a name no other worker uses (pids repeat across the nodes of a test Cluster)
+            tmp = control / f"claim.{_os.getpid()}.{_os.urandom(8).hex()}.tmp"
+            try:
                 tmp.write_text(_json.dumps(info))
-            except (FileNotFoundError, ValueError):  # disarmed meanwhile, or plan being written
-                return None
-            try:
                 _os.link(tmp, control / "claimed")  # atomic, with its content: exactly one trial wins
-            except FileExistsError:
-                return None
+            except (FileExistsError, FileNotFoundError):
+                return False
             finally:
                 tmp.unlink(missing_ok=True)
-            return plan
+            return True
 
         def train(cfg, out_dir, report=None, resume_from=None):
             checkpoints = [0]  # checkpointed reports of this train() call
@@ -124,19 +123,15 @@ def fault_hook(control_dir: str):
                 if checkpoint_dir is None:
                     return
                 checkpoints[0] += 1
-                plan_path = control / "plan.json"
-                try:
-                    if checkpoints[0] != _json.loads(plan_path.read_text()).get("at_checkpoint", 1):
-                        return
-                except (FileNotFoundError, ValueError):
+                plan = read_plan()
+                if plan is None or checkpoints[0] != plan.get("at_checkpoint", 1):
                     return
                 import ray as _ray
                 from ray import tune as _tune
 
                 info = {"node_id": _ray.get_runtime_context().get_node_id(),
                         "trial_id": _tune.get_context().get_trial_id(), "kimg": record["kimg"]}
-                plan = claim(info)
-                if plan is None:
+                if not claim(info):
                     return
                 if plan["action"] == "hold":
                     deadline = _time.monotonic() + 300

@@ -408,10 +408,11 @@ def check_writable(search: SearchConfig) -> None:
     """
     import tempfile
 
+    from tuner.storage import FULL_BYTES, existing_folder, free_bytes
+
     if is_remote(search):
         return
-    path = Path(search.experiment_dir)
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    existing = existing_folder(search.experiment_dir)
     problem = None
     if not existing.is_dir():
         problem = f"{existing} is not a folder"
@@ -424,11 +425,10 @@ def check_writable(search: SearchConfig) -> None:
     if problem:
         raise ConfigError(f"invalid storage_path={search.storage_path!r}: {problem}; "
                           "allowed a writable local folder or s3://bucket/prefix")
-    from tuner.storage import FULL_BYTES, free_bytes
-
-    if free_bytes(existing) < FULL_BYTES:
+    free = free_bytes(existing)
+    if free < FULL_BYTES:
         raise ConfigError(f"invalid storage_path={search.storage_path!r}: {existing} has only "
-                          f"{free_bytes(existing) // 1024} KiB free; allowed a folder with at least {FULL_BYTES // 1024} KiB free")
+                          f"{free // 1024} KiB free; allowed a folder with at least {FULL_BYTES // 1024} KiB free")
 
 
 def check_space(search: SearchConfig) -> None:
@@ -502,7 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, DataError):
             print(f"error: {one_line(err)}", file=sys.stderr)
             return 2
-        if type(err).__name__ == "StorageFull":  # a fault during the run, not bad input: exit 1
+        from tuner.storage import StorageFull
+
+        if isinstance(err, StorageFull):  # a fault during the run, not bad input: exit 1
             print(f"error: {one_line(err)}", file=sys.stderr)
             return 1
         raise
