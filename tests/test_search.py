@@ -124,3 +124,26 @@ def test_vae_study_searches_the_vae_space(idx_mnist, tmp_path, ray_local):
         assert set(t.params) == {"z_dim", "lr", "kl_beta", "regularize"}
         assert 2 <= t.params["z_dim"] <= 8
     assert {"elbo", "test_recon", "recon", "kl"} <= set(trials.columns)
+
+
+def test_tpe_models_results_after_n_startup_trials(tmp_path):
+    """--n-startup-trials k: the first k configs are TPE's random start-up draws, the (k+1)-th is
+    modelled on the finished trials. With k=2 and k=100 and one seed, the first two configs are the
+    same random draws and the third differs (random draw vs TPE's proposal)."""
+    from tuner.config import TrainConfig
+
+    base = TrainConfig(max_kimg=1.0, eval_every_kimg=1.0)
+    proposals = {}
+    for k in (2, 100):
+        cfg = search.SearchConfig(n_startup_trials=k, storage_path=str(tmp_path), name=f"k{k}")
+        searcher = search.make_searcher(cfg, base, {})
+        proposals[k] = []
+        for i, fid in enumerate((300.0, 100.0, None)):
+            proposals[k].append(searcher.suggest(f"t{i}"))
+            if fid is not None:
+                searcher.on_trial_result(f"t{i}", {"fid": fid, "kimg": 1.0})
+                searcher.on_trial_complete(f"t{i}", {"fid": fid, "kimg": 1.0})
+    assert proposals[2][:2] == proposals[100][:2]
+    assert proposals[2][2] != proposals[100][2]
+    with pytest.raises(Exception, match="n_startup_trials"):
+        search.SearchConfig(n_startup_trials=-1)

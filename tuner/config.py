@@ -316,7 +316,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None 
     for f in dataclasses.fields(cls):
         kind, optional = field_types(cls)[f.name]
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{docs.get(f.name, '')} [default: {default}]"
+        help_text = docs.get(f.name, "") + ("" if default is None else f" [default: {default}]")
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings ("25% of its memory")
         if kind is bool:
             group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)

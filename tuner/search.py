@@ -51,6 +51,9 @@ class SearchConfig:
     """YAML file overriding search ranges, e.g. {lr: {low: 1e-5, high: 1e-3, log: true}, batch_size: [32, 64]}."""
     ranges: tuple[str, ...] = ()
     """Range overrides on the command line, e.g. --ranges lr=1e-5:1e-3 z_dim=16:128."""
+    n_startup_trials: int = 10
+    """Trials TPE samples at random before it models the results (Optuna's n_startup_trials; warm-start
+    points count). With fewer finished-or-pruned trials than this, TPE is random search."""
     warm_start: bool = False
     """Evaluate the published reference configs first (DCGAN, WGAN, WGAN-GP) for the searched losses."""
     grid: str | None = None
@@ -87,6 +90,7 @@ class SearchConfig:
         require(self.num_samples >= 1, "num_samples", "an integer >= 1", self.num_samples)
         for loss in self.losses:
             require(loss in LOSSES, "losses", "any of " + ", ".join(LOSSES), loss)
+        require(self.n_startup_trials >= 0, "n_startup_trials", "an integer >= 0", self.n_startup_trials)
         require(self.grace_kimg > 0, "grace_kimg", "a number > 0", self.grace_kimg)
         require(self.reduction_factor >= 2, "reduction_factor", "an integer >= 2", self.reduction_factor)
         require(self.grid is None or self.grid in GRIDS, "grid", "one of " + ", ".join(GRIDS), self.grid)
@@ -264,13 +268,32 @@ def make_trainable(search: SearchConfig, base: TrainConfig, assets: dict[str, by
     return tune.with_resources(trainable, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial or 0})
 
 
-def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], trainable):
+def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]):
+    """Optuna's TPE over the define-by-run space, told honestly about pruned and diverged trials."""
     import optuna
+
+    from tuner.optuna_bridge import HonestOptunaSearch, make_storage
+    from tuner.space import build_ranges, define_by_run, warm_start_points
+
+    losses = searched_losses(search, base)
+    ranges = build_ranges(base.family, overrides)
+    return HonestOptunaSearch(
+        space=define_by_run(base.family, losses, ranges),
+        metric="fid",
+        mode="min",
+        points_to_evaluate=warm_start_points(losses) if search.warm_start and base.family == "gan" else None,
+        sampler=optuna.samplers.TPESampler(seed=base.seed, constant_liar=True, n_startup_trials=search.n_startup_trials),
+        study_name=search.name,
+        storage=make_storage(study_path(search)),
+        max_kimg=base.max_kimg,
+    )
+
+
+def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], trainable):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from tuner.optuna_bridge import HonestOptunaSearch, make_storage
-    from tuner.space import GRIDS, build_ranges, define_by_run, warm_start_points
+    from tuner.space import GRIDS
     from tuner.storage import StorageGuard
 
     run_config = tune.RunConfig(
@@ -291,18 +314,7 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
         space = {"cell": tune.grid_search(GRIDS[search.grid])}
         return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
-    losses = searched_losses(search, base)
-    ranges = build_ranges(base.family, overrides)
-    searcher = HonestOptunaSearch(
-        space=define_by_run(base.family, losses, ranges),
-        metric="fid",
-        mode="min",
-        points_to_evaluate=warm_start_points(losses) if search.warm_start and base.family == "gan" else None,
-        sampler=optuna.samplers.TPESampler(seed=base.seed, constant_liar=True),
-        study_name=search.name,
-        storage=make_storage(study_path(search)),
-        max_kimg=base.max_kimg,
-    )
+    searcher = make_searcher(search, base, overrides)
     scheduler = ASHAScheduler(
         time_attr="kimg",
         max_t=base.max_kimg,
