@@ -64,6 +64,9 @@ def build_parser():
                    help="analyse two finished experiment folders instead of running them")
     p.add_argument("--grid-exp", default=None,
                    help="reuse this finished grid experiment (same budget flags) and run only the study")
+    p.add_argument("--grid-wall", type=float, default=None, metavar="SECONDS",
+                   help="with --grid-exp: the wall-clock seconds that grid run took (printed by its run), so the "
+                        "wall-clock row compares the two; give it only when both ran on the same quiet machine")
     p.add_argument("--study-flags", default="",
                    help="extra tuner.search flags for the study, as one string: --study-flags=\"--warm-start --ranges n_critic=1:2\"")
     p.add_argument("--wall", nargs=2, type=float, metavar=("GRID_S", "STUDY_S"), default=None,
@@ -258,7 +261,10 @@ def synthetic_history(kind: str, max_kimg: float, every: float, seed: int) -> pd
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.grid_wall is not None and not args.grid_exp:
+        parser.error("--grid-wall needs --grid-exp (the grid run it describes)")
     from tuner.search import parse
 
     st = common.stamp()
@@ -291,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                 out_logs.mkdir(parents=True, exist_ok=True)
                 if args.grid_exp:
                     grid_exp = Path(args.grid_exp)
-                    notes.append(f"The grid was not re-run: its experiment {grid_exp} was reused (--grid-exp).")
+                    notes.append(f"The grid was not re-run: its experiment {grid_exp} was reused (--grid-exp)"
+                                 + (f"; its wall-clock ({args.grid_wall:.0f} s) is the one printed by that run (--grid-wall)."
+                                    if args.grid_wall is not None else "."))
+                    wall["grid"] = args.grid_wall if args.grid_wall is not None else math.nan
                 else:
                     wall["grid"] = run_search(grid_argv(args, storage, names[0]), out_logs / "grid.log")
                     grid_exp = Path(storage) / names[0]
