@@ -115,7 +115,7 @@ def fault_hook(control_dir: str):
                 tmp.unlink(missing_ok=True)
             return True
 
-        def train(cfg, out_dir, report=None, resume_from=None):
+        def train(cfg, out_dir, report=None, resume_from=None, **kwargs):
             checkpoints = [0]  # checkpointed reports of this train() call
 
             def hooked_report(record, checkpoint_dir):
@@ -145,7 +145,7 @@ def fault_hook(control_dir: str):
                     (control / "corrupted").write_text(str(ckpt))
                     _os.kill(_os.getpid(), _signal.SIGKILL)
 
-            return original(cfg, out_dir, hooked_report if report is not None else None, resume_from)
+            return original(cfg, out_dir, hooked_report if report is not None else None, resume_from, **kwargs)
 
         trainable.train = train
 
@@ -577,6 +577,8 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
     assert set(history["trial_id"]) == set(trials["trial_id"])
     assert not history.duplicated(subset=["trial_id", "kimg"]).any()
     assert json.loads((exp / "best.json").read_text())["trial_id"] in set(trials["trial_id"])
+    # a killed worker leaves its trial's checkpoint staging folder; the trial's retry removes it
+    assert not [row.trial_id for row in trials.itertuples() if search.staging_dir(row.trial_id).exists()]
 
     study = load_study(exp, name)
     assert not [t for t in study.trials if t.state.name == "RUNNING"]

@@ -84,6 +84,12 @@ def test_asha_stops_trials_and_optuna_records_them_as_pruned(idx_mnist, tmp_path
         written = [json.loads(line) for line in (exp / row.trial_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["kimg"] for r in written] == pytest.approx(list(evals["kimg"]))
         assert json.loads((exp / row.trial_dir / "config.json").read_text())["z_dim"] == row.z_dim
+        # checkpoints are stored once, as Tune's checkpoint_00000N (kept: the latest + 2 best), not
+        # also as a synced copy of a checkpoint/ folder in the working dir
+        kept = sorted(p.name for p in (exp / row.trial_dir).iterdir() if "checkpoint" in p.name or p.name == "resume")
+        assert kept and all(name.startswith("checkpoint_") for name in kept), kept
+        assert len(kept) <= min(3, len(evals))
+        assert not search.staging_dir(row.trial_id).exists()  # the staging copy is removed when a trial ends
     # reuse_actors (the default): 6 trials, 2 at a time, ran in fewer than 6 worker processes
     pids = {json.loads(line)["pid"] for path in exp.glob("*/result.json") for line in path.read_text().splitlines()}
     assert 2 <= len(pids) < len(trials)

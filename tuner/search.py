@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,24 +220,38 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
         else:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-    # Resume from the checkpoint Tune restores (its latest). If that one is damaged, every retry
-    # would fail the same way: try the trial's older checkpoints still in storage, newest first
-    # (Tune keeps the best-FID ones besides the latest), then start again from scratch.
-    # train() loads the checkpoint before its first step, so a CheckpointError means nothing was
-    # reported from it.
-    checkpoint = tune.get_checkpoint()
-    candidates = [checkpoint, *older_checkpoints(checkpoint)] if checkpoint is not None else []
-    for i, candidate in enumerate(candidates):
-        resume_from = out_dir / "resume"
-        shutil.rmtree(resume_from, ignore_errors=True)
-        candidate.to_directory(str(resume_from))
-        try:
-            train(cfg, out_dir, report=report, resume_from=resume_from)
-            return
-        except CheckpointError as err:
-            instead = f"resuming from the older {candidates[i + 1].path}" if i + 1 < len(candidates) else "restarting the trial from scratch"
-            print(f"gentune: cannot resume from {candidate.path}: {err}; {instead}", file=sys.stderr, flush=True)
-    train(cfg, out_dir, report=report, resume_from=None)
+    # Checkpoints are staged outside the working dir, which Ray syncs to storage as artifacts: there
+    # they would be stored a second time beside Tune's checkpoint_00000N copies. tune.report copies a
+    # checkpoint to storage before it returns, so the staging folder is overwritten at each evaluation.
+    # It is named after the trial, so a retry on this node removes what a killed worker left.
+    staging = staging_dir(tune.get_context().get_trial_id())
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        # Resume from the checkpoint Tune restores (its latest). If that one is damaged, every retry
+        # would fail the same way: try the trial's older checkpoints still in storage, newest first
+        # (Tune keeps the best-FID ones besides the latest), then start again from scratch.
+        # train() loads the checkpoint before its first step, so a CheckpointError means nothing was
+        # reported from it.
+        checkpoint = tune.get_checkpoint()
+        candidates = [checkpoint, *older_checkpoints(checkpoint)] if checkpoint is not None else []
+        for i, candidate in enumerate(candidates):
+            resume_from = staging / "resume"
+            shutil.rmtree(resume_from, ignore_errors=True)
+            candidate.to_directory(str(resume_from))
+            try:
+                train(cfg, out_dir, report=report, resume_from=resume_from, checkpoint_dir=staging / "checkpoint")
+                return
+            except CheckpointError as err:
+                instead = f"resuming from the older {candidates[i + 1].path}" if i + 1 < len(candidates) else "restarting the trial from scratch"
+                print(f"gentune: cannot resume from {candidate.path}: {err}; {instead}", file=sys.stderr, flush=True)
+        train(cfg, out_dir, report=report, resume_from=None, checkpoint_dir=staging / "checkpoint")
+    finally:  # also when ASHA stops the trial: Tune ends it with SystemExit inside report()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def staging_dir(trial_id: str) -> Path:
+    """Where a trial's checkpoints are written before Tune copies them to storage (on the worker's node)."""
+    return Path(tempfile.gettempdir()) / f"gentune-trial-{trial_id}"
 
 
 def older_checkpoints(checkpoint) -> list:

@@ -8,7 +8,8 @@ discriminator (GAN) or by the model (VAE/AE); every `eval_every_kimg` and at the
   1. samples `fid_samples` images and scores them (FID against the test split's statistics, plus
      class-diversity metrics from the domain classifier),
   2. appends one line to OUT/metrics.jsonl and writes sample grids to OUT/samples/,
-  3. saves OUT/checkpoint/checkpoint.pt (models, optimisers, step, RNG state, config),
+  3. saves OUT/checkpoint/checkpoint.pt (models, optimisers, step, RNG state, config; the search
+     stages it outside OUT, see tuner/search.py:run_trial),
   4. calls `report`.
 
 A run whose losses or FID become non-finite ends cleanly: its last record has `diverged=True` and a
@@ -372,10 +373,15 @@ def check_divergence(sums: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, resume_from: str | Path | None = None) -> list[dict[str, Any]]:
-    """Train one config, evaluating every eval_every_kimg; returns the list of evaluation records."""
+def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, resume_from: str | Path | None = None,
+          checkpoint_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Train one config, evaluating every eval_every_kimg; returns the list of evaluation records.
+
+    Checkpoints go to `checkpoint_dir` (default OUT/checkpoint), overwritten at each evaluation.
+    """
     cfg = cfg.resolved()
     out_dir = Path(out_dir)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / "checkpoint"
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg)
     images = training_images(cfg.dataset, device, cfg.data_mirror, cfg.train_limit)
@@ -434,7 +440,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
         trial.history.append(record)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        ckpt_dir = out_dir / "checkpoint"
         save_checkpoint(trial, ckpt_dir)
         if report is not None:
             report(record, ckpt_dir)
