@@ -43,7 +43,8 @@ Report = Callable[[dict[str, Any], Path | None], None]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 GRID_SIZE = 64  # fixed noise batch drawn into every sample grid (8 x 8)
-EVAL_CHUNK = 500
+EVAL_CHUNK = 500  # evaluation noise is drawn in blocks of this many (it fixes which samples are scored)
+FORWARD_CHUNK = 125  # samples per generator forward pass on a CPU, where 4x125 takes 0.7x the time of 1x500
 LOSS_LIMIT = 1e6  # |loss| above this counts as divergence
 DIVERGENCE_CHECK_EVERY = 10  # steps between (synchronising) finiteness checks
 # Config fields that may differ between a checkpoint and the run resuming it.
@@ -246,9 +247,10 @@ def autoencoder_step(trial: Trial, images: torch.Tensor) -> dict[str, torch.Tens
 def generate(trial: Trial, n: int, generator: torch.Generator) -> torch.Tensor:
     """n samples as uint8 (n, 28, 28): G(z) for GANs, sigmoid(decode(z)), z ~ N(0, I), for VAEs/AEs."""
     out = []
+    per_pass = FORWARD_CHUNK if trial.device.type == "cpu" else EVAL_CHUNK  # a GPU wants the big batch
     for start in range(0, n, EVAL_CHUNK):
         z = torch.randn(min(EVAL_CHUNK, n - start), trial.cfg.z_dim, generator=generator, device=trial.device)
-        out.append(decode(trial, z))
+        out.extend(decode(trial, part) for part in z.split(per_pass))
     return torch.cat(out)
 
 
