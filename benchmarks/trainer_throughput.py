@@ -19,6 +19,13 @@ Throughput is in real images seen by D per second (the unit of kimg). The share 
 outside the model is measured with perf_counter around the batch fetch (sample_batch, or next() on
 the loader + .to(device)) inside the timed steps, and as the extra time of the train-loop bookkeeping.
 
+Fractional trials (GPU): k = 1, 2 and 4 trials sharing one GPU, run as `--gpus-per-trial 1/k` runs
+them: one process per trial, each with its memory capped to 1/k of the GPU (TrainConfig
+gpu_memory_fraction -> tuner.trainable.pick_device), all stepping gan_step (hinge) at once for the
+same wall time after a barrier. Ray itself is not started: its fractional GPUs only decide where
+processes go, and the GPU machines have no Ray. Reported: the sum of the trials' img/s, and per trial.
+Without CUDA the section says "not measured"; --smoke runs k = 1, 2 on the CPU to check the code path.
+
 Targets (CPU): gentune >= 1.4x the DataLoader loop; data path + bookkeeping <= 5% of step time.
 GPU targets are measured only where CUDA is available.
 """
@@ -52,6 +59,8 @@ def build_parser():
     p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps per loop first [default: 5]")
     p.add_argument("--threads", type=int, default=None, help="torch threads [default: all cores]")
     p.add_argument("--workers", type=int, default=0, help="DataLoader num_workers [default: 0, as in the lab code]")
+    p.add_argument("--fraction-seconds", type=float, default=20.0,
+                   help="timed wall time of each fractional-trials run (GPU only) [default: 20]")
     return p
 
 
@@ -206,12 +215,56 @@ def bench_data_path(device: torch.device, images: torch.Tensor, args) -> dict[st
 
 
 # ------------------------------------------------------------------------------------------
+# fractional trials: k processes share one device
+
+
+def fractional_trial(rank: int, cfg_dict: dict, seconds: float, warmup_steps: int, barrier, results) -> None:
+    """One of k trials sharing a device (a spawned process, as a Ray trial is)."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig.from_dict(cfg_dict)
+    device = trainable.pick_device(cfg)  # caps this process's GPU memory to gpu_memory_fraction
+    images = training_images(DATASET, device)
+    trial = trainable.build_trial(cfg, device)
+    for _ in range(warmup_steps):
+        trainable.gan_step(trial, images)
+    sync(device)
+    barrier.wait()
+    seen0, t0 = trial.images_seen, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        trainable.gan_step(trial, images)
+    sync(device)
+    results.put((rank, (trial.images_seen - seen0) / (time.perf_counter() - t0)))
+
+
+def bench_fractional(k: int, device_type: str, args) -> list[float]:
+    """img/s of each of k trials stepping at once on one device."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    fraction = 1.0 / k if device_type == "cuda" else None
+    cfg = TrainConfig(dataset=DATASET, loss="hinge", batch_size=args.batch_size, g_width=args.width, d_width=args.width,
+                      device=device_type, gpu_memory_fraction=fraction).resolved()
+    barrier, results = ctx.Barrier(k), ctx.Queue()
+    procs = [ctx.Process(target=fractional_trial, args=(rank, cfg.to_dict(), args.fraction_seconds, args.warmup_steps,
+                                                         barrier, results)) for rank in range(k)]
+    for proc in procs:
+        proc.start()
+    rates = dict(results.get(timeout=600) for _ in procs)
+    for proc in procs:
+        proc.join()
+        if proc.exitcode != 0:
+            raise SystemExit(f"a fractional trial exited with {proc.exitcode}")
+    return [rates[rank] for rank in range(k)]
+
+
+# ------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.smoke:
         args.batch_size, args.width, args.repeats, args.images_per_repeat, args.warmup_steps = 16, 8, 3, 32, 1
+        args.fraction_seconds = 0.5
     if args.threads:
         torch.set_num_threads(args.threads)
     load_split(DATASET, "train", resolve_mirror(None))  # installs an offline mirror where torchvision reads it
@@ -251,6 +304,17 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             for what in ("gentune step vs DataLoader loop", "outside the model: data path + bookkeeping"):
                 targets.append(["GPU", " / ".join(args.losses), what, common.NO_GPU, "—", "not measured"])
+        frac_rows = []
+        if torch.cuda.is_available() or args.smoke:
+            device_type = "cuda" if torch.cuda.is_available() else "cpu"
+            base = None
+            for k in ((1, 2) if args.smoke else (1, 2, 4)):
+                rates = bench_fractional(k, device_type, args)
+                base = base or sum(rates)
+                frac_rows.append([device_type, k, f"1/{k}" if device_type == "cuda" else "—", sum(rates),
+                                  f"{min(rates):.0f}–{max(rates):.0f}", f"{sum(rates) / base:.2f}x"])
+        if not torch.cuda.is_available():
+            frac_rows.append(["GPU", "1, 2, 4", "—", common.NO_GPU, "—", "—"])
 
     setup = (f"DCGAN g_width = d_width = {args.width}, batch {args.batch_size}, z_dim 64, each loss's published optimiser "
              f"settings (hinge: Adam 2e-4, n_critic 1; wgan-gp: Adam 1e-4, n_critic 5, lambda 10). {args.repeats} timed "
@@ -268,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         + common.table(["device", "data path", "µs/image (median)", "range"], data_rows)
         + "\n\nA loop at r img/s spends 1e6/r µs per image; the tensor path can speed it up by at most "
         "(1e6/r) / (1e6/r − saving), e.g. 1.4x only if the DataLoader's data path is ≥ 29% of its step.",
+        "Fractional trials: k processes stepping gan_step (hinge) at once on one device for "
+        f"{args.fraction_seconds:g} s each, memory capped to 1/k on a GPU (as --gpus-per-trial 1/k):\n\n"
+        + common.table(["device", "trials k", "memory cap", "img/s, sum of k trials", "per trial", "sum vs k = 1"],
+                       frac_rows),
         "Targets:\n\n" + common.table(["device", "loss", "figure", "measured", "target", "verdict"], targets),
         "Data path share = perf_counter time around the batch fetch / step time (gentune: sample_batch; "
         "DataLoader: next() + .to(device)). Outside the model = (sampling + bookkeeping) / step time of the "
