@@ -172,6 +172,14 @@ def verdict(met: bool | None) -> str:
     return {True: "**met**", False: "**missed**", None: "not measured"}[met]
 
 
+def sync(device) -> None:
+    """Wait for queued CUDA work (a timer around asynchronous launches measures nothing)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 class Timer:
     def __enter__(self) -> "Timer":
         self.t0 = time.perf_counter()

@@ -166,17 +166,12 @@ def training_img_s(trial, images, n_images: int) -> float:
     from tuner.trainable import gan_step
 
     seen0 = trial.images_seen
-    sync(trial.device)
+    common.sync(trial.device)
     with common.Timer() as t:
         while trial.images_seen - seen0 < n_images:
             gan_step(trial, images)
-        sync(trial.device)  # CUDA runs asynchronously: count the steps' time, not their launch
+        common.sync(trial.device)  # CUDA runs asynchronously: count the steps' time, not their launch
     return (trial.images_seen - seen0) / t.s
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_evaluation(args, fid_2048_s: float | None, device: torch.device) -> tuple[list[list], list[list], list[str]]:

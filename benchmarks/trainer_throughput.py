@@ -77,17 +77,12 @@ class TimedSampler:
         self.seconds = 0.0
 
     def __call__(self, *args, **kwargs):
-        sync(self.device)
+        common.sync(self.device)
         t0 = time.perf_counter()
         out = self.inner(*args, **kwargs)
-        sync(self.device)
+        common.sync(self.device)
         self.seconds += time.perf_counter() - t0
         return out
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class GentuneLoop:
@@ -133,7 +128,7 @@ class DataLoaderLoop:
         self.book_seconds = 0.0
 
     def next_batch(self) -> torch.Tensor:
-        sync(self.device)
+        common.sync(self.device)
         t0 = time.perf_counter()
         try:
             x, _ = next(self.it)
@@ -141,7 +136,7 @@ class DataLoaderLoop:
             self.it = iter(self.loader)
             x, _ = next(self.it)
         x = x.to(self.device)
-        sync(self.device)
+        common.sync(self.device)
         self.data_seconds += time.perf_counter() - t0
         return x
 
@@ -152,11 +147,11 @@ class DataLoaderLoop:
 def timed(loop, steps: int, device: torch.device) -> tuple[float, float, float, int]:
     """(seconds, data-path seconds, bookkeeping seconds, D images) of `steps` steps."""
     data0, book0, seen0 = loop.data_seconds, loop.book_seconds, loop.trial.images_seen
-    sync(device)
+    common.sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         loop.step()
-    sync(device)
+    common.sync(device)
     return (time.perf_counter() - t0, loop.data_seconds - data0, loop.book_seconds - book0,
             loop.trial.images_seen - seen0)
 
@@ -201,14 +196,14 @@ def bench_data_path(device: torch.device, images: torch.Tensor, args) -> dict[st
     out = {"gentune": [], "DataLoader": []}
     for repeat in range(-1, args.repeats):
         for name in (("gentune", "DataLoader") if repeat % 2 else ("DataLoader", "gentune")):
-            sync(device)
+            common.sync(device)
             t0 = time.perf_counter()
             for _ in range(batches):
                 if name == "gentune":
                     trainable.sample_batch(images, cfg.batch_size, gen, "tanh")
                 else:
                     loader.next_batch()
-            sync(device)
+            common.sync(device)
             if repeat >= 0:
                 out[name].append(1e6 * (time.perf_counter() - t0) / (batches * cfg.batch_size))
     return out
@@ -227,12 +222,12 @@ def fractional_trial(rank: int, cfg_dict: dict, seconds: float, warmup_steps: in
     trial = trainable.build_trial(cfg, device)
     for _ in range(warmup_steps):
         trainable.gan_step(trial, images)
-    sync(device)
+    common.sync(device)
     barrier.wait()
     seen0, t0 = trial.images_seen, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         trainable.gan_step(trial, images)
-    sync(device)
+    common.sync(device)
     results.put((rank, (trial.images_seen - seen0) / (time.perf_counter() - t0)))
 
 
