@@ -60,6 +60,7 @@ CASES: dict[str, Case] = {
     "clip-without-wgan": Case(SEARCH, ["--loss", "hinge", "--clip-value", "0.01"], ["clip_value=0.01", "only with loss=wgan"]),
     "vae-latent-0": Case(SEARCH, ["--family", "vae", "--z-dim", "0"], ["z_dim=0", "an integer >= 1"]),
     "gpus-1.5": Case(SEARCH, ["--gpus-per-trial", "1.5"], ["gpus_per_trial=1.5", "a fraction in [0, 1]"]),
+    "startup-negative": Case(SEARCH, ["--n-startup-trials", "-1"], ["n_startup_trials=-1", "an integer >= 0"]),
     "grace-above-max": Case(SEARCH, ["--max-kimg", "1", "--eval-every-kimg", "0.5", "--grace-kimg", "5"],
                             ["grace_kimg=5.0", "<= max_kimg (1.0)"]),
     "eval-above-max": Case(SEARCH, ["--max-kimg", "1", "--eval-every-kimg", "2"], ["eval_every_kimg=2.0", "<= max_kimg (1.0)"]),
