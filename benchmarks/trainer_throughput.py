@@ -32,6 +32,7 @@ GPU targets are measured only where CUDA is available.
 
 from __future__ import annotations
 
+import queue
 import sys
 import time
 from pathlib import Path
@@ -244,11 +245,22 @@ def bench_fractional(k: int, device_type: str, args) -> list[float]:
                                                          barrier, results)) for rank in range(k)]
     for proc in procs:
         proc.start()
-    rates = dict(results.get(timeout=600) for _ in procs)
-    for proc in procs:
-        proc.join()
-        if proc.exitcode != 0:
-            raise SystemExit(f"a fractional trial exited with {proc.exitcode}")
+    rates: dict[int, float] = {}
+    try:
+        while len(rates) < k:
+            try:
+                rank, rate = results.get(timeout=1.0)
+                rates[rank] = rate
+            except queue.Empty:  # a trial that died (e.g. out of its memory share) would leave the
+                failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]  # others at the barrier
+                if failed:
+                    raise SystemExit(f"a fractional trial (of {k} sharing the {device_type}) exited with "
+                                     f"{failed[0]}; its traceback is above") from None
+    finally:
+        for proc in procs:
+            if len(rates) < k:
+                proc.terminate()
+            proc.join()
     return [rates[rank] for rank in range(k)]
 
 
