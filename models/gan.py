@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -34,10 +35,23 @@ def dcgan_init_(module: nn.Module) -> None:
 
 
 def spectral_norm_(module: nn.Module) -> None:
-    """Wrap the weight of every conv/linear layer in `module` with spectral normalisation."""
+    """Wrap the weight of every conv/linear layer in `module` with spectral normalisation.
+
+    The power iteration and the division by sigma run in fp32 even inside a bf16 autocast region
+    (CUDA autocast would otherwise run its matrix-vector products in bf16)."""
     for m in list(module.modules()):
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             spectral_norm(m)
+            parametrization = m.parametrizations.weight[0]
+            parametrization.forward = _autocast_off(parametrization.forward)
+
+
+def _autocast_off(forward):
+    def run(weight: Tensor) -> Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return forward(weight.float())
+
+    return run
 
 
 def _check_norm(norm: str) -> None:

@@ -153,3 +153,66 @@ def test_tpe_models_results_after_n_startup_trials(tmp_path):
     assert proposals[2][2] != proposals[100][2]
     with pytest.raises(Exception, match="n_startup_trials"):
         search.SearchConfig(n_startup_trials=-1)
+
+
+def _proposals(tmp_path, name, feedback, **fields):
+    """The first len(feedback) configs a searcher proposes, told `feedback` FIDs as full-budget results."""
+    from tuner.config import TrainConfig
+
+    base = TrainConfig(max_kimg=1.0, eval_every_kimg=1.0)
+    cfg = search.SearchConfig(storage_path=str(tmp_path), name=name, **fields)
+    searcher = search.make_searcher(cfg, base, {})
+    out = []
+    for i, fid in enumerate(feedback):
+        out.append(searcher.suggest(f"t{i}"))
+        searcher.on_trial_result(f"t{i}", {"fid": fid, "kimg": 1.0})
+        searcher.on_trial_complete(f"t{i}", {"fid": fid, "kimg": 1.0})
+    return out
+
+
+def test_random_sampler_ignores_results_and_tpe_does_not(tmp_path):
+    """--sampler random: the proposals do not depend on the FIDs the trials got (TPE's do)."""
+    up, down = [float(v) for v in range(10, 130, 10)], [float(v) for v in range(120, 0, -10)]
+    flags = dict(warm_start=False, n_startup_trials=3)
+    assert _proposals(tmp_path, "r1", up, sampler="random", **flags) == _proposals(tmp_path, "r2", down, sampler="random", **flags)
+    tpe_up, tpe_down = _proposals(tmp_path, "t1", up, **flags), _proposals(tmp_path, "t2", down, **flags)
+    assert tpe_up[:3] == tpe_down[:3] and tpe_up != tpe_down  # random start-up, then modelled on the results
+    with pytest.raises(Exception, match="sampler"):
+        search.SearchConfig(sampler="grid")
+
+
+def test_warm_start_points_come_first_by_default(tmp_path):
+    from models.losses import LOSSES
+
+    first = _proposals(tmp_path, "w", [100.0] * 4)
+    assert [p["loss"] for p in first[:3]] == ["bce", "wgan", "wgan-gp"]
+    for proposal in first[:3]:
+        loss = LOSSES[proposal["loss"]]
+        assert proposal["lr"] == loss.lr and proposal["n_critic"] == loss.n_critic
+        assert proposal["lr_d_ratio"] == 1.0 and proposal["d_norm"] == "none"
+    assert (first[0]["beta1"], first[0]["beta2"]) == (0.5, 0.999)
+    assert first[1]["clip_value"] == 0.01 and first[2]["gp_lambda"] == 10.0 and first[2]["beta2"] == 0.9
+    off = _proposals(tmp_path, "nw", [100.0] * 3, warm_start=False)
+    assert [p.get("lr") for p in off] != [p["lr"] for p in first[:3]]
+
+
+@pytest.mark.parametrize("space", ["default", "wide"])
+def test_space_fields_are_conditional_on_the_loss(tmp_path, space):
+    """n_critic goes up to 5 only for the critic losses; clip_value only for wgan, gp_lambda only for
+    wgan-gp; every trial gets d_norm, lr_d_ratio and beta2."""
+    import optuna
+
+    from tuner.space import CRITIC_LOSSES, SMALL_N_CRITIC, build_ranges, define_by_run
+    from models.losses import LOSSES
+
+    ranges = build_ranges("gan", {}, space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: define_by_run("gan", tuple(LOSSES), ranges)(t) or 0.0, n_trials=200)
+    critic_max = {loss: max(t.params["n_critic"] for t in study.trials if t.params["loss"] == loss) for loss in LOSSES}
+    for loss, top in critic_max.items():
+        assert top <= (ranges["n_critic"].high if loss in CRITIC_LOSSES else SMALL_N_CRITIC), loss
+    assert max(critic_max[loss] for loss in CRITIC_LOSSES) > SMALL_N_CRITIC
+    for t in study.trials:
+        assert ("clip_value" in t.params) == (t.params["loss"] == "wgan")
+        assert ("gp_lambda" in t.params) == (t.params["loss"] == "wgan-gp")
+        assert {"d_norm", "lr_d_ratio", "beta2"} <= set(t.params)

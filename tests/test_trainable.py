@@ -104,3 +104,19 @@ def test_real_fashion_training_lowers_domain_fid(fashion_mirror, tmp_path, monke
     fids = [r["fid"] for r in history]
     assert len(fids) == 3 and all(f > 0 for f in fids)
     assert fids[-1] < fids[0]
+
+
+def test_evaluations_land_on_the_given_points_with_the_exact_kimg(idx_mnist, tmp_path):
+    """eval_every_kimg 0 + eval_at_kimg (a study's ASHA rungs): one evaluation at the first step at or past
+    each point and at max_kimg, each reporting the images actually seen (batch 16: ceil(p / 16) * 16)."""
+    from tuner.trainable import eval_points
+
+    cfg = TrainConfig(**TINY, loss="hinge", max_kimg=1.0, eval_every_kimg=0.0, eval_at_kimg=(0.25, 0.75))
+    assert eval_points(cfg) == [250, 750, 1000]
+    assert eval_points(cfg.replace(eval_every_kimg=0.5)) == [250, 500, 750, 1000]
+    history = train(cfg, tmp_path / "run")
+    assert [r["kimg"] for r in history] == [0.256, 0.752, 1.008]
+    assert [r["step"] for r in history] == [16, 47, 63]
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        "kimg_0000.250.png", "kimg_0000.750.png", "kimg_0001.png"]
+    assert {r["precision"] for r in history} <= {"fp32", "bf16"} and len({r["precision"] for r in history}) == 1

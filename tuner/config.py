@@ -30,6 +30,7 @@ D_NORMS = ("none", "batch", "spectral")
 OPTIMIZERS = ("adam", "rmsprop")
 BACKBONES = ("domain", "inception")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 # VAE/AE optimiser defaults: Adam with Kingma & Ba's betas, the usual 1e-3 of VAE tutorials.
 AUTOENCODER_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999}
@@ -72,7 +73,11 @@ class TrainConfig:
     optimizer: str | None = None
     """Optimiser for both networks: adam | rmsprop. Default: the loss's published choice."""
     lr: float | None = None
-    """Learning rate of both networks (> 0). Default: the loss's published value."""
+    """Learning rate of the generator, and of the discriminator times lr_d_ratio (> 0). Default: the
+    loss's published value."""
+    lr_d_ratio: float = 1.0
+    """Discriminator learning rate / generator learning rate (> 0): 1 = one lr for both; > 1 is the
+    two time-scale update rule (TTUR, Heusel et al. 2017). GAN only."""
     beta1: float | None = None
     """Adam beta1, in [0, 1). Default: the loss's published value."""
     beta2: float | None = None
@@ -98,7 +103,12 @@ class TrainConfig:
     max_kimg: float = 10.0
     """Training length in kimg (thousands of real images seen by D, or by the VAE)."""
     eval_every_kimg: float = 2.0
-    """Evaluate (FID, samples, checkpoint) every this many kimg, and at the end."""
+    """Evaluate (FID, samples, checkpoint) every this many kimg, and at the end; 0 = only at
+    eval_at_kimg and at the end (a study's default: its ASHA rungs)."""
+    eval_at_kimg: tuple[float, ...] = ()
+    """Also evaluate when training reaches each of these kimg. A study sets them to ASHA's rungs, the
+    only points where it decides; each evaluation reports the kimg actually reached (the first step
+    at or past the point)."""
 
     # --- metrics ----------------------------------------------------------------------------
     fid_backbone: str = "domain"
@@ -109,6 +119,11 @@ class TrainConfig:
     compare only at equal fid_samples. The literature uses 10000."""
 
     # --- runtime ----------------------------------------------------------------------------
+    precision: str = "auto"
+    """Training precision: auto | fp32 | bf16. bf16 runs the model steps under torch.autocast (losses,
+    gradient penalty, spectral norm's power iteration, BatchNorm statistics and optimiser state stay
+    fp32); auto picks bf16 on a CUDA GPU that supports it and on a CPU with native bf16 (AVX512-BF16
+    or AMX), else fp32. FID backbones always run in fp32. Each evaluation records the precision used."""
     seed: int = 0
     """Random seed (weights, noise, batches). Runs are bit-for-bit reproducible on CPU."""
     device: str = "auto"
@@ -181,22 +196,27 @@ def validate(cfg: TrainConfig) -> None:
     _choice(cfg, "d_norm", D_NORMS)
     _choice(cfg, "fid_backbone", BACKBONES)
     _choice(cfg, "device", DEVICES)
+    _choice(cfg, "precision", PRECISIONS)
     if cfg.optimizer is not None:
         _choice(cfg, "optimizer", OPTIMIZERS)
     for name in ("z_dim", "g_width", "d_width", "batch_size", "fid_samples"):
         _require(getattr(cfg, name) >= 1, name, "an integer >= 1", getattr(cfg, name))
     if cfg.train_limit is not None:
         _require(cfg.train_limit >= cfg.batch_size, "train_limit", f">= batch_size ({cfg.batch_size})", cfg.train_limit)
-    for name in ("max_kimg", "eval_every_kimg"):
-        value = getattr(cfg, name)
-        _require(math.isfinite(value) and value > 0, name, "a finite number > 0", value)
+    _require(math.isfinite(cfg.max_kimg) and cfg.max_kimg > 0, "max_kimg", "a finite number > 0", cfg.max_kimg)
+    _require(math.isfinite(cfg.eval_every_kimg) and cfg.eval_every_kimg >= 0, "eval_every_kimg",
+             "a finite number >= 0 (0 = only at eval_at_kimg and at the end)", cfg.eval_every_kimg)
     _require(cfg.eval_every_kimg <= cfg.max_kimg, "eval_every_kimg", f"<= max_kimg ({cfg.max_kimg})", cfg.eval_every_kimg)
+    for point in cfg.eval_at_kimg:
+        _require(isinstance(point, (int, float)) and not isinstance(point, bool) and 0 < point <= cfg.max_kimg,
+                 "eval_at_kimg", f"numbers in (0, max_kimg={cfg.max_kimg}]", cfg.eval_at_kimg)
     if cfg.lr is not None:
         _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a finite number > 0", cfg.lr)
     for name in ("beta1", "beta2"):
         value = getattr(cfg, name)
         if value is not None:
             _require(0 <= value < 1, name, "a number in [0, 1)", value)
+    _require(math.isfinite(cfg.lr_d_ratio) and cfg.lr_d_ratio > 0, "lr_d_ratio", "a finite number > 0", cfg.lr_d_ratio)
     _require(cfg.kl_beta >= 0 and math.isfinite(cfg.kl_beta), "kl_beta", "a finite number >= 0", cfg.kl_beta)
     _require(0 <= cfg.dropout < 1, "dropout", "a number in [0, 1)", cfg.dropout)
     if cfg.gpu_memory_fraction is not None:
@@ -218,6 +238,7 @@ def validate(cfg: TrainConfig) -> None:
         for name in ("loss", "n_critic", "clip_value", "gp_lambda"):
             value = getattr(cfg, name)
             _require(value is None, name, f"only with family=gan (family is {cfg.family})", value)
+        _require(cfg.lr_d_ratio == 1.0, "lr_d_ratio", f"only with family=gan (family is {cfg.family})", cfg.lr_d_ratio)
         _require(cfg.d_norm == "none", "d_norm", f"only with family=gan (family is {cfg.family})", cfg.d_norm)
 
 
@@ -244,6 +265,13 @@ def field_types(cls: type) -> dict[str, tuple[type, bool]]:
     return {f.name: _base_type(hints[f.name]) for f in dataclasses.fields(cls)}
 
 
+@functools.cache
+def tuple_item_type(cls: type, name: str) -> type | None:
+    """The item type of a `tuple[X, ...]` field (None for other fields)."""
+    args = typing.get_args(typing.get_type_hints(cls)[name])
+    return args[0] if args and args[-1] is Ellipsis else None
+
+
 def coerce(cls: type, name: str, value: Any) -> Any:
     """Check (and where lossless, convert) one value against the field's annotation."""
     kind, optional = field_types(cls)[name]
@@ -257,6 +285,11 @@ def coerce(cls: type, name: str, value: Any) -> Any:
         return int(value)
     if kind is tuple and isinstance(value, list):
         value = tuple(value)
+    if kind is tuple and isinstance(value, tuple) and tuple_item_type(cls, name) is float:
+        try:  # flags arrive as strings: --eval-at-kimg 8 24
+            value = tuple(float(v) for v in value if not isinstance(v, bool))
+        except (TypeError, ValueError):
+            raise ConfigError(f"invalid {name}={value!r}: allowed numbers") from None
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
         return coerce(cls, name, value.item())
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

@@ -36,27 +36,38 @@ from typing import Any
 from tuner.config import ArgumentParser, ConfigError, TrainConfig, add_arguments, build, from_namespace
 
 
+SAMPLERS = ("tpe", "random")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Options of the study itself; each trial's options are TrainConfig's."""
 
-    num_samples: int = 8
+    num_samples: int = 16
     """Number of trials to run (ignored with --grid, which runs exactly its cells)."""
     losses: tuple[str, ...] = ()
     """GAN losses to search over (e.g. --losses hinge wgan-gp). Default: every registered loss."""
-    grace_kimg: float = 2.0
-    """ASHA grace period: no trial is stopped before this many kimg."""
-    reduction_factor: int = 2
+    grace_kimg: float = 8.0
+    """ASHA grace period: no trial is stopped before this many kimg. Rungs are at grace x r^k; trials
+    are evaluated there (and at max_kimg), where ASHA decides."""
+    reduction_factor: int = 3
     """ASHA reduction factor: keep the best 1/r of trials at each rung (>= 2)."""
+    space: str = "default"
+    """GAN search space: default (ranges calibrated on Fashion-MNIST, docs/search-space.md) | wide (the
+    calibration study's space: published values widened about a decade each way)."""
     space_file: str | None = None
     """YAML file overriding search ranges, e.g. {lr: {low: 1e-5, high: 1e-3, log: true}, batch_size: [32, 64]}."""
     ranges: tuple[str, ...] = ()
     """Range overrides on the command line, e.g. --ranges lr=1e-5:1e-3 z_dim=16:128."""
-    n_startup_trials: int = 10
+    sampler: str = "tpe"
+    """How configs are proposed: tpe (Optuna's TPE, multivariate over groups of parameters that occur
+    together) | random (Optuna's RandomSampler, the baseline). ASHA stops weak trials with either."""
+    n_startup_trials: int = 5
     """Trials TPE samples at random before it models the results (Optuna's n_startup_trials; warm-start
     points count). With fewer finished-or-pruned trials than this, TPE is random search."""
-    warm_start: bool = False
-    """Evaluate the published reference configs first (DCGAN, WGAN, WGAN-GP) for the searched losses."""
+    warm_start: bool = True
+    """Evaluate the published reference configs first (DCGAN, WGAN, WGAN-GP) for the searched losses;
+    --no-warm-start turns it off."""
     grid: str | None = None
     """Run a fixed grid instead of a search, with the full budget and no early stopping: lab1 | lab1-gan | lab1-vae."""
     cpus_per_trial: float = 1.0
@@ -91,6 +102,10 @@ class SearchConfig:
         require(self.num_samples >= 1, "num_samples", "an integer >= 1", self.num_samples)
         for loss in self.losses:
             require(loss in LOSSES, "losses", "any of " + ", ".join(LOSSES), loss)
+        from tuner.space import SPACES
+
+        require(self.space in SPACES, "space", "one of " + ", ".join(SPACES), self.space)
+        require(self.sampler in SAMPLERS, "sampler", "one of " + ", ".join(SAMPLERS), self.sampler)
         require(self.n_startup_trials >= 0, "n_startup_trials", "an integer >= 0", self.n_startup_trials)
         require(self.grace_kimg > 0, "grace_kimg", "a number > 0", self.grace_kimg)
         require(self.reduction_factor >= 2, "reduction_factor", "an integer >= 2", self.reduction_factor)
@@ -121,8 +136,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# Smaller defaults than a single run, so that the no-flag study finishes in minutes on a CPU.
-SEARCH_TRAIN_DEFAULTS = {"max_kimg": 8.0, "eval_every_kimg": 2.0, "fid_samples": 1000}
+# A study's trial defaults: a budget where models learn (64 kimg: recognisable garments with the
+# published DCGAN settings), evaluations only at ASHA's rungs and at the end (eval_at_kimg, set
+# in parse), and 1000 samples per FID.
+SEARCH_TRAIN_DEFAULTS = {"max_kimg": 64.0, "eval_every_kimg": 0.0, "fid_samples": 1000}
 
 
 def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, Any]]:
@@ -131,7 +148,7 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
     With --resume, the study and base config saved with the experiment are used; only the study
     flags given again on this command line (e.g. --address, --max-failures) override them.
     """
-    from tuner.space import build_ranges, load_space_file, parse_range  # noqa: F401
+    from tuner.space import asha_rungs, build_ranges, load_space_file
 
     args = parser().parse_args(argv)
     search = from_namespace(SearchConfig, args)
@@ -147,7 +164,9 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         defaults["eval_every_kimg"] = min(defaults["eval_every_kimg"], args.max_kimg)
     base = from_namespace(TrainConfig, args, **defaults)
     if "grace_kimg" not in vars(args) and search.grace_kimg > base.max_kimg:
-        search = dataclasses.replace(search, grace_kimg=base.eval_every_kimg)  # the default, shortened to fit
+        # the default, shortened to fit a budget the user gave
+        grace = base.eval_every_kimg if base.eval_every_kimg > 0 else base.max_kimg / search.reduction_factor
+        search = dataclasses.replace(search, grace_kimg=grace)
     if search.grace_kimg > base.max_kimg:
         raise ConfigError(f"invalid grace_kimg={search.grace_kimg}: allowed <= max_kimg ({base.max_kimg})")
     overrides: dict[str, Any] = {}
@@ -159,7 +178,10 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         key, value = item.split("=", 1)
         overrides[key] = value.split(",") if "," in value else value
     if search.grid is None:
-        build_ranges(base.family, overrides)  # validate now, before Ray starts
+        build_ranges(base.family, overrides, search.space)  # validate now, before Ray starts
+        # evaluate where ASHA decides: at its rungs (and at max_kimg, always)
+        rungs = asha_rungs(base.max_kimg, search.grace_kimg, search.reduction_factor)
+        base = base.replace(eval_at_kimg=tuple(sorted(set(base.eval_at_kimg) | set(rungs))))
     return search, base, overrides
 
 
@@ -285,19 +307,30 @@ def make_trainable(search: SearchConfig, base: TrainConfig, assets: dict[str, by
 
 def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]):
     """Optuna's TPE over the define-by-run space, told honestly about pruned and diverged trials."""
+    import warnings
+
     import optuna
 
     from tuner.optuna_bridge import HonestOptunaSearch, make_storage
     from tuner.space import build_ranges, define_by_run, warm_start_points
 
     losses = searched_losses(search, base)
-    ranges = build_ranges(base.family, overrides)
+    ranges = build_ranges(base.family, overrides, search.space)
+    if search.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=base.seed)
+    else:
+        # multivariate + group: TPE models parameters that occur together jointly, and the conditional
+        # ones (clip_value, gp_lambda) within their own group, instead of each one independently.
+        with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=base.seed, constant_liar=True, multivariate=True, group=True,
+                                                 n_startup_trials=search.n_startup_trials)
     return HonestOptunaSearch(
-        space=define_by_run(base.family, losses, ranges),
+        space=define_by_run(base.family, losses, ranges, small_n_critic="n_critic" not in overrides),
         metric="fid",
         mode="min",
-        points_to_evaluate=warm_start_points(losses) if search.warm_start and base.family == "gan" else None,
-        sampler=optuna.samplers.TPESampler(seed=base.seed, constant_liar=True, n_startup_trials=search.n_startup_trials),
+        points_to_evaluate=warm_start_points(losses, ranges) if search.warm_start and base.family == "gan" else None,
+        sampler=sampler,
         study_name=search.name,
         storage=make_storage(study_path(search)),
         max_kimg=base.max_kimg,

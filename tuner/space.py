@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tuner.config import ConfigError, TrainConfig
+from tuner.config import D_NORMS, ConfigError, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,24 @@ class Range:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
 
-GAN_RANGES: dict[str, Range] = {
+# The wide space: the calibration study's (docs/search-space.md, benchmarks/calibrate_space.py).
+# Published values widened about one decade each way.
+WIDE_GAN_RANGES: dict[str, Range] = {
     "z_dim": Range("int", 16, 256, log=True),  # DCGAN uses 100
     "lr": Range("float", 1e-5, 1e-3, log=True),  # 5e-5 (WGAN) .. 2e-4 (DCGAN)
+    "lr_d_ratio": Range("float", 0.25, 4.0, log=True),  # TTUR (Heusel et al. 2017) used 1.5 .. 4
     "beta1": Range("float", 0.0, 0.9),  # 0.5 (DCGAN, WGAN-GP as published here), 0 (WGAN-GP paper)
-    "batch_size": Range("choice", choices=(32, 64, 128)),
-    "n_critic": Range("int", 1, 5),  # 1 (DCGAN) .. 5 (WGAN, WGAN-GP)
+    "beta2": Range("float", 0.9, 0.999),  # 0.999 (Adam), 0.9 (WGAN-GP)
+    "batch_size": Range("choice", choices=(16, 32, 64, 128)),
+    "n_critic": Range("int", 1, 5),  # 1 (DCGAN) .. 5 (WGAN, WGAN-GP); critic losses only, see below
     "clip_value": Range("float", 1e-3, 1e-1, log=True),  # wgan only; 0.01 in the paper
     "gp_lambda": Range("float", 1.0, 100.0, log=True),  # wgan-gp only; 10 in the paper
     "g_width": Range("int", 16, 96, step=16),
     "d_width": Range("int", 16, 96, step=16),
+    "d_norm": Range("choice", choices=("none", "batch", "spectral")),
 }
+# The default space: ranges read off the calibration study (docs/search-space.md).
+GAN_RANGES: dict[str, Range] = dict(WIDE_GAN_RANGES)
 AUTOENCODER_RANGES: dict[str, Range] = {
     "z_dim": Range("int", 2, 64, log=True),
     "lr": Range("float", 1e-4, 3e-3, log=True),
@@ -53,19 +60,38 @@ AUTOENCODER_RANGES: dict[str, Range] = {
     "regularize": Range("choice", choices=(False, True)),
 }
 CONDITIONAL = {"clip_value": "wgan", "gp_lambda": "wgan-gp"}
+# Losses whose critic is trained several steps per generator step. The other losses (bce, hinge,
+# lsgan) draw n_critic from at most 1..SMALL_N_CRITIC unless the user overrides the n_critic range.
+CRITIC_LOSSES = ("wgan", "wgan-gp")
+SMALL_N_CRITIC = 2
+SPACES = ("default", "wide")
 
-# The published reference configurations, enqueued by --warm-start (GAN studies). They fix what
-# the papers fix (loss, optimiser settings, n_critic, clip / lambda); TPE samples the rest (z_dim,
-# widths, batch size). The optimiser and beta2 come from the loss's defaults (models/losses.py).
-WARM_START = {
-    "bce": {"loss": "bce", "lr": 2e-4, "beta1": 0.5, "n_critic": 1},  # DCGAN, Radford et al. 2016
-    "wgan": {"loss": "wgan", "lr": 5e-5, "n_critic": 5, "clip_value": 0.01},  # WGAN, Arjovsky et al. 2017 (RMSprop)
-    "wgan-gp": {"loss": "wgan-gp", "lr": 1e-4, "beta1": 0.5, "n_critic": 5, "gp_lambda": 10.0},  # Gulrajani et al. 2017
-}
+# The published reference configurations, enqueued first by default (--no-warm-start turns it off).
+# Each fixes what its paper fixes, read from the loss registry (models/losses.py): the optimiser
+# settings, n_critic, clip / lambda, one learning rate for D and G, and no normalisation in D (as
+# DCGAN's discriminator here has none). TPE samples the rest (z_dim, widths, batch size).
+PUBLISHED = ("bce", "wgan", "wgan-gp")  # DCGAN (Radford et al. 2016), WGAN (Arjovsky et al. 2017), WGAN-GP (Gulrajani et al. 2017)
 
 
-def default_ranges(family: str) -> dict[str, Range]:
-    return dict(GAN_RANGES if family == "gan" else AUTOENCODER_RANGES)
+def published_point(loss_name: str) -> dict[str, Any]:
+    from models.losses import LOSSES
+
+    loss = LOSSES[loss_name]
+    point: dict[str, Any] = {"loss": loss.name, "lr": loss.lr, "lr_d_ratio": 1.0, "n_critic": loss.n_critic,
+                             "d_norm": "none"}
+    if loss.optimizer == "adam":
+        point.update(beta1=loss.betas[0], beta2=loss.betas[1])
+    if loss.clip_value is not None:
+        point["clip_value"] = loss.clip_value
+    if loss.gp_lambda is not None:
+        point["gp_lambda"] = loss.gp_lambda
+    return point
+
+
+def default_ranges(family: str, space: str = "default") -> dict[str, Range]:
+    if family != "gan":
+        return dict(AUTOENCODER_RANGES)
+    return dict(WIDE_GAN_RANGES if space == "wide" else GAN_RANGES)
 
 
 def parse_range(name: str, spec: Any, default: Range) -> Range:
@@ -104,16 +130,24 @@ def parse_range(name: str, spec: Any, default: Range) -> Range:
 
 
 def _typed(name: str, value: Any) -> Any:
-    from tuner.config import coerce
+    from tuner.config import coerce, field_types
 
-    if isinstance(value, str):
-        value = float(value) if any(c in value for c in ".e") else int(value)
+    kind = field_types(TrainConfig)[name][0]
+    if isinstance(value, str) and kind is bool:
+        value = {"true": True, "false": False}.get(value.lower(), value)
+    elif isinstance(value, str) and kind in (int, float):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            raise ConfigError(f"space: {name} must be a number, got {value!r}") from None
     value = coerce(TrainConfig, name, value)
+    if name == "d_norm" and value not in D_NORMS:
+        raise ConfigError(f"space: invalid d_norm choice {value!r}: allowed {', '.join(D_NORMS)}")
     return value
 
 
-def build_ranges(family: str, overrides: dict[str, Any] | None = None) -> dict[str, Range]:
-    ranges = default_ranges(family)
+def build_ranges(family: str, overrides: dict[str, Any] | None = None, space: str = "default") -> dict[str, Range]:
+    ranges = default_ranges(family, space)
     for name, spec in (overrides or {}).items():
         if name not in ranges:
             raise ConfigError(f"space: unknown parameter {name!r} for family={family}: allowed {', '.join(ranges)}")
@@ -143,13 +177,17 @@ class DefineByRun:
     family: str
     losses: tuple[str, ...]
     ranges: dict[str, Range]
+    small_n_critic: bool = True  # bce/hinge/lsgan draw n_critic from 1..SMALL_N_CRITIC
 
     def __call__(self, trial) -> None:
         if self.family == "gan":
             loss = trial.suggest_categorical("loss", list(self.losses))
             for name, rng in self.ranges.items():
-                if CONDITIONAL.get(name, loss) == loss:
-                    rng.suggest(trial, name)
+                if CONDITIONAL.get(name, loss) != loss:
+                    continue
+                if name == "n_critic" and self.small_n_critic and loss not in CRITIC_LOSSES and rng.kind == "int":
+                    rng = Range("int", rng.low, max(rng.low, min(rng.high, SMALL_N_CRITIC)))
+                rng.suggest(trial, name)
         else:
             for name, rng in self.ranges.items():
                 if name == "kl_beta" and self.family != "vae":
@@ -158,12 +196,25 @@ class DefineByRun:
         return None
 
 
-def define_by_run(family: str, losses: tuple[str, ...], ranges: dict[str, Range]) -> DefineByRun:
-    return DefineByRun(family, tuple(losses), dict(ranges))
+def define_by_run(family: str, losses: tuple[str, ...], ranges: dict[str, Range],
+                  small_n_critic: bool = True) -> DefineByRun:
+    return DefineByRun(family, tuple(losses), dict(ranges), small_n_critic)
 
 
-def warm_start_points(losses: tuple[str, ...]) -> list[dict[str, Any]]:
-    return [dict(WARM_START[loss]) for loss in losses if loss in WARM_START]
+def asha_rungs(max_kimg: float, grace_kimg: float, reduction_factor: int) -> list[float]:
+    """The kimg at which ASHA decides, below max_kimg: the same formula as Ray's _Bracket (s = 0)."""
+    import numpy as np
+
+    count = int(np.log(max_kimg / grace_kimg) / np.log(reduction_factor) + 1)
+    return sorted(r for r in (grace_kimg * reduction_factor ** k for k in range(count)) if r < max_kimg)
+
+
+def warm_start_points(losses: tuple[str, ...], ranges: dict[str, Range] | None = None) -> list[dict[str, Any]]:
+    """The published points of the searched losses, keeping only parameters the space searches."""
+    points = [published_point(loss) for loss in losses if loss in PUBLISHED]
+    if ranges is None:
+        return points
+    return [{k: v for k, v in p.items() if k == "loss" or k in ranges} for p in points]
 
 
 # The reference lab's grid (lab1-report-by-hand.md): hinge/BCE x z 32/64/128 GANs, VAEs with

@@ -38,6 +38,7 @@ from models.registry import build_model
 from models.vae import vae_loss
 from tuner.config import TrainConfig
 from tuner.data import load_split, resolve_mirror, sample_batch, training_images
+from tuner.precision import autocast, resolve_precision
 
 Report = Callable[[dict[str, Any], Path | None], None]
 
@@ -65,10 +66,11 @@ def pick_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, params, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        return torch.optim.RMSprop(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2))
 
 
 def to_uint8(images: torch.Tensor, scale: str) -> torch.Tensor:
@@ -93,6 +95,7 @@ class Trial:
     opts: dict[str, torch.optim.Optimizer]
     gen: torch.Generator
     fixed_noise: torch.Tensor
+    precision: str = "fp32"  # what the model steps run in: fp32 | bf16 (resolved from cfg.precision)
     step: int = 0
     images_seen: int = 0
     elapsed_s: float = 0.0
@@ -102,20 +105,25 @@ class Trial:
     def kimg(self) -> float:
         return self.images_seen / 1000
 
+    def autocast(self):
+        """The context of a model step's forward passes (bf16 autocast, or nothing for fp32)."""
+        return autocast(self.device.type, self.precision)
+
 
 def build_trial(cfg: TrainConfig, device: torch.device) -> Trial:
     torch.manual_seed(cfg.seed)
     if cfg.family == "gan":
         g, d = build_model(cfg)
         nets = {"G": g.to(device), "D": d.to(device)}
-        opts = {"G": make_optimizer(cfg, nets["G"].parameters()), "D": make_optimizer(cfg, nets["D"].parameters())}
+        opts = {"G": make_optimizer(cfg, nets["G"].parameters()),
+                "D": make_optimizer(cfg, nets["D"].parameters(), lr=cfg.lr * cfg.lr_d_ratio)}
     else:
         nets = {"model": build_model(cfg).to(device)}
         opts = {"model": make_optimizer(cfg, nets["model"].parameters())}
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     fixed = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     fixed_noise = torch.randn(GRID_SIZE, cfg.z_dim, generator=fixed, device=device)
-    return Trial(cfg, device, nets, opts, gen, fixed_noise)
+    return Trial(cfg, device, nets, opts, gen, fixed_noise, precision=resolve_precision(cfg.precision, device.type))
 
 
 # ------------------------------------------------------------------------------------------
@@ -196,15 +204,18 @@ def gan_step(trial: Trial, images: torch.Tensor | None,
     """n_critic critic steps, each on a fresh real batch, then one generator step.
 
     Real batches are sampled from `images`, or taken from `next_real()` when given (the
-    throughput benchmark feeds a DataLoader through it)."""
+    throughput benchmark feeds a DataLoader through it). With bf16, only the forward passes run
+    under autocast: scores are cast to fp32 before the loss, the gradient penalty (a double
+    backward) runs outside autocast on fp32 images, and parameters and optimiser state stay fp32."""
     cfg, g, d = trial.cfg, trial.nets["G"], trial.nets["D"]
     loss = LOSSES[cfg.loss]
     for _ in range(cfg.n_critic):
         real = next_real() if next_real is not None else sample_batch(images, cfg.batch_size, trial.gen, "tanh")
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=trial.gen, device=trial.device)
-        with torch.no_grad():
-            fake = g(z)
-        real_scores, fake_scores = d(real), d(fake)
+        with torch.no_grad(), trial.autocast():
+            fake = g(z).float()
+        with trial.autocast():
+            real_scores, fake_scores = d(real).float(), d(fake).float()
         loss_d = loss.d_loss(real_scores, fake_scores)
         if cfg.gp_lambda is not None:
             loss_d = loss_d + cfg.gp_lambda * gradient_penalty(d, real, fake, generator=trial.gen)
@@ -215,7 +226,9 @@ def gan_step(trial: Trial, images: torch.Tensor | None,
             clip_weights_(d, cfg.clip_value)
         trial.images_seen += cfg.batch_size
     z = torch.randn(cfg.batch_size, cfg.z_dim, generator=trial.gen, device=trial.device)
-    loss_g = loss.g_loss(d(g(z)))
+    with trial.autocast():
+        fake_scores_g = d(g(z)).float()
+    loss_g = loss.g_loss(fake_scores_g)
     trial.opts["G"].zero_grad(set_to_none=True)
     loss_g.backward()
     trial.opts["G"].step()
@@ -230,7 +243,10 @@ def gan_step(trial: Trial, images: torch.Tensor | None,
 def autoencoder_step(trial: Trial, images: torch.Tensor) -> dict[str, torch.Tensor]:
     cfg, model = trial.cfg, trial.nets["model"]
     x = sample_batch(images, cfg.batch_size, trial.gen, "unit")
-    logits, mu, logvar = model(x, generator=trial.gen)
+    with trial.autocast():
+        logits, mu, logvar = model(x, generator=trial.gen)
+    logits, mu = logits.float(), mu.float()
+    logvar = logvar.float() if logvar is not None else None
     loss, recon, kl = vae_loss(logits, x, mu, logvar, cfg.kl_beta)
     trial.opts["model"].zero_grad(set_to_none=True)
     loss.backward()
@@ -365,6 +381,21 @@ def kimg_tag(kimg: float) -> str:
     return f"{kimg:04.0f}" if float(kimg).is_integer() else f"{kimg:08.3f}"
 
 
+def eval_points(cfg: TrainConfig) -> list[int]:
+    """Images seen at which to evaluate: every eval_every_kimg (if > 0), each eval_at_kimg, and max_kimg."""
+    target = round(cfg.max_kimg * 1000)
+    points = {target} | {round(k * 1000) for k in cfg.eval_at_kimg}
+    every = round(cfg.eval_every_kimg * 1000)
+    if every > 0:
+        points |= set(range(every, target, every))
+    return sorted(p for p in points if 0 < p <= target)
+
+
+def next_point(points: list[int], seen: int) -> int | None:
+    """The first evaluation point past `seen` images (None: training is done)."""
+    return next((p for p in points if p > seen), None)
+
+
 def check_divergence(sums: dict[str, torch.Tensor]) -> str | None:
     for key, value in sums.items():
         v = value.item()
@@ -397,8 +428,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
 
     step_fn = gan_step if cfg.family == "gan" else autoencoder_step
     target = round(cfg.max_kimg * 1000)
-    every = round(cfg.eval_every_kimg * 1000)
-    next_eval = (trial.images_seen // every + 1) * every
+    points = eval_points(cfg)
+    next_eval = next_point(points, trial.images_seen) or target
     sums: dict[str, torch.Tensor] = {}
     interval_steps, interval_images, interval_train_s = 0, 0, 0.0
     diverged: str | None = None
@@ -418,7 +449,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
         interval_train_s += dt
         trial.elapsed_s += dt
         interval_images += trial.images_seen - seen_before
-        at_eval = trial.images_seen >= min(next_eval, target)
+        at_eval = trial.images_seen >= next_eval
         if diverged is None and at_eval:
             diverged = check_divergence(sums)
         if diverged is not None:
@@ -427,12 +458,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
             continue
 
         t_eval = time.perf_counter()
-        record: dict[str, Any] = {"kimg": trial.kimg, "step": trial.step}
+        record: dict[str, Any] = {"kimg": trial.kimg, "step": trial.step, "precision": trial.precision}
         record.update({k: v.item() / interval_steps for k, v in sums.items()})
         # Evaluation must not move the training RNG (dropout draws from it), or a resumed run would
         # differ from an uninterrupted one.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            record.update(evaluate(trial, out_dir, kimg_tag(min(next_eval, target) / 1000)))
+            record.update(evaluate(trial, out_dir, kimg_tag(next_eval / 1000)))
         trial.elapsed_s += time.perf_counter() - t_eval
         record["time_s"] = trial.elapsed_s
         record["img_per_s"] = interval_images / interval_train_s
@@ -446,12 +477,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
         if report is not None:
             report(record, ckpt_dir)
         sums, interval_steps, interval_images, interval_train_s = {}, 0, 0, 0.0
-        next_eval += every
+        next_eval = next_point(points, trial.images_seen) or target
 
     if diverged is not None:
         record = {
             "kimg": trial.kimg,
             "step": trial.step,
+            "precision": trial.precision,
             "fid": float("inf"),
             "fid_backbone": cfg.fid_backbone,
             "fid_samples": cfg.fid_samples,

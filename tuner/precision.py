@@ -1,0 +1,48 @@
+"""Training precision: which of fp32 / bf16 a trial runs in, and the autocast context for its steps.
+
+`precision=auto` picks bf16 where the hardware computes it natively (a CUDA GPU that supports it, a
+CPU with AVX512-BF16 or AMX) and fp32 elsewhere. The capability checks are arguments, so the
+resolution is testable on any machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True if /proc/cpuinfo (or the text given) lists AVX512-BF16 or AMX-BF16."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no way to tell cheaply, so fp32
+            return False
+    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def cuda_has_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def resolve_precision(requested: str, device_type: str, cpu_bf16: Callable[[], bool] = cpu_has_native_bf16,
+                      cuda_bf16: Callable[[], bool] = cuda_has_bf16) -> str:
+    """'fp32' or 'bf16' for a trial on `device_type` ('cpu' | 'cuda')."""
+    if requested != "auto":
+        return requested
+    native = cuda_bf16() if device_type == "cuda" else cpu_bf16()
+    return "bf16" if native else "fp32"
+
+
+def autocast(device_type: str, precision: str):
+    """The context for a model step: bf16 autocast, or nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
