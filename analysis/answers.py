@@ -23,6 +23,7 @@ from analysis import fmt
 from analysis.frames import (
     COLLAPSE_CLASSES,
     COLLAPSE_KL,
+    UNTRAINED_FID,
     ExperimentSet,
     NotEnoughData,
     finite,
@@ -187,7 +188,10 @@ def q2_mode_collapse(exps: ExperimentSet) -> Answer:
     if "classes_covered" not in gan or gan["classes_covered"].notna().sum() == 0:
         return not_enough("q2", "no GAN evaluation recorded the class-diversity metrics (classes_covered, kl_uniform)")
     d = gan[gan["classes_covered"].notna() & finite(gan["kl_uniform"]).notna()].copy()
-    d["collapsed"] = (d["classes_covered"] < COLLAPSE_CLASSES) | (d["kl_uniform"] > COLLAPSE_KL)
+    low = (d["classes_covered"] < COLLAPSE_CLASSES) | (d["kl_uniform"] > COLLAPSE_KL)
+    # at a high FID the samples are not yet images of the dataset: low coverage there is "not yet trained"
+    d["untrained"] = low & ~(finite(d["fid_final"]) <= UNTRAINED_FID)
+    d["collapsed"] = low & ~d["untrained"]
     rows = []
     for kind, g in d.groupby("kind"):
         worst = g.sort_values(["kl_uniform"], ascending=False).iloc[0]
@@ -195,6 +199,7 @@ def q2_mode_collapse(exps: ExperimentSet) -> Answer:
             "loss": kind,
             "trials": fmt.count(len(g)),
             "flagged": fmt.count(int(g["collapsed"].sum())),
+            "not yet trained": fmt.count(int(g["untrained"].sum())),
             "fewest classes covered": fmt.count(g["classes_covered"].min()),
             "lowest KL from uniform": fmt.kl(g["kl_uniform"].min()),
             "highest KL from uniform": f"{fmt.kl(worst['kl_uniform'])} ({worst['label']})",
@@ -212,10 +217,17 @@ def q2_mode_collapse(exps: ExperimentSet) -> Answer:
         lines.append(f"**Yes**: {fmt.count(len(flagged))} of {fmt.count(len(d))} GAN trials show (partial) mode collapse; "
                      f"the strongest is {worst['label']} (classes covered: {fmt.count(worst['classes_covered'])}, "
                      f"KL {fmt.kl(worst['kl_uniform'])}, FID {fmt.fid(worst['fid_final'])}).")
+    elif d["untrained"].any():
+        lines.append(f"**No evidence**: no trained GAN trial is flagged; the {fmt.count(int(d['untrained'].sum()))} trial(s) "
+                     f"with low class coverage are not yet trained (final FID above {fmt.fid(UNTRAINED_FID)}), which "
+                     "says nothing about mode collapse.")
     else:
         lines.append(f"**No** trial is flagged: all {fmt.count(len(d))} GAN trials cover most classes evenly "
                      f"(fewest classes covered {fmt.count(d['classes_covered'].min())}, highest KL "
                      f"{fmt.kl(d['kl_uniform'].max())}).")
+    if len(flagged) and d["untrained"].any():
+        lines.append(f"Not counted as collapse: {fmt.count(int(d['untrained'].sum()))} trial(s) with low class coverage at a "
+                     f"final FID above {fmt.fid(UNTRAINED_FID)} (not yet trained).")
     by_kind = d.groupby("kind")["collapsed"].agg(["sum", "size"])
     if len(by_kind) > 1:
         clean = [k for k, r in by_kind.iterrows() if r["sum"] == 0]
@@ -232,8 +244,10 @@ def q2_mode_collapse(exps: ExperimentSet) -> Answer:
         lines.append("What helped: not enough data: only one GAN loss was tried, so there is nothing to compare.")
     lines.append("")
     lines.append(f"_Method:_ flagged when fewer than {COLLAPSE_CLASSES} classes are covered or the KL of the class shares "
-                 f"from uniform exceeds {COLLAPSE_KL} nats; the real test split sits near 0. With few samples per "
-                 "evaluation the KL of even a perfect generator is above 0 (sampling noise).")
+                 f"from uniform exceeds {COLLAPSE_KL} nats, at a final FID of at most {fmt.fid(UNTRAINED_FID)}; the real "
+                 "test split sits near 0. The same low coverage at a higher FID is \"not yet trained\": its samples are "
+                 "not yet recognisable images, so which classes they resemble says nothing about collapse. With few "
+                 "samples per evaluation the KL of even a perfect generator is above 0 (sampling noise).")
     return Answer("q2", QUESTIONS["q2"], "\n".join(lines), {"diversity": pd.DataFrame(rows), "flagged": flagged})
 
 

@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 # Searched parameters drawn on a log axis (the search space samples them log-uniformly).
-LOG_PARAMS = ("lr", "clip_value", "gp_lambda", "z_dim", "kl_beta")
+LOG_PARAMS = ("lr", "lr_d_ratio", "clip_value", "gp_lambda", "z_dim", "kl_beta")
 # TrainConfig fields a search or a grid may vary (tuner/space.py), in the order the report lists them.
-# beta2 and optimizer are left out: they follow the loss (its published defaults), nobody searches them.
+# optimizer is left out: it follows the loss (its published default), nobody searches it.
 PARAM_CANDIDATES = (
-    "loss", "z_dim", "lr", "beta1", "batch_size", "n_critic", "clip_value", "gp_lambda",
+    "loss", "z_dim", "lr", "lr_d_ratio", "beta1", "beta2", "batch_size", "n_critic", "clip_value", "gp_lambda",
     "g_width", "d_width", "d_norm", "arch", "kl_beta", "regularize", "dropout",
 )
 CATEGORICAL_PARAMS = ("loss", "d_norm", "optimizer", "arch", "regularize")
@@ -39,6 +39,11 @@ CATEGORICAL_PARAMS = ("loss", "d_norm", "optimizer", "arch", "regularize")
 # the KL of samples spread evenly over only 6 classes.
 COLLAPSE_CLASSES = 8
 COLLAPSE_KL = 0.5
+# Low class coverage means mode collapse only in a generator that already draws the data: above this
+# FID the samples are not yet recognisable images (the old 8-kimg default study's winner, grey blobs,
+# scored 318.5 with the domain backbone at 1000 samples; the first recognisable garments appear around
+# 160), so low coverage there says "not yet trained", not "collapsed".
+UNTRAINED_FID = 200.0
 STATUSES_ORDER = ("completed", "pruned", "diverged", "errored", "running", "pending")
 
 
@@ -75,6 +80,16 @@ class Experiment:
     def space(self) -> list[str]:
         """The parameters this experiment varies (grid axes or search space)."""
         return space_params(self.search)
+
+    @property
+    def floor_text(self) -> str:
+        """The real-vs-real floor of this experiment's FID, recorded when it started (search_config.json)."""
+        floor = self.search.get("fid_floor")
+        if not floor:
+            return ("real-vs-real floor: not recorded (an experiment started before gentune recorded it; "
+                    "`python -m tuner.fid DATASET:train DATASET:test --backbone B --limit N` measures it)")
+        return (f"real-vs-real floor: {floor['fid']:.2f} ({floor['dataset']} train vs test images, "
+                f"{floor['fid_backbone']} backbone, {floor['fid_samples']} each): what a perfect generator would score")
 
     @property
     def kind(self) -> str:
@@ -311,7 +326,7 @@ def space_params(search: dict[str, Any]) -> list[str]:
         keys = dict.fromkeys(k for cell in GRIDS.get(grid, []) for k, v in cell.items() if v is not None)
         return [k for k in PARAM_CANDIDATES if k in keys]
     try:
-        ranges = build_ranges(base["family"], search.get("space_overrides") or {})
+        ranges = build_ranges(base["family"], search.get("space_overrides") or {}, search["search"].get("space", "default"))
     except Exception:
         return list(PARAM_CANDIDATES)
     names = (["loss"] if base["family"] == "gan" else []) + [k for k in ranges if not (k == "kl_beta" and base["family"] != "vae")]

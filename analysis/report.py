@@ -128,6 +128,9 @@ class Report:
                  "(backbone) and on the number of samples (it is biased by 1/N): numbers made with different backbones "
                  "or sample counts are not comparable, and the `domain` backbone's numbers are not the literature's "
                  "Inception FID. Lower is better.", "")
+        for e in self.exps:
+            self.add(f"- `{e.name}`: {e.floor_text}.")
+        self.add("")
 
     def section_results(self) -> None:
         self.add("## Results", "")
@@ -152,7 +155,7 @@ class Report:
                     "wall time (s)": fmt.seconds(row.get("wall_time_s")),
                 })
             more = f" (best 10 of {len(r)})" if len(r) > 10 else ""
-            self.add(f"FID: {fid_setup_text(e.trials)}{more}.", "", fmt.table(rows), "")
+            self.add(f"FID: {fid_setup_text(e.trials)}{more}; {e.floor_text}.", "", fmt.table(rows), "")
             failed = e.trials[~e.trials["trial_id"].isin(r["trial_id"])]
             if len(failed):
                 items = [f"`{x.trial_id}` ({x.label}, {x.status}"

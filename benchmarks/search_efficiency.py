@@ -1,28 +1,28 @@
-"""Search efficiency (the headline): the lab's grid vs an ASHA + TPE study, on equal per-trial budgets.
+"""Search efficiency (the headline): the lab's grid vs the default study vs random search, over seeds.
 
-    python benchmarks/search_efficiency.py            # real run: ~15-40 min on 2 CPU cores
+    python benchmarks/search_efficiency.py            # real run: grid once, then 3 seeds x 2 studies
     python benchmarks/search_efficiency.py --smoke    # checks flags and the analysis on synthetic histories
 
 Runs, one after the other, through the project's own CLI (`python -m tuner.search`, each in its own
-process and local Ray):
+process and local Ray), at the default per-trial budget of `python tuner/search.py`:
 
-  grid:  --grid lab1-gan (hinge/bce x z 32/64/128, 6 trials, full budget, no early stopping)
-  study: TPE (Optuna) + ASHA over --losses, widths, lr, beta1, z_dim, batch size, n_critic, ...
+  grid:   --grid lab1-gan (hinge/bce x z 32/64/128, 6 trials, full budget, no early stopping), once
+  study:  `python tuner/search.py --seed S` (the defaults: TPE + ASHA, warm start), for each seed S
+  random: the same with --sampler random (Optuna's RandomSampler under the same ASHA), for each seed S
 
-both with the same TrainConfig budget (max_kimg, eval_every_kimg, fid_samples, fid_backbone). Then,
-from each experiment's exports (history.parquet) and the per-evaluation timestamps Ray keeps in
-each trial's result.json, it orders all evaluations by wall-clock and counts compute as cumulative
-kimg (each evaluation adds the kimg its trial trained since its previous one; pruned and diverged
-trials count what they used). It reports:
+From each experiment's exports (history.parquet) and the per-evaluation timestamps Ray keeps in each
+trial's result.json, it orders all evaluations by wall-clock and counts compute as cumulative kimg
+(each evaluation adds the kimg its trial trained since its previous one; pruned and diverged trials
+count what they used). Per seed it reports the best FID at the grid's compute, the cumulative kimg
+needed to reach the grid's best, and wall-clock; then the median over seeds, and a plot of
+best-FID-so-far against cumulative kimg with the median and the range over seeds (as Lucic et al.
+2018, Fig. 5).
 
-  - the cumulative kimg the study needed to reach the grid's best FID, as a share of the grid's total;
-  - the best FID of each at equal total kimg (and at 1/4 of the grid's compute);
-  - a plot of best-FID-so-far vs cumulative kimg (benchmarks/results/search_efficiency_<stamp>.png).
+Targets, at equal compute: the study's best FID <= 0.4x the grid's in every seed; kimg to reach the
+grid's best <= 0.2x the grid's (median); TPE better than random search (median).
 
-Targets: the study matches the grid's best with <= 1/4 of its compute; at equal compute it beats it
-by >= 20% FID.
-
-`--analyze GRID_EXP STUDY_EXP` skips the runs and analyses two existing experiment folders.
+`--grid-exp DIR` reuses a finished grid experiment; `--analyze GRID STUDY... --random RANDOM...`
+analyses finished experiments without running anything.
 """
 
 from __future__ import annotations
@@ -43,34 +43,21 @@ import common  # noqa: E402  (puts the repository root on sys.path too)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-REFERENCE_EPOCH_KIMG = 60.0  # one Fashion-MNIST epoch = 60k images
-REFERENCE_EPOCHS = 10  # the reference lab trains each grid cell for 10 epochs
 
 
 def build_parser():
     p = common.parser(__doc__)
-    p.add_argument("--max-kimg", type=float, default=16.0, help="per-trial budget, both runs [default: 16]")
-    p.add_argument("--eval-every-kimg", type=float, default=2.0, help="evaluation interval, both runs; also ASHA's grace period [default: 2]")
-    p.add_argument("--fid-samples", type=int, default=1000, help="samples per FID [default: 1000]")
-    p.add_argument("--fid-backbone", default="domain", help="domain | inception [default: domain]")
-    p.add_argument("--num-samples", type=int, default=16, help="trials of the study [default: 16]")
-    p.add_argument("--losses", nargs="+", default=["hinge", "bce", "wgan-gp"], help="losses the study searches [default: hinge bce wgan-gp]")
-    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA reduction factor [default: 2]")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (2 trials at once on 2 cores) [default: 1]")
-    p.add_argument("--seed", type=int, default=0, help="base seed of both runs (TPE's seed too) [default: 0]")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="study seeds (TPE's and the trials') [default: 0 1 2]")
     p.add_argument("--storage", default=str(Path(tempfile.gettempdir()) / "gentune-bench"),
-                   help="where the two Ray experiments are written [default: $TMPDIR/gentune-bench]")
-    p.add_argument("--analyze", nargs=2, metavar=("GRID_EXP", "STUDY_EXP"), default=None,
-                   help="analyse two finished experiment folders instead of running them")
-    p.add_argument("--grid-exp", default=None,
-                   help="reuse this finished grid experiment (same budget flags) and run only the study")
+                   help="where the Ray experiments are written [default: $TMPDIR/gentune-bench]")
+    p.add_argument("--grid-exp", default=None, help="reuse this finished grid experiment (same budget) instead of running it")
     p.add_argument("--grid-wall", type=float, default=None, metavar="SECONDS",
-                   help="with --grid-exp: the wall-clock seconds that grid run took (printed by its run), so the "
-                        "wall-clock row compares the two; give it only when both ran on the same quiet machine")
+                   help="with --grid-exp: the wall-clock seconds that grid run took (printed by its run)")
     p.add_argument("--study-flags", default="",
-                   help="extra tuner.search flags for the study, as one string: --study-flags=\"--warm-start --ranges n_critic=1:2\"")
-    p.add_argument("--wall", nargs=2, type=float, metavar=("GRID_S", "STUDY_S"), default=None,
-                   help="with --analyze: the wall-clock seconds the two runs took (printed by the run)")
+                   help="extra tuner.search flags for both studies, as one string (the headline run uses none)")
+    p.add_argument("--analyze", nargs="+", metavar="EXP", default=None,
+                   help="analyse finished experiments instead: GRID_EXP STUDY_EXP... (one per seed); with --random")
+    p.add_argument("--random", nargs="+", metavar="EXP", default=None, help="with --analyze: the random-search experiments")
     return p
 
 
@@ -78,19 +65,15 @@ def build_parser():
 # running the two experiments
 
 
-def budget_flags(args) -> list[str]:
-    return ["--dataset", "fashion-mnist", "--max-kimg", str(args.max_kimg), "--eval-every-kimg", str(args.eval_every_kimg),
-            "--fid-samples", str(args.fid_samples), "--fid-backbone", args.fid_backbone, "--seed", str(args.seed),
-            "--cpus-per-trial", str(args.cpus_per_trial), "--max-failures", "1"]
+COMMON = ["--dataset", "fashion-mnist", "--max-failures", "1"]
 
 
-def grid_argv(args, storage: str, name: str) -> list[str]:
-    return ["--grid", "lab1-gan", *budget_flags(args), "--storage-path", storage, "--name", name]
+def grid_argv(storage: str, name: str) -> list[str]:
+    return ["--grid", "lab1-gan", *COMMON, "--storage-path", storage, "--name", name]
 
 
-def study_argv(args, storage: str, name: str) -> list[str]:
-    return ["--num-samples", str(args.num_samples), "--losses", *args.losses, "--grace-kimg", str(args.eval_every_kimg),
-            "--reduction-factor", str(args.reduction_factor), *budget_flags(args), "--storage-path", storage, "--name", name,
+def study_argv(args, storage: str, name: str, seed: int, sampler: str) -> list[str]:
+    return [*COMMON, "--seed", str(seed), "--sampler", sampler, "--storage-path", storage, "--name", name,
             *shlex.split(args.study_flags)]
 
 
@@ -185,50 +168,6 @@ def summarize(grid: pd.DataFrame, study: pd.DataFrame) -> dict:
     }
 
 
-def plot(grid: pd.DataFrame, study: pd.DataFrame, s: dict, path: Path, labels: tuple[str, str], backbone: str, n: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    frames = []
-    for curve, label in ((grid, labels[0]), (study, labels[1])):
-        c = curve.dropna(subset=["best_fid"])
-        frames.append(pd.DataFrame({"cumulative kimg": c["cum_kimg"], "best FID so far": c["best_fid"], "run": label}))
-    df = pd.concat(frames, ignore_index=True)
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=df, x="cumulative kimg", y="best FID so far", hue="run", drawstyle="steps-post", marker="o", ax=ax)
-    ax.axhline(s["grid_best"], color="grey", ls=":", lw=1, label=f"grid best {s['grid_best']:.2f}")
-    ax.axvline(s["quarter"], color="grey", ls="--", lw=1, label="1/4 of grid compute")
-    ax.set_yscale("log")
-    ax.set_title(f"Best FID so far ({backbone} features, {n} samples) vs compute")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def adopt_saved_settings(args, study_exp: Path) -> None:
-    """Describe what was run, not the flags' defaults: read the study's saved search and base config."""
-    path = study_exp / "search_config.json"
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    base, search = saved.get("base", {}), saved.get("search", {})
-    for key in ("max_kimg", "eval_every_kimg", "fid_samples", "fid_backbone", "seed"):
-        if key in base:
-            setattr(args, key, base[key])
-    for key in ("num_samples", "reduction_factor", "cpus_per_trial"):
-        if key in search:
-            setattr(args, key, search[key])
-    if search.get("losses"):
-        args.losses = list(search["losses"])
-    if "grace_kimg" in search:
-        args.grace_kimg = search["grace_kimg"]
-
-
 def study_best_config(exp: Path) -> str:
     best = json.loads((exp / "best.json").read_text())
     if not best:
@@ -260,104 +199,157 @@ def synthetic_history(kind: str, max_kimg: float, every: float, seed: int) -> pd
 # ------------------------------------------------------------------------------------------
 
 
+def seed_rows(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], seeds: list[int], wall: dict) -> tuple[list, dict]:
+    """One table row per (arm, seed) and the per-arm lists of the figures the targets read."""
+    rows, figures = [], {"study": [], "random": []}
+    grid_total = float(grid_c["cum_kimg"].iloc[-1])
+    for arm in ("study", "random"):
+        for seed, curve in zip(seeds, curves[arm]):
+            s = summarize(grid_c, curve)
+            at_grid = best_at(curve, grid_total)
+            figures[arm].append({"seed": seed, "at_grid": at_grid, "ratio": at_grid / s["grid_best"],
+                                 "to_match_share": s["match_share"], "best": s["study_best"], "total": s["study_total"]})
+            rows.append([arm, seed, s["study_total"], at_grid, f"{at_grid / s['grid_best']:.2f}x",
+                         "never" if s["match_share"] is None else f"{s['to_match']:.0f} ({s['match_share']:.2f})",
+                         wall.get((arm, seed), math.nan)])
+    return rows, figures
+
+
+def plot_seeds(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], path: Path, backbone: str, n: int) -> None:
+    """Best FID so far vs cumulative kimg: the grid, and the median and range over seeds of each study."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    g = grid_c.dropna(subset=["best_fid"])
+    ax.step(g["cum_kimg"], g["best_fid"], where="post", color="black", label="grid lab1-gan")
+    top = max(float(grid_c["cum_kimg"].iloc[-1]), *(float(c["cum_kimg"].iloc[-1]) for cs in curves.values() for c in cs))
+    xs = np.linspace(0, top, 200)
+    colors = {"study": "tab:blue", "random": "tab:orange"}
+    labels = {"study": "default study (TPE + ASHA)", "random": "random search + ASHA"}
+    for arm, cs in curves.items():
+        if not cs:
+            continue
+        ys = np.array([[best_at(c, x) for x in xs] for c in cs], dtype=float)
+        with np.errstate(all="ignore"):
+            med, lo, hi = np.nanmedian(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+        ax.plot(xs, med, color=colors[arm], label=f"{labels[arm]}: median of {len(cs)} seeds")
+        ax.fill_between(xs, lo, hi, color=colors[arm], alpha=0.2, label=f"{labels[arm]}: range")
+    ax.axvline(float(grid_c["cum_kimg"].iloc[-1]), color="grey", ls="--", lw=1, label="grid's total compute")
+    ax.set_yscale("log")
+    ax.set(xlabel="cumulative kimg (all trials)", ylabel=f"best FID so far ({backbone}, {n} samples)",
+           title="Best FID so far vs compute")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.grid_wall is not None and not args.grid_exp:
         parser.error("--grid-wall needs --grid-exp (the grid run it describes)")
+    if args.analyze and (len(args.analyze) < 2 or not args.random or len(args.random) != len(args.analyze) - 1):
+        parser.error("--analyze GRID STUDY... needs --random with one experiment per study")
     from tuner.search import parse
 
     st = common.stamp()
     storage = str(Path(args.storage) / st)
-    names = (f"grid-{st}", f"study-{st}")
+    seeds = list(args.seeds)
     # The flags must be valid for the CLI in every mode (the smoke test checks them without running).
-    parse(grid_argv(args, storage, names[0]))
-    parse(study_argv(args, storage, names[1]))
+    parse(grid_argv(storage, "grid"))
+    for seed in seeds:
+        for sampler in ("tpe", "random"):
+            parse(study_argv(args, storage, f"x{seed}{sampler}", seed, sampler))
 
     notes: list[str] = []
-    wall = {"grid": math.nan, "study": math.nan}
+    wall: dict = {}
     load = common.LoadMonitor()
     with load:
         if args.smoke:
-            grid_h = synthetic_history("grid", args.max_kimg, args.eval_every_kimg, 1)
-            study_h = synthetic_history("study", args.max_kimg, args.eval_every_kimg, 2)
-            best_cfg = "— (synthetic)"
+            grid_h = synthetic_history("grid", 8.0, 2.0, 1)
+            hists = {arm: [synthetic_history("study", 8.0, 2.0, 10 * i + k) for k in seeds] for i, arm in enumerate(("study", "random"))}
             out_dir = Path(tempfile.mkdtemp(prefix="gentune-bench-smoke-"))
-            notes.append("SMOKE: synthetic histories; no trial was trained. The CLI flags of both runs were validated.")
-            trial_s = {"grid": math.nan, "study": math.nan}
-            counts = {"grid": "6 synthetic", "study": "8 synthetic"}
+            notes.append("SMOKE: synthetic histories; no trial was trained. The CLI flags of every run were validated.")
+            budget_base = {"max_kimg": 8.0, "fid_samples": 1000, "fid_backbone": "domain"}
+            best_cfgs = {}
         else:
             if args.analyze:
-                grid_exp, study_exp = Path(args.analyze[0]), Path(args.analyze[1])
-                if args.wall:
-                    wall = {"grid": args.wall[0], "study": args.wall[1]}
+                grid_exp = Path(args.analyze[0])
+                exps = {"study": [Path(e) for e in args.analyze[1:]], "random": [Path(e) for e in args.random]}
             else:
                 Path(storage).mkdir(parents=True, exist_ok=True)
                 out_logs = common.RESULTS_DIR / f"search_efficiency_{st}"
                 out_logs.mkdir(parents=True, exist_ok=True)
                 if args.grid_exp:
                     grid_exp = Path(args.grid_exp)
-                    notes.append(f"The grid was not re-run: its experiment {grid_exp} was reused (--grid-exp)"
-                                 + (f"; its wall-clock ({args.grid_wall:.0f} s) is the one printed by that run (--grid-wall)."
-                                    if args.grid_wall is not None else "."))
-                    wall["grid"] = args.grid_wall if args.grid_wall is not None else math.nan
+                    notes.append(f"The grid was not re-run: its experiment {grid_exp} was reused (--grid-exp).")
+                    wall["grid", 0] = args.grid_wall if args.grid_wall is not None else math.nan
                 else:
-                    wall["grid"] = run_search(grid_argv(args, storage, names[0]), out_logs / "grid.log")
-                    grid_exp = Path(storage) / names[0]
-                wall["study"] = run_search(study_argv(args, storage, names[1]), out_logs / "study.log")
-                study_exp = Path(storage) / names[1]
-            adopt_saved_settings(args, study_exp)
-            grid_h, study_h = load_history(grid_exp), load_history(study_exp)
-            best_cfg = study_best_config(study_exp)
+                    grid_exp = Path(storage) / "grid"
+                    wall["grid", 0] = run_search(grid_argv(storage, "grid"), out_logs / "grid.log")
+                exps = {"study": [], "random": []}
+                for seed in seeds:
+                    for arm, sampler in (("study", "tpe"), ("random", "random")):
+                        name = f"{arm}-seed{seed}"
+                        wall[arm, seed] = run_search(study_argv(args, storage, name, seed, sampler), out_logs / f"{name}.log")
+                        exps[arm].append(Path(storage) / name)
+            grid_h = load_history(grid_exp)
+            hists = {arm: [load_history(e) for e in es] for arm, es in exps.items()}
+            budget_base = json.loads((exps["study"][0] / "search_config.json").read_text())["base"]
+            best_cfgs = {(arm, seed): study_best_config(e) for arm, es in exps.items() for seed, e in zip(seeds, es)}
             out_dir = common.RESULTS_DIR
-            trials = {k: pd.read_parquet(e / "trials.parquet") for k, e in (("grid", grid_exp), ("study", study_exp))}
-            trial_s = {k: float(t["wall_time_s"].sum()) for k, t in trials.items()}
-            counts = {k: ", ".join(f"{n} {s}" for s, n in t["status"].value_counts().items()) for k, t in trials.items()}
-            notes.append(f"experiments: {grid_exp}, {study_exp}")
+            notes.append("experiments: grid " + str(grid_exp) + "; " + "; ".join(
+                f"{arm} " + ", ".join(str(e) for e in es) for arm, es in exps.items()))
 
-    grid_c, study_c = compute_curve(grid_h), compute_curve(study_h)
-    s = summarize(grid_c, study_c)
+    grid_c = compute_curve(grid_h)
+    curves = {arm: [compute_curve(h) for h in hs] for arm, hs in hists.items()}
+    grid_total, grid_best = float(grid_c["cum_kimg"].iloc[-1]), float(grid_c["best_fid"].dropna().iloc[-1])
+    rows, fig = seed_rows(grid_c, curves, seeds, wall)
     png = out_dir / f"search_efficiency_{st}.png"
-    plot(grid_c, study_c, s, png, ("grid lab1-gan", f"ASHA+TPE ({args.num_samples} trials{', ' + args.study_flags if args.study_flags else ''})"), args.fid_backbone, args.fid_samples)
-    for curve, kind in ((grid_c, "grid"), (study_c, "study")):
-        curve.to_csv(out_dir / f"search_efficiency_{st}_{kind}_curve.csv", index=False)
+    plot_seeds(grid_c, curves, png, budget_base["fid_backbone"], budget_base["fid_samples"])
+    grid_c.to_csv(out_dir / f"search_efficiency_{st}_grid_curve.csv", index=False)
+    for arm, cs in curves.items():
+        for seed, c in zip(seeds, cs):
+            c.to_csv(out_dir / f"search_efficiency_{st}_{arm}{seed}_curve.csv", index=False)
 
-    match_ok = s["match_share"] is not None and s["match_share"] <= 0.25
-    gain_ok = s["gain_at_equal"] == s["gain_at_equal"] and s["gain_at_equal"] >= 0.20
-    budget = (f"Per-trial budget {args.max_kimg:g} kimg (evaluation every {args.eval_every_kimg:g} kimg, FID on "
-              f"{args.fid_samples} samples vs {args.fid_samples} test images, {args.fid_backbone} features), "
-              f"vs the reference lab's {REFERENCE_EPOCHS} epochs = {REFERENCE_EPOCHS * REFERENCE_EPOCH_KIMG:.0f} kimg per "
-              f"trial: scaled down {REFERENCE_EPOCHS * REFERENCE_EPOCH_KIMG / args.max_kimg:.0f}x so both runs fit in "
-              f"< 1 h on 2 CPU cores. Study: {args.num_samples} trials, TPE over losses {' '.join(args.losses)} and the "
-              f"default space (z_dim, lr, beta1, batch size, n_critic, gp_lambda, g/d widths 16-96), ASHA grace "
-              f"{getattr(args, 'grace_kimg', args.eval_every_kimg):g} kimg, reduction factor {args.reduction_factor}. Grid: lab1-gan (hinge/bce x "
-              f"z_dim 32/64/128, widths 64, published optimiser settings), FIFO, full budget. "
-              f"{args.cpus_per_trial:g} CPU per trial."
-              + (f" Extra study flags: `{args.study_flags}`." if args.study_flags else ""))
-    headline = common.table(
-        ["figure", "grid lab1-gan", "ASHA+TPE study", "ratio / gain", "target", "verdict"],
-        [
-            ["trials", counts["grid"], counts["study"], "", "", ""],
-            ["total compute (kimg)", s["grid_total"], s["study_total"], f"{s['study_total'] / s['grid_total']:.2f}x", "", ""],
-            ["wall-clock of the run (s)", wall["grid"], wall["study"],
-             f"{wall['study'] / wall['grid']:.2f}x" if wall["grid"] == wall["grid"] else "—", "", ""],
-            ["summed trial time (s)", trial_s["grid"], trial_s["study"],
-             f"{trial_s['study'] / trial_s['grid']:.2f}x" if trial_s["grid"] == trial_s["grid"] else "—", "", ""],
-            ["best FID (whole run)", s["grid_best"], s["study_best"], "", "", ""],
-            ["kimg to reach the grid's best", s["grid_total"], s["to_match"],
-             "never" if s["match_share"] is None else f"{s['match_share']:.2f} of grid", "≤ 0.25", common.verdict(match_ok)],
-            [f"best FID at equal compute ({s['equal']:.1f} kimg)", s["grid_at_equal"], s["study_at_equal"],
-             f"{100 * s['gain_at_equal']:+.1f}% (lower FID = +)", "≥ +20%", common.verdict(gain_ok)],
-            [f"best FID at 1/4 of grid compute ({s['quarter']:.1f} kimg)", s["grid_at_quarter"], s["study_at_quarter"], "", "", ""],
-        ],
-    )
-    blocks = [budget, headline, f"Study's best config: {best_cfg}",
-              f"Plot: `{os.path.relpath(png, common.ROOT) if not args.smoke else png}` (best FID so far vs cumulative kimg; "
-              "curves and per-evaluation rows in the `_curve.csv` files beside it).",
-              "Compute = cumulative kimg over all evaluations in wall-clock order (each evaluation adds what its trial "
-              "trained since its previous one). The grid's best is its best evaluation at any kimg, not only final ones.",
-              *notes]
-    common.publish(common.section("search_efficiency: grid lab1-gan vs ASHA+TPE study", args.smoke, blocks, load), args)
+    ratios = [f["ratio"] for f in fig["study"]]
+    shares = [f["to_match_share"] if f["to_match_share"] is not None else math.inf for f in fig["study"]]
+    tpe_med = common.median([f["at_grid"] for f in fig["study"]])
+    rnd_med = common.median([f["at_grid"] for f in fig["random"]])
+    ratio_ok = all(r <= 0.4 for r in ratios)
+    share_med = common.median(shares)
+    share_ok = share_med <= 0.2
+    tpe_ok = tpe_med < rnd_med
+    per_seed = common.table(["run", "seed", "total kimg", "best FID at the grid's compute", "vs grid best",
+                             "kimg to reach the grid's best (share)", "wall-clock (s)"],
+                            [["grid lab1-gan", "—", grid_total, grid_best, "1.00x", f"{grid_total:.0f} (1.00)",
+                              wall.get(("grid", 0), math.nan)], *rows])
+    targets = common.table(
+        ["target (at the grid's compute)", "measured", "goal", "verdict"],
+        [["study best / grid best, every seed", ", ".join(f"{r:.2f}x" for r in ratios), "≤ 0.40x", common.verdict(ratio_ok)],
+         ["kimg to reach the grid's best / grid's kimg, median", "never" if share_med == math.inf else f"{share_med:.2f}",
+          "≤ 0.20", common.verdict(share_ok)],
+         ["median best FID: TPE study vs random search", f"{tpe_med:.1f} vs {rnd_med:.1f}", "TPE lower", common.verdict(tpe_ok)]])
+    budget = (f"Per-trial budget: the defaults of `python tuner/search.py` ({budget_base['max_kimg']:g} kimg, FID on "
+              f"{budget_base['fid_samples']} samples vs as many test images, {budget_base['fid_backbone']} features). "
+              f"Grid: lab1-gan (hinge/bce x z_dim 32/64/128, published optimiser settings), FIFO, full budget, scored at "
+              f"its end. Studies: the default study with --seed S, and the same with --sampler random"
+              + (f"; extra flags `{args.study_flags}`" if args.study_flags else "") + ".")
+    blocks = [budget, per_seed, targets]
+    if best_cfgs:
+        blocks.append("Best config of each study: " + "; ".join(f"{arm} seed {seed}: {cfg}" for (arm, seed), cfg in best_cfgs.items()))
+    blocks += [f"Plot: `{os.path.relpath(png, common.ROOT) if not args.smoke else png}` (best FID so far vs cumulative kimg; "
+               "curves in the `_curve.csv` files beside it).",
+               "Compute = cumulative kimg over all evaluations in wall-clock order (each evaluation adds what its trial "
+               "trained since its previous one). Wall-clock includes Ray's start and the exports.", *notes]
+    common.publish(common.section("search_efficiency: grid lab1-gan vs default study vs random search, over seeds",
+                                  args.smoke, blocks, load), args)
     return 0
 
 

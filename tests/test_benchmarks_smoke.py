@@ -22,7 +22,7 @@ SMOKE_MARK = "(SMOKE: tiny sizes"
 SCRIPTS = {
     "trainer_throughput": (True, "| device | loss | loop | img/s (median) |"),
     "fid_speed": (True, "| dims | method | time (s, median) |"),
-    "search_efficiency": (False, "| figure | grid lab1-gan | ASHA+TPE study |"),
+    "search_efficiency": (False, "| run | seed | total kimg | best FID at the grid's compute |"),
     "scaling": (False, "| trainable | setup | slots |"),
 }
 

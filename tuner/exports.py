@@ -105,7 +105,7 @@ def build_frames(exp: str | Path) -> dict[str, Any]:
     trials = pd.DataFrame(rows)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["trial_id", "kimg", "fid"])
     best = best_record(trials, exp, analysis)
-    return {"trials": trials, "history": history, "best": best}
+    return {"trials": trials, "history": history, "best": best, "fid_floor": saved.get("fid_floor")}
 
 
 def best_record(trials: pd.DataFrame, exp: Path, analysis) -> dict[str, Any] | None:
@@ -164,13 +164,21 @@ def summarize(frames: dict[str, Any], exp: str | Path) -> str:
                     if cfg.get(k) is not None}
         lines += [
             f"best trial: {best['trial_id']}  fid[{cfg['fid_backbone']}, {cfg['fid_samples']} samples] "
-            f"{best['metrics']['fid_best']:.3f} at {best['metrics']['kimg']:.1f} kimg ({best['metrics']['status']})",
+            f"{best['metrics']['fid_best']:.3f} at {best['metrics']['kimg']:.1f} kimg ({best['metrics']['status']})"
+            + floor_note(frames.get("fid_floor"), cfg),
             "best config: " + json.dumps(searched),
             f"checkpoint: {best['checkpoint']}",
             f"samples: {best['samples_dir']}",
         ]
     lines.append(f"results: {Path(exp) / 'trials.csv'}, history.parquet, best.json, optuna.journal")
     return "\n".join(lines)
+
+
+def floor_note(floor: dict[str, Any] | None, cfg: dict[str, Any]) -> str:
+    """'; real-vs-real floor 6.30' when the study recorded the floor of this very FID setup."""
+    if not floor or (floor.get("fid_backbone"), floor.get("fid_samples")) != (cfg["fid_backbone"], cfg["fid_samples"]):
+        return ""
+    return f"; real-vs-real floor {floor['fid']:.2f} ({floor['dataset']} train vs test)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,6 +155,26 @@ def real_statistics(dataset: str, split: str, backbone: Backbone | str, n: int, 
     return mu, sigma
 
 
+def real_floor(dataset: str, backbone: Backbone | str, n: int, mirror: str | None = None,
+               cache_dir: str | None = None) -> float:
+    """The real-vs-real floor: FID between the first n training and the first n test images.
+
+    A perfect generator scores about this at N = n (FID's 1/N bias plus the train/test gap). Cached
+    beside the real statistics, as is the training split's statistics it is computed from."""
+    if isinstance(backbone, str):
+        backbone = get_backbone(backbone, dataset, cache_dir=cache_dir, mirror=mirror)
+    path = cache_root(cache_dir) / "stats" / f"{dataset}-floor-{backbone.cache_key}-n{n}.json"
+    try:
+        return float(json.loads(path.read_text())["fid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or damaged: compute it
+    fid = frechet_distance(*real_statistics(dataset, "train", backbone, n, mirror, cache_dir),
+                           *real_statistics(dataset, "test", backbone, n, mirror, cache_dir))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"fid": fid, "dataset": dataset, "n": n,
+                                                              "backbone": backbone.cache_key})))
+    return fid
+
+
 _REFERENCES: dict[tuple[str, int, int], Reference] = {}
 
 

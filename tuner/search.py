@@ -451,6 +451,15 @@ def resolve_gpus(search: SearchConfig, base: TrainConfig) -> tuple[SearchConfig,
     return search, base
 
 
+def fid_floor(base: TrainConfig) -> dict[str, Any]:
+    """The real-vs-real FID floor of the study's metric (train vs test images, same backbone and N)."""
+    from tuner.data import resolve_mirror
+    from tuner.fid import real_floor
+
+    fid = real_floor(base.dataset, base.fid_backbone, base.fid_samples, resolve_mirror(base.data_mirror), base.cache_dir)
+    return {"fid": fid, "dataset": base.dataset, "fid_backbone": base.fid_backbone, "fid_samples": base.fid_samples}
+
+
 def is_experiment(path: str) -> bool:
     from ray import tune
 
@@ -522,8 +531,8 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
         local = local_dir(search)
         local.mkdir(parents=True, exist_ok=True)
         (local / "search_config.json").write_text(
-            json.dumps({"search": dataclasses.asdict(search), "base": base.to_dict(), "space_overrides": overrides},
-                       indent=2, default=list)
+            json.dumps({"search": dataclasses.asdict(search), "base": base.to_dict(), "space_overrides": overrides,
+                        "fid_floor": fid_floor(base)}, indent=2, default=list)
         )
         upload(search, ["search_config.json"])
     try:
