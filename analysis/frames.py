@@ -454,6 +454,25 @@ def compute_curve(history: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def seed_groups(exps: ExperimentSet | list[Experiment]) -> dict[str, list[Experiment]]:
+    """Experiments that differ only in their seed (and name): the same study run with several seeds.
+
+    Keyed by a short label (the first member's name without its seed); only groups of 2 or more."""
+    groups: dict[str, list[Experiment]] = {}
+    for e in exps:
+        search = {k: v for k, v in e.search["search"].items() if k not in ("name", "resume", "address", "storage_path")}
+        base = {k: v for k, v in e.search["base"].items() if k != "seed"}
+        key = json.dumps([search, base, e.search.get("space_overrides") or {}], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(e)
+    out = {}
+    for members in groups.values():
+        if len(members) >= 2:
+            label = "grid " + str(members[0].search["search"]["grid"]) if members[0].is_grid else (
+                f"{members[0].kind} ({members[0].search['search'].get('sampler', 'tpe')})")
+            out[f"{label}, {len(members)} seeds"] = members
+    return out
+
+
 def compute_totals(exps: ExperimentSet | list[Experiment]) -> pd.DataFrame:
     """Per experiment: trials, kimg spent (sum of each trial's kimg reached), and the full-budget
     grid equivalent (trials x max_kimg)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
@@ -621,3 +622,44 @@ def plot_compute(exps, ax=None) -> Figure:
     else:
         b.text(0.5, 0.5, "no evaluations yet", ha="center", transform=b.transAxes)
     return _finish(fig, "Compute accounting")
+
+
+@_styled
+def plot_seed_spread(exps, ax=None) -> Figure:
+    """Best FID so far against cumulative kimg for a study run with several seeds: the median over
+    seeds and their range (as Lucic et al. 2018, Fig. 5); single experiments as plain steps."""
+    from analysis.frames import seed_groups
+
+    exps = list(exps)
+    groups = seed_groups(exps)
+    _require(bool(groups), "no study was run with several seeds (experiments differing only in --seed)")
+    fig, axes = _axes(ax, 1, panel_size=(7.5, 4.5))
+    a = axes[0]
+    grouped = {id(e) for members in groups.values() for e in members}
+    curves = {e.name: compute_curve(e.history) for e in exps if not e.history.empty}
+    top = max((float(c["cum_kimg"].iloc[-1]) for c in curves.values() if len(c)), default=1.0)
+    xs = np.linspace(0, top, 200)
+
+    def best_at(c: pd.DataFrame) -> np.ndarray:
+        c = c[c["best_so_far"].notna()]
+        idx = np.searchsorted(c["cum_kimg"].to_numpy(), xs, side="right") - 1
+        return np.where(idx >= 0, c["best_so_far"].to_numpy()[np.clip(idx, 0, None)], np.nan) if len(c) else xs * np.nan
+
+    palette = sns.color_palette("Dark2", len(groups) + len(exps))
+    for color, (label, members) in zip(palette, groups.items()):
+        ys = np.array([best_at(curves[e.name]) for e in members if e.name in curves])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns before the first evaluation
+            med, lo, hi = np.nanmedian(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+        a.plot(xs, med, color=color, lw=2, label=f"{label}: median")
+        a.fill_between(xs, lo, hi, color=color, alpha=0.2, label=f"{label}: range over seeds")
+    for color, e in zip(palette[len(groups):], exps):
+        if id(e) in grouped or e.name not in curves:
+            continue
+        c = curves[e.name][curves[e.name]["best_so_far"].notna()]
+        a.step(c["cum_kimg"], c["best_so_far"], where="post", color=color, lw=1.5, label=e.name)
+    _log_if_wide(a, pd.Series([v for c in curves.values() for v in c["best_so_far"].dropna()]), ratio=5)
+    a.set(xlabel="cumulative kimg trained (all trials, wall-clock order)", ylabel="best FID so far",
+          title="best FID so far vs compute, over seeds")
+    a.legend(fontsize="x-small")
+    return _finish(fig, "Best FID vs compute over seeds")

@@ -255,6 +255,13 @@ class Report:
                   "that trains as many trials for the full budget. Right: best FID found so far as the experiment spends "
                   "kimg; evaluations are taken in wall-clock order (Ray's report timestamps) and each adds the kimg its "
                   "trial trained since its previous evaluation.")
+        from analysis.frames import seed_groups
+
+        if seed_groups(self.exps):
+            self.plot("seed_spread", "Best FID vs compute over seeds", lambda: P.plot_seed_spread(self.exps),
+                      "Studies run with several seeds (experiments that differ only in --seed): the median of their "
+                      "best FID so far against cumulative kimg and the range over seeds (as Lucic et al. 2018, Fig. 5); "
+                      "other experiments as single lines.")
         for e in self.exps:
             et, eh = e.trials, e.history
             tag = _slug(e.name)
@@ -379,17 +386,29 @@ def write_report(paths: list[str | Path], out: str | Path, top: int = 3, rebuild
     return path
 
 
+def expand_experiments(paths: list[str]) -> list[str]:
+    """A folder that is not an experiment but holds experiments (STORAGE_PATH) stands for all of them."""
+    out = []
+    for path in paths:
+        p = Path(path).expanduser()
+        inner = sorted(str(c) for c in p.iterdir() if (c / "search_config.json").is_file()) \
+            if p.is_dir() and not (p / "search_config.json").is_file() else []
+        out.extend(inner or [path])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR", help="experiment folders (STORAGE_PATH/NAME)")
+    p.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR",
+                   help="experiment folders (STORAGE_PATH/NAME), or a folder holding several (e.g. a study's seeds)")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md and its images")
     p.add_argument("--top", type=int, default=3, help="best trials per experiment shown with samples and curves [3]")
     p.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=None,
                    help="rebuild the frames from Ray's records (default: when experiment_state exists) or read the exports")
     args = p.parse_args(argv)
     try:
-        path = write_report(args.experiments, args.out, top=args.top, rebuild=args.rebuild)
+        path = write_report(expand_experiments(args.experiments), args.out, top=args.top, rebuild=args.rebuild)
     except (FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -355,3 +355,23 @@ def test_rerun_retrains_the_top_configs_and_the_report_compares_rankings(env, va
     stats = runs.groupby("trial_id")["fid_best"].agg(["mean", "std"])
     for trial_id, row in stats.iterrows():
         assert f"{fmt.fid(row['mean'])} ± {fmt.fid(row['std'])}" in reruns, trial_id
+
+
+def test_seeds_of_one_study_are_grouped_and_plotted_as_median_and_range(gan_exp):
+    """Experiments that differ only in --seed form one group (the report's seed plot); any other
+    difference, e.g. the sampler, keeps them apart."""
+    import copy
+
+    from analysis import plots
+    from analysis.frames import load_experiment, seed_groups
+
+    first = load_experiment(gan_exp, rebuild=False)
+    second = copy.deepcopy(first)
+    second.name, second.search["base"]["seed"], second.search["search"]["name"] = "gan-seed1", 7, "gan-seed1"
+    other = copy.deepcopy(first)
+    other.name, other.search["search"]["sampler"] = "gan-random", "random"
+    groups = seed_groups([first, second, other])
+    assert [[e.name for e in members] for members in groups.values()] == [[first.name, "gan-seed1"]]
+    assert plots.plot_seed_spread([first, second, other]).axes
+    with pytest.raises(plots.NotEnoughData, match="several seeds"):
+        plots.plot_seed_spread([first, other])
