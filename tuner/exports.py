@@ -159,9 +159,9 @@ def summarize(frames: dict[str, Any], exp: str | Path) -> str:
         lines.append("no trial reached an evaluation")
     else:
         cfg = best["config"]
-        searched = {k: cfg[k] for k in ("family", "arch", "loss", "z_dim", "lr", "beta1", "n_critic", "clip_value",
-                                         "gp_lambda", "batch_size", "g_width", "d_width", "kl_beta", "regularize")
-                    if cfg.get(k) is not None}
+        searched = {k: cfg[k] for k in ("family", "arch", "loss", "z_dim", "lr", "lr_d_ratio", "beta1", "beta2", "n_critic",
+                                         "clip_value", "gp_lambda", "batch_size", "g_width", "d_width", "d_norm", "kl_beta",
+                                         "regularize") if cfg.get(k) is not None}
         lines += [
             f"best trial: {best['trial_id']}  fid[{cfg['fid_backbone']}, {cfg['fid_samples']} samples] "
             f"{best['metrics']['fid_best']:.3f} at {best['metrics']['kimg']:.1f} kimg ({best['metrics']['status']})"
