@@ -27,6 +27,7 @@ if __name__ == "__main__":  # run as a script (ray submit): import the package, 
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -79,6 +80,9 @@ class SearchConfig:
     """Ray cluster to join ('auto' on a cluster's head node). Default: start a local Ray."""
     max_failures: int = 3
     """Times a trial is retried from its last checkpoint after its worker dies."""
+    allow_shrink: bool = False
+    """Let the exports replace trials.csv/.parquet files that hold trials the new ones lack (by trial_id).
+    Default: such an export is refused with one error line, and the old files are kept."""
 
     def __post_init__(self) -> None:
         from models.losses import LOSSES
@@ -138,7 +142,9 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
     if search.resume:
         given_search = {f.name: getattr(search, f.name) for f in dataclasses.fields(SearchConfig) if f.name in vars(args)}
         saved = load_saved(search)
-        search = build(SearchConfig, {**saved["search"], **given_search, "resume": True})
+        # --allow-shrink is a decision for this command only: never taken over from the saved config
+        search = build(SearchConfig, {**saved["search"], **given_search, "resume": True,
+                                      "allow_shrink": given_search.get("allow_shrink", False)})
         return search, TrainConfig.from_dict(saved["base"]), saved.get("space_overrides", {})
     given = {f.name for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
     defaults = {k: v for k, v in SEARCH_TRAIN_DEFAULTS.items() if k not in given}
@@ -371,6 +377,9 @@ def upload(search: SearchConfig, names: list[str]) -> None:
 
 def load_saved(search: SearchConfig) -> dict[str, Any]:
     if not is_experiment(search.experiment_dir):
+        if not is_remote(search) and (local_dir(search) / "search_config.json").is_file():
+            raise RestoreFailed(f"cannot resume {search.experiment_dir}: experiment_state-*.json is missing "
+                                "(Ray Tune's record of the trials); nothing was run or changed")
         raise ConfigError(f"invalid resume: {search.experiment_dir} is not a gentune/Ray Tune experiment (no experiment_state file)")
     if is_remote(search):
         import pyarrow.fs
@@ -466,6 +475,105 @@ def check_space(search: SearchConfig) -> None:
         raise StorageFull(full_message(search.experiment_dir)) from None
 
 
+# ------------------------------------------------------------------------------------------
+# resume: restore everything or nothing (RAY-OPTUNA.md pitfalls 10 and 11)
+
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+class RestoreFailed(ConfigError):
+    """Ray Tune could not restore the experiment; nothing has run and nothing was written."""
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    """The file Tune restores from: the largest name matching `pattern` (names carry the session time)."""
+    found = sorted(folder.glob(pattern), key=lambda p: p.name)
+    return found[-1] if found else None
+
+
+def check_restorable(search: SearchConfig) -> set[str]:
+    """Read, before Ray starts, what Tune's restore reads, and fail with one line naming the file.
+
+    Tune restarts an experiment from scratch when its restore fails (pitfall 10), so every part of
+    a local experiment's state is checked here first: the newest experiment_state-*.json (JSON with
+    every trial's record), search_gen_state-*.json and callback-states-*.pkl (Ray's own pickles,
+    read with Tune's own loader, as its restore would) and Tune's lock folder in the system temp
+    (pitfall 11). The searcher's own state (searcher-state-*.pkl) is not required: the Optuna
+    journal holds the study, and HonestOptunaSearch rebuilds its state from it. Returns the ids of
+    the trials in the experiment state. Remote storage (s3://) is checked by the guard of `fit`.
+    """
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    if is_remote(search):
+        return set()
+    exp = Path(search.experiment_dir)
+
+    def refuse(what: str, why: str) -> RestoreFailed:
+        return RestoreFailed(f"cannot resume {exp}: {what} {why}; nothing was run or changed")
+
+    state_file = _newest(exp, "experiment_state-*.json")
+    if state_file is None:
+        raise refuse("experiment_state-*.json", "is missing (Ray Tune's record of the trials)")
+    try:
+        state = json.loads(state_file.read_bytes())
+        trial_ids = set()
+        for trial_json, _metadata in state["trial_data"]:
+            trial_ids.add(json.loads(trial_json)["trial_id"])
+        state["runner_data"]  # noqa: B018 (Tune's restore reads it first)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise refuse(state_file.name, f"is unreadable ({type(err).__name__}: {err})") from None
+    for pattern in ("search_gen_state-*.json", "callback-states-*.pkl"):
+        newest = _newest(exp, pattern)
+        if newest is None:
+            continue
+        try:
+            _load_newest_checkpoint(str(exp), pattern)
+        except Exception as err:  # noqa: BLE001 (any failure would make Tune restart the study)
+            raise refuse(newest.name, f"is unreadable ({type(err).__name__}: {err})") from None
+    check_lock_folder(exp)
+    return trial_ids
+
+
+def check_lock_folder(exp: Path) -> None:
+    """Take a lock the way Tune's restore does (TempFileLock in $RAY_TMPDIR, $TMPDIR or /tmp)."""
+    from ray.air._internal.filelock import TempFileLock
+
+    try:
+        with TempFileLock(str(exp / ".gentune-resume-probe"), timeout=10):
+            pass
+    except Exception as err:  # noqa: BLE001
+        import ray._common.utils
+
+        folder = Path(ray._common.utils.get_default_system_temp_dir()) / "_ray_lockfiles"
+        raise RestoreFailed(f"cannot resume {exp}: Ray Tune's lock folder {folder} is not usable "
+                            f"({type(err).__name__}: {err}); allowed a lock folder this account can write: "
+                            "set TMPDIR (or RAY_TMPDIR) to a folder of your own; nothing was run or changed") from None
+
+
+class RestoreGuard(logging.Filter):
+    """Turns Tune's silent restart after a failed restore into an error, before any trial runs.
+
+    Tune logs "Failed to restore the run state." from TuneController.__init__ and then starts the
+    experiment afresh (unless fail_fast, which also changes how failing trials end the run). This
+    filter on Tune's logger raises RestoreFailed at that log call instead: the exception leaves
+    TuneController.__init__ before any trial is created or any state file is written.
+    """
+
+    def __init__(self, exp: str):
+        super().__init__()
+        self.exp = exp
+        self.error: RestoreFailed | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to restore the run state"):
+            cause = record.exc_info[1] if record.exc_info else None
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else "see Ray's log above"
+            self.error = RestoreFailed(f"cannot resume {self.exp}: Ray Tune could not restore the run state "
+                                       f"({why}); nothing was run")
+            raise self.error
+        return True
+
+
 def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> int:
     from ray import tune
 
@@ -476,6 +584,8 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
     if not search.resume and is_experiment(exp):
         raise ConfigError(f"invalid name={search.name!r}: {exp} already holds an experiment; use --resume or another --name")
     check_writable(search)
+    if search.resume:
+        check_restorable(search)
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
     assets = prepare_assets(base)
 
@@ -483,7 +593,11 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
     search, base = resolve_gpus(search, base)
     trainable = make_trainable(search, base, assets)
     if search.resume:
-        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
+        except Exception as err:  # tuner.pkl unreadable, or a trainable that no longer matches
+            raise RestoreFailed(f"cannot resume {exp}: Ray Tune could not load it ({type(err).__name__}: "
+                                f"{err}); nothing was run or changed") from None
     else:
         tuner = build_tuner(search, base, overrides, trainable)
         local = local_dir(search)
@@ -493,11 +607,18 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
                        indent=2, default=list)
         )
         upload(search, ["search_config.json"])
+    guard = RestoreGuard(exp)
+    tune_logger = logging.getLogger(TUNE_CONTROLLER_LOGGER)
+    tune_logger.addFilter(guard)
     try:
         tuner.fit()
     except Exception:
+        if guard.error is not None:
+            raise guard.error from None
         check_space(search)  # a full disk surfaces as any error (Ray cannot even write error files)
         raise
+    finally:
+        tune_logger.removeFilter(guard)
     check_space(search)
     if search.grid is None and Path(study_path(search)).is_file():
         import optuna
@@ -510,7 +631,7 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
         import pyarrow.fs
 
         pyarrow.fs.copy_files(exp, str(local_dir(search)))
-    frames = write_exports(local_dir(search))
+    frames = write_exports(local_dir(search), allow_shrink=search.allow_shrink)
     upload(search, ["trials.csv", "trials.parquet", "history.parquet", "best.json", "optuna.journal"])
     print(summarize(frames, exp))
     return 0
