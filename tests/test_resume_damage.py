@@ -214,6 +214,24 @@ def test_missing_searcher_state_is_rebuilt_from_the_journal(interrupted, work, t
     assert_recovered(resume(exp, work), earlier, exp)
 
 
+@pytest.mark.slow
+def test_torn_snapshot_search_generator_count_is_repaired(interrupted, work, tmp_path):
+    # A driver killed while Tune copies its snapshot into storage can leave search_gen_state from
+    # before the newest trial was created (seen in the driver-kill test: 5 trials for --num-samples 4).
+    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
+
+    exp = copy_study(interrupted, tmp_path)
+    earlier = result_fids(exp)
+    gen = newest(exp, "search_gen_state-*.json")
+    state = _load_newest_checkpoint(str(exp), gen.name)
+    n_state = len(json.loads(newest(exp, "experiment_state-*.json").read_text())["trial_data"])
+    assert state["counter"] == n_state
+    _atomic_save({**state, "counter": n_state - 1}, str(exp), gen.name, f"tmp-{gen.name}")
+    proc = resume(exp, work)
+    assert_recovered(proc, earlier, exp)  # exactly N trials, not N + 1
+    assert f"counted {n_state - 1} trials, the experiment state holds {n_state}" in proc.stderr
+
+
 # ------------------------------------------------------------------------------------------
 # refused: exit 2, one error line, nothing changed
 

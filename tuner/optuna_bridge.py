@@ -98,7 +98,23 @@ class HonestOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        self.adopt_from_study(self._ot_study)
         mark_stale_trials(self._ot_study, keep={t._trial_id for t in self._ot_trials.values()})
+
+    def adopt_from_study(self, study: optuna.Study, only_restored: bool = True) -> None:
+        """Map the Optuna trials of the Ray trials being restored (expect_restored_trials) that the
+        snapshot lacks, by their user attribute ray_trial_id.
+
+        A driver killed while Tune copied its snapshot files can leave a searcher snapshot older
+        than the experiment state: its Ray trials would otherwise never be told to Optuna. Trials
+        asked for Ray trials that Tune will not restore are left out (marked stale)."""
+        for frozen in study.get_trials(deepcopy=False):
+            ray_id = frozen.user_attrs.get("ray_trial_id")
+            if ray_id is None or ray_id in self._ot_trials or (only_restored and ray_id not in _restored_ray_trials):
+                continue
+            self._ot_trials[ray_id] = optuna.Trial(study, frozen._trial_id)
+            if frozen.state.is_finished():
+                self._completed_trials.add(ray_id)
 
     def restore_from_dir(self, checkpoint_dir: str) -> None:
         """Restore the searcher's snapshot; when it is missing or unreadable, rebuild it from the study.
@@ -118,17 +134,23 @@ class HonestOptunaSearch(OptunaSearch):
         study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
         self._ot_study = study
         self._ot_trials, self._completed_trials = {}, set()
-        for frozen in study.get_trials(deepcopy=False):
-            ray_id = frozen.user_attrs.get("ray_trial_id")
-            if ray_id is None:
-                continue
-            self._ot_trials[ray_id] = optuna.Trial(study, frozen._trial_id)
-            if frozen.state.is_finished():
-                self._completed_trials.add(ray_id)
+        # without the list of restored Ray trials (remote storage), every named trial is mapped; those
+        # Tune does not restore stay RUNNING until the end of the run, then are marked stale
+        self.adopt_from_study(study, only_restored=bool(_restored_ray_trials))
         # warm-start points are asked first: drop those the study has already asked
         if self._points_to_evaluate:
             self._points_to_evaluate = self._points_to_evaluate[len(study.trials):]
         mark_stale_trials(study, keep={t._trial_id for t in self._ot_trials.values()})
+
+
+_restored_ray_trials: frozenset[str] = frozenset()
+
+
+def expect_restored_trials(trial_ids) -> None:
+    """Tell the searcher restored in this (driver) process which Ray trials Tune restores: the ids in
+    the experiment state. Tune gives the searcher no list of its trials when it restores it."""
+    global _restored_ray_trials
+    _restored_ray_trials = frozenset(trial_ids)
 
 
 def mark_stale_trials(study: optuna.Study, keep: set[int] = frozenset()) -> int:

@@ -492,18 +492,20 @@ def _newest(folder: Path, pattern: str) -> Path | None:
 
 
 def check_restorable(search: SearchConfig) -> set[str]:
-    """Read, before Ray starts, what Tune's restore reads, and fail with one line naming the file.
+    """Read, before Ray starts, what Tune's restore reads; refuse with one line naming the file, or repair.
 
-    Tune restarts an experiment from scratch when its restore fails (pitfall 10), so every part of
-    a local experiment's state is checked here first: the newest experiment_state-*.json (JSON with
-    every trial's record), search_gen_state-*.json and callback-states-*.pkl (Ray's own pickles,
-    read with Tune's own loader, as its restore would) and Tune's lock folder in the system temp
-    (pitfall 11). The searcher's own state (searcher-state-*.pkl) is not required: the Optuna
-    journal holds the study, and HonestOptunaSearch rebuilds its state from it. Returns the ids of
-    the trials in the experiment state. Remote storage (s3://) is checked by the guard of `fit`.
+    Tune restarts an experiment from scratch when its restore fails (pitfall 10), so every part of a
+    local experiment's state is checked here first:
+    - the newest experiment_state-*.json (every trial's record): missing or unreadable -> refused;
+    - search_gen_state-*.json (Ray's pickle of how many trials the searcher has created, read with
+      Tune's own loader as its restore would): its count is set to the trials in the experiment
+      state when they differ (a driver killed while Tune copied its snapshot files into storage
+      leaves them from two moments); unreadable -> rebuilt from an older one, else refused;
+    - Tune's lock folder in the system temp (pitfall 11): unusable -> refused.
+    The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
+    journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
+    experiment state. Remote storage (s3://) is left to the guard around `fit` (RestoreGuard).
     """
-    from ray.tune.utils.util import _load_newest_checkpoint
-
     if is_remote(search):
         return set()
     exp = Path(search.experiment_dir)
@@ -522,16 +524,55 @@ def check_restorable(search: SearchConfig) -> set[str]:
         state["runner_data"]  # noqa: B018 (Tune's restore reads it first)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise refuse(state_file.name, f"is unreadable ({type(err).__name__}: {err})") from None
-    for pattern in ("search_gen_state-*.json", "callback-states-*.pkl"):
-        newest = _newest(exp, pattern)
-        if newest is None:
-            continue
-        try:
-            _load_newest_checkpoint(str(exp), pattern)
-        except Exception as err:  # noqa: BLE001 (any failure would make Tune restart the study)
-            raise refuse(newest.name, f"is unreadable ({type(err).__name__}: {err})") from None
-    check_lock_folder(exp)
+    check_lock_folder(exp)  # before any repair: a refusal changes nothing
+    if search.grid is None:
+        repair_search_generator_state(exp, len(state["trial_data"]), refuse)
     return trial_ids
+
+
+def _load_tune_pickle(path: Path) -> Any:
+    """One of Ray's own state pickles, read with Tune's own loader (as Tune's restore reads it)."""
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    return _load_newest_checkpoint(str(path.parent), glob_escape(path.name))
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def repair_search_generator_state(exp: Path, n_trials: int, refuse) -> None:
+    """Make the newest search_gen_state count exactly the trials of the experiment state."""
+    from ray.tune.utils.util import _atomic_save
+
+    files = sorted(exp.glob("search_gen_state-*.json"), key=lambda p: p.name, reverse=True)
+    if not files:
+        return
+    newest, state, why = files[0], None, None
+    for path in files:
+        try:
+            state = _load_tune_pickle(path)
+            break
+        except Exception as err:  # noqa: BLE001
+            why = why or f"{type(err).__name__}: {err}"
+    if state is None:
+        raise refuse(newest.name, f"is unreadable ({why}), and no older copy is readable")
+    if path == newest and state.get("counter") == n_trials:
+        return
+    old = state.get("counter")
+    state = {**state, "counter": n_trials}
+    if state.get("total_samples") is not None and n_trials < state["total_samples"]:
+        state["finished"] = False
+    if path != newest:
+        newest.rename(newest.with_name(newest.name + ".damaged"))
+        print(f"gentune: {newest.name} is unreadable ({why}); set aside as {newest.name}.damaged and rebuilt "
+              f"from {path.name}", file=sys.stderr, flush=True)
+    _atomic_save(state=state, checkpoint_dir=str(exp), file_name=newest.name, tmp_file_name=f".tmp-{newest.name}")
+    if path == newest:
+        print(f"gentune: {newest.name} counted {old} trials, the experiment state holds {n_trials} (the driver "
+              f"was stopped while Tune copied its snapshot): set to {n_trials}", file=sys.stderr, flush=True)
 
 
 def check_lock_folder(exp: Path) -> None:
@@ -585,7 +626,9 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
         raise ConfigError(f"invalid name={search.name!r}: {exp} already holds an experiment; use --resume or another --name")
     check_writable(search)
     if search.resume:
-        check_restorable(search)
+        from tuner.optuna_bridge import expect_restored_trials
+
+        expect_restored_trials(check_restorable(search))
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
     assets = prepare_assets(base)
 
