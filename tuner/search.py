@@ -532,15 +532,11 @@ def check_restorable(search: SearchConfig) -> set[str]:
 
 def _load_tune_pickle(path: Path) -> Any:
     """One of Ray's own state pickles, read with Tune's own loader (as Tune's restore reads it)."""
-    from ray.tune.utils.util import _load_newest_checkpoint
-
-    return _load_newest_checkpoint(str(path.parent), glob_escape(path.name))
-
-
-def glob_escape(name: str) -> str:
     import glob
 
-    return glob.escape(name)
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    return _load_newest_checkpoint(str(path.parent), glob.escape(path.name))
 
 
 def repair_search_generator_state(exp: Path, n_trials: int, refuse) -> None:
