@@ -206,8 +206,8 @@ def test_garbage_searcher_state_is_rebuilt_from_the_journal(study, work, tmp_pat
 
 
 @pytest.mark.slow
-def test_missing_searcher_state_is_rebuilt_from_the_journal(interrupted, work, tmp_path):
-    exp = copy_study(interrupted, tmp_path)
+def test_missing_searcher_state_is_rebuilt_from_the_journal(finished, work, tmp_path):
+    exp = copy_study(finished, tmp_path)
     earlier = result_fids(exp)
     for path in exp.glob("searcher-state-*.pkl"):
         path.unlink()
@@ -215,12 +215,12 @@ def test_missing_searcher_state_is_rebuilt_from_the_journal(interrupted, work, t
 
 
 @pytest.mark.slow
-def test_torn_snapshot_search_generator_count_is_repaired(interrupted, work, tmp_path):
+def test_torn_snapshot_search_generator_count_is_repaired(finished, work, tmp_path):
     # A driver killed while Tune copies its snapshot into storage can leave search_gen_state from
     # before the newest trial was created (seen in the driver-kill test: 5 trials for --num-samples 4).
     from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
 
-    exp = copy_study(interrupted, tmp_path)
+    exp = copy_study(finished, tmp_path)
     earlier = result_fids(exp)
     gen = newest(exp, "search_gen_state-*.json")
     state = _load_newest_checkpoint(str(exp), gen.name)
@@ -230,6 +230,19 @@ def test_torn_snapshot_search_generator_count_is_repaired(interrupted, work, tmp
     proc = resume(exp, work)
     assert_recovered(proc, earlier, exp)  # exactly N trials, not N + 1
     assert f"counted {n_state - 1} trials, the experiment state holds {n_state}" in proc.stderr
+
+
+@pytest.mark.slow
+def test_garbage_search_generator_state_is_rebuilt_from_an_older_copy(finished, work, tmp_path):
+    exp = copy_study(finished, tmp_path)
+    earlier = result_fids(exp)
+    gen = newest(exp, "search_gen_state-*.json")
+    shutil.copy(gen, exp / "search_gen_state-2000-01-01_00-00-00.json")  # an earlier session's copy
+    gen.write_bytes(b"garbage")
+    proc = resume(exp, work)
+    assert_recovered(proc, earlier, exp)
+    assert f"{gen.name} is unreadable" in proc.stderr and "rebuilt from search_gen_state-2000" in proc.stderr
+    assert (exp / f"{gen.name}.damaged").read_bytes() == b"garbage"
 
 
 # ------------------------------------------------------------------------------------------
