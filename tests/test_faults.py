@@ -13,6 +13,7 @@ docs/faults.md lists every fault tested here and what the user sees.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import math
 import os
@@ -562,6 +563,36 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
     finally:
         for driver in drivers:
             driver.kill()
+    with explained_on_failure(exp, drivers):
+        check_killed_study(exp, name, n, drivers, done_at_kill)
+
+
+@contextlib.contextmanager
+def explained_on_failure(exp: Path, drivers: list[Driver]):
+    """On a failed check, print what is needed to tell why: each trial's status and error, the
+    files of Tune's snapshot, and the tail of every driver's log (the last one in full detail)."""
+    try:
+        yield
+    except BaseException:
+        print("\n==== explanation of the failure ====")
+        for name in ("trials.csv",):
+            path = exp / name
+            print(f"-- {name}: {path.stat().st_size if path.exists() else 'absent'} bytes")
+            try:
+                print(pd.read_csv(path)[["trial_id", "status", "kimg", "fid_final", "error"]].to_string())
+            except Exception as err:  # noqa: BLE001
+                print(f"   unreadable: {err!r}")
+        for error in sorted(exp.glob("*/error.txt")):
+            print(f"-- {error.parent.name}/error.txt:\n{error.read_text()[-1500:]}")
+        print("-- state files: " + ", ".join(f"{p.name} ({p.stat().st_size} B)" for p in sorted(exp.iterdir()) if p.is_file()))
+        for k, driver in enumerate(drivers):
+            text = driver.log.read_text(errors="replace")
+            keep = 6000 if k == len(drivers) - 1 else 1500
+            print(f"-- driver {k} log ({driver.log}), last {keep} characters:\n{text[-keep:]}")
+        raise
+
+
+def check_killed_study(exp: Path, name: str, n: int, drivers: list[Driver], done_at_kill: dict[str, int]) -> None:
     assert all(d.started_its_own_ray() for d in drivers)
     assert not any(processes_under(d.ray_tmp) for d in drivers)
     assert done_at_kill  # kill point 3 happened after a trial had finished
@@ -582,14 +613,19 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
 
     study = load_study(exp, name)
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
-    told = {t.user_attrs["ray_trial_id"]: t for t in study.trials if "ray_trial_id" in t.user_attrs}
-    assert set(told) == set(trials["trial_id"])  # each trial told exactly once, to its own Optuna trial
+    # every Optuna trial names its Ray trial from the moment it is asked; the told ones carry a status
+    assert all("ray_trial_id" in t.user_attrs for t in study.trials)
+    told = [t for t in study.trials if "status" in t.user_attrs]
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in told}
+    assert len(by_ray_id) == len(told)
+    assert set(by_ray_id) == set(trials["trial_id"])  # each trial told exactly once, to its own Optuna trial
     for row in trials.itertuples():
         # a trial re-run from an older checkpoint reproduces its results exactly (seeded, CPU)
-        assert told[row.trial_id].state.name == "COMPLETE"
-        assert told[row.trial_id].value == pytest.approx(row.fid_final, rel=1e-9)
-    others = [t for t in study.trials if "ray_trial_id" not in t.user_attrs]
+        assert by_ray_id[row.trial_id].state.name == "COMPLETE"
+        assert by_ray_id[row.trial_id].value == pytest.approx(row.fid_final, rel=1e-9)
+    others = [t for t in study.trials if "status" not in t.user_attrs]  # asked, never snapshotted: stale
     assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") for t in others)
+    assert not set(trials["trial_id"]) & {t.user_attrs["ray_trial_id"] for t in others}
 
 
 # ------------------------------------------------------------------------------------------

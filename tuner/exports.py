@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.config import TrainConfig
+from tuner.config import ArgumentParser, ConfigError, TrainConfig
 
 RAY_COLUMNS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
@@ -133,10 +133,47 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def write_exports(exp: str | Path) -> dict[str, Any]:
-    """Write trials.csv, trials.parquet, history.parquet and best.json atomically; return the frames."""
+class ExportShrinks(ConfigError):
+    """The new exports would drop trials that the existing ones hold."""
+
+
+def existing_trial_ids(exp: Path) -> tuple[set[str], str | None]:
+    """Trial ids held by the current trials.csv / trials.parquet (the union), and the file holding most.
+
+    A file that cannot be read holds nothing worth keeping: it is replaced."""
+    ids: set[str] = set()
+    largest, largest_n = None, -1
+    for name, read in (("trials.csv", pd.read_csv), ("trials.parquet", pd.read_parquet)):
+        path = exp / name
+        if not path.is_file():
+            continue
+        try:
+            held = set(read(path)["trial_id"].astype(str))
+        except Exception:  # noqa: BLE001 (empty, truncated, or not ours)
+            continue
+        ids |= held
+        if len(held) > largest_n:
+            largest, largest_n = name, len(held)
+    return ids, largest
+
+
+def write_exports(exp: str | Path, allow_shrink: bool = False) -> dict[str, Any]:
+    """Write trials.csv, trials.parquet, history.parquet and best.json atomically; return the frames.
+
+    Refused (ExportShrinks, nothing written) when the existing trials.csv/.parquet hold trials the
+    new export lacks, unless allow_shrink: a study restarted by mistake must not overwrite the old one.
+    """
     exp = Path(exp)
     frames = build_frames(exp)
+    new_ids = set(frames["trials"]["trial_id"].astype(str)) if not frames["trials"].empty else set()
+    old_ids, holder = existing_trial_ids(exp)
+    missing = old_ids - new_ids
+    if missing and not allow_shrink:
+        shown = ", ".join(sorted(missing)[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ExportShrinks(
+            f"refusing to overwrite {exp / holder}: it holds {len(old_ids)} trials, the new export "
+            f"{len(new_ids)}, and lacks {len(missing)} of them ({shown}); the files are unchanged; "
+            "pass --allow-shrink to replace them anyway")
     _atomic(exp / "trials.csv", lambda p: frames["trials"].to_csv(p, index=False))
     _atomic(exp / "trials.parquet", lambda p: frames["trials"].to_parquet(p, index=False))
     _atomic(exp / "history.parquet", lambda p: frames["history"].to_parquet(p, index=False))
@@ -145,9 +182,20 @@ def write_exports(exp: str | Path) -> dict[str, Any]:
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    import os
+    import tempfile
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def summarize(frames: dict[str, Any], exp: str | Path) -> str:
@@ -182,13 +230,29 @@ def floor_note(floor: dict[str, Any] | None, cfg: dict[str, Any]) -> str:
     return f"; real-vs-real floor {floor['fid']:.2f} ({floor['dataset']} train vs test)"
 
 
+def parser():
+    import argparse
+
+    p = ArgumentParser(prog="python -m tuner.exports",
+                       description="Rebuild trials.csv/.parquet, history.parquet and best.json of an experiment folder.")
+    p.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="the folder STORAGE_PATH/NAME of a gentune study")
+    p.add_argument("--allow-shrink", action="store_true", default=argparse.SUPPRESS,
+                   help="replace trials.csv/.parquet even when they hold trials the new export lacks")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m tuner.exports EXPERIMENT_DIR", file=sys.stderr)
+    args = parser().parse_args(argv)
+    exp = Path(args.experiment_dir)
+    try:
+        if not (exp / "search_config.json").is_file():
+            raise ConfigError(f"invalid EXPERIMENT_DIR={str(exp)!r}: allowed a gentune experiment folder "
+                              "(one with search_config.json)")
+        frames = write_exports(exp, allow_shrink=getattr(args, "allow_shrink", False))
+    except ConfigError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    frames = write_exports(argv[0])
-    print(summarize(frames, argv[0]))
+    print(summarize(frames, exp))
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 
 import optuna
 from optuna.trial import TrialState
@@ -34,6 +35,15 @@ class HonestOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_kimg: float, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_kimg = max_kimg
+
+    def suggest(self, trial_id: str):
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            # recorded at once, so that the journal alone maps Ray trials to Optuna trials
+            # (restore_from_dir rebuilds the searcher's state from it when that state is unreadable)
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -88,7 +98,59 @@ class HonestOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        self.adopt_from_study(self._ot_study)
         mark_stale_trials(self._ot_study, keep={t._trial_id for t in self._ot_trials.values()})
+
+    def adopt_from_study(self, study: optuna.Study, only_restored: bool = True) -> None:
+        """Map the Optuna trials of the Ray trials being restored (expect_restored_trials) that the
+        snapshot lacks, by their user attribute ray_trial_id.
+
+        A driver killed while Tune copied its snapshot files can leave a searcher snapshot older
+        than the experiment state: its Ray trials would otherwise never be told to Optuna. Trials
+        asked for Ray trials that Tune will not restore are left out (marked stale)."""
+        for frozen in study.get_trials(deepcopy=False):
+            ray_id = frozen.user_attrs.get("ray_trial_id")
+            if ray_id is None or ray_id in self._ot_trials or (only_restored and ray_id not in _restored_ray_trials):
+                continue
+            self._ot_trials[ray_id] = optuna.Trial(study, frozen._trial_id)
+            if frozen.state.is_finished():
+                self._completed_trials.add(ray_id)
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        """Restore the searcher's snapshot; when it is missing or unreadable, rebuild it from the study.
+
+        Tune restarts the whole experiment when this raises (RAY-OPTUNA.md pitfall 10). The Optuna
+        journal holds everything the snapshot does that matters: which Ray trial each Optuna trial
+        belongs to (user attribute ray_trial_id, set when the trial is asked) and which were told.
+        """
+        try:
+            super().restore_from_dir(checkpoint_dir)
+        except Exception as err:  # noqa: BLE001 (a truncated pickle raises anything)
+            print(f"gentune: the searcher state in {checkpoint_dir} is unreadable ({type(err).__name__}: {err}); "
+                  "rebuilt from the Optuna journal", file=sys.stderr, flush=True)
+            self.rebuild_from_study()
+
+    def rebuild_from_study(self) -> None:
+        study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
+        self._ot_study = study
+        self._ot_trials, self._completed_trials = {}, set()
+        # without the list of restored Ray trials (remote storage), every named trial is mapped; those
+        # Tune does not restore stay RUNNING until the end of the run, then are marked stale
+        self.adopt_from_study(study, only_restored=bool(_restored_ray_trials))
+        # warm-start points are asked first: drop those the study has already asked
+        if self._points_to_evaluate:
+            self._points_to_evaluate = self._points_to_evaluate[len(study.trials):]
+        mark_stale_trials(study, keep={t._trial_id for t in self._ot_trials.values()})
+
+
+_restored_ray_trials: frozenset[str] = frozenset()
+
+
+def expect_restored_trials(trial_ids) -> None:
+    """Tell the searcher restored in this (driver) process which Ray trials Tune restores: the ids in
+    the experiment state. Tune gives the searcher no list of its trials when it restores it."""
+    global _restored_ray_trials
+    _restored_ray_trials = frozenset(trial_ids)
 
 
 def mark_stale_trials(study: optuna.Study, keep: set[int] = frozenset()) -> int:

@@ -27,6 +27,7 @@ if __name__ == "__main__":  # run as a script (ray submit): import the package, 
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -90,6 +91,9 @@ class SearchConfig:
     """Ray cluster to join ('auto' on a cluster's head node). Default: start a local Ray."""
     max_failures: int = 3
     """Times a trial is retried from its last checkpoint after its worker dies."""
+    allow_shrink: bool = False
+    """Let the exports replace trials.csv/.parquet files that hold trials the new ones lack (by trial_id).
+    Default: such an export is refused with one error line, and the old files are kept."""
 
     def __post_init__(self) -> None:
         from models.losses import LOSSES
@@ -155,7 +159,9 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
     if search.resume:
         given_search = {f.name: getattr(search, f.name) for f in dataclasses.fields(SearchConfig) if f.name in vars(args)}
         saved = load_saved(search)
-        search = build(SearchConfig, {**saved["search"], **given_search, "resume": True})
+        # --allow-shrink is a decision for this command only: never taken over from the saved config
+        search = build(SearchConfig, {**saved["search"], **given_search, "resume": True,
+                                      "allow_shrink": given_search.get("allow_shrink", False)})
         return search, TrainConfig.from_dict(saved["base"]), saved.get("space_overrides", {})
     given = {f.name for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
     defaults = {k: v for k, v in SEARCH_TRAIN_DEFAULTS.items() if k not in given}
@@ -404,6 +410,9 @@ def upload(search: SearchConfig, names: list[str]) -> None:
 
 def load_saved(search: SearchConfig) -> dict[str, Any]:
     if not is_experiment(search.experiment_dir):
+        if not is_remote(search) and (local_dir(search) / "search_config.json").is_file():
+            raise RestoreFailed(f"cannot resume {search.experiment_dir}: experiment_state-*.json is missing "
+                                "(Ray Tune's record of the trials); nothing was run or changed")
         raise ConfigError(f"invalid resume: {search.experiment_dir} is not a gentune/Ray Tune experiment (no experiment_state file)")
     if is_remote(search):
         import pyarrow.fs
@@ -508,6 +517,142 @@ def check_space(search: SearchConfig) -> None:
         raise StorageFull(full_message(search.experiment_dir)) from None
 
 
+# ------------------------------------------------------------------------------------------
+# resume: restore everything or nothing (RAY-OPTUNA.md pitfalls 10 and 11)
+
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+class RestoreFailed(ConfigError):
+    """Ray Tune could not restore the experiment; nothing has run and nothing was written."""
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    """The file Tune restores from: the largest name matching `pattern` (names carry the session time)."""
+    found = sorted(folder.glob(pattern), key=lambda p: p.name)
+    return found[-1] if found else None
+
+
+def check_restorable(search: SearchConfig) -> set[str]:
+    """Read, before Ray starts, what Tune's restore reads; refuse with one line naming the file, or repair.
+
+    Tune restarts an experiment from scratch when its restore fails (pitfall 10), so every part of a
+    local experiment's state is checked here first:
+    - the newest experiment_state-*.json (every trial's record): missing or unreadable -> refused;
+    - search_gen_state-*.json (Ray's pickle of how many trials the searcher has created, read with
+      Tune's own loader as its restore would): its count is set to the trials in the experiment
+      state when they differ (a driver killed while Tune copied its snapshot files into storage
+      leaves them from two moments); unreadable -> rebuilt from an older one, else refused;
+    - Tune's lock folder in the system temp (pitfall 11): unusable -> refused.
+    The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
+    journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
+    experiment state. Remote storage (s3://) is left to the guard around `fit` (RestoreGuard).
+    """
+    if is_remote(search):
+        return set()
+    exp = Path(search.experiment_dir)
+
+    def refuse(what: str, why: str) -> RestoreFailed:
+        return RestoreFailed(f"cannot resume {exp}: {what} {why}; nothing was run or changed")
+
+    state_file = _newest(exp, "experiment_state-*.json")
+    if state_file is None:
+        raise refuse("experiment_state-*.json", "is missing (Ray Tune's record of the trials)")
+    try:
+        state = json.loads(state_file.read_bytes())
+        trial_ids = set()
+        for trial_json, _metadata in state["trial_data"]:
+            trial_ids.add(json.loads(trial_json)["trial_id"])
+        state["runner_data"]  # noqa: B018 (Tune's restore reads it first)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise refuse(state_file.name, f"is unreadable ({type(err).__name__}: {err})") from None
+    check_lock_folder(exp)  # before any repair: a refusal changes nothing
+    if search.grid is None:
+        repair_search_generator_state(exp, len(state["trial_data"]), refuse)
+    return trial_ids
+
+
+def _load_tune_pickle(path: Path) -> Any:
+    """One of Ray's own state pickles, read with Tune's own loader (as Tune's restore reads it)."""
+    import glob
+
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    return _load_newest_checkpoint(str(path.parent), glob.escape(path.name))
+
+
+def repair_search_generator_state(exp: Path, n_trials: int, refuse) -> None:
+    """Make the newest search_gen_state count exactly the trials of the experiment state."""
+    from ray.tune.utils.util import _atomic_save
+
+    files = sorted(exp.glob("search_gen_state-*.json"), key=lambda p: p.name, reverse=True)
+    if not files:
+        return
+    newest, state, why = files[0], None, None
+    for path in files:
+        try:
+            state = _load_tune_pickle(path)
+            break
+        except Exception as err:  # noqa: BLE001
+            why = why or f"{type(err).__name__}: {err}"
+    if state is None:
+        raise refuse(newest.name, f"is unreadable ({why}), and no older copy is readable")
+    if path == newest and state.get("counter") == n_trials:
+        return
+    old = state.get("counter")
+    state = {**state, "counter": n_trials}
+    if state.get("total_samples") is not None and n_trials < state["total_samples"]:
+        state["finished"] = False
+    if path != newest:
+        newest.rename(newest.with_name(newest.name + ".damaged"))
+        print(f"gentune: {newest.name} is unreadable ({why}); set aside as {newest.name}.damaged and rebuilt "
+              f"from {path.name}", file=sys.stderr, flush=True)
+    _atomic_save(state=state, checkpoint_dir=str(exp), file_name=newest.name, tmp_file_name=f".tmp-{newest.name}")
+    if path == newest:
+        print(f"gentune: {newest.name} counted {old} trials, the experiment state holds {n_trials} (the driver "
+              f"was stopped while Tune copied its snapshot): set to {n_trials}", file=sys.stderr, flush=True)
+
+
+def check_lock_folder(exp: Path) -> None:
+    """Take a lock the way Tune's restore does (TempFileLock in $RAY_TMPDIR, $TMPDIR or /tmp)."""
+    from ray.air._internal.filelock import TempFileLock
+
+    try:
+        with TempFileLock(str(exp / ".gentune-resume-probe"), timeout=10):
+            pass
+    except Exception as err:  # noqa: BLE001
+        import ray._common.utils
+
+        folder = Path(ray._common.utils.get_default_system_temp_dir()) / "_ray_lockfiles"
+        raise RestoreFailed(f"cannot resume {exp}: Ray Tune's lock folder {folder} is not usable "
+                            f"({type(err).__name__}: {err}); allowed a lock folder this account can write: "
+                            "set TMPDIR (or RAY_TMPDIR) to a folder of your own; nothing was run or changed") from None
+
+
+class RestoreGuard(logging.Filter):
+    """Turns Tune's silent restart after a failed restore into an error, before any trial runs.
+
+    Tune logs "Failed to restore the run state." from TuneController.__init__ and then starts the
+    experiment afresh (unless fail_fast, which also changes how failing trials end the run). This
+    filter on Tune's logger raises RestoreFailed at that log call instead: the exception leaves
+    TuneController.__init__ before any trial is created or any state file is written.
+    """
+
+    def __init__(self, exp: str):
+        super().__init__()
+        self.exp = exp
+        self.error: RestoreFailed | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to restore the run state"):
+            cause = record.exc_info[1] if record.exc_info else None
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else "see Ray's log above"
+            self.error = RestoreFailed(f"cannot resume {self.exp}: Ray Tune could not restore the run state "
+                                       f"({why}); nothing was run")
+            raise self.error
+        return True
+
+
 def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> int:
     from ray import tune
 
@@ -518,6 +663,10 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
     if not search.resume and is_experiment(exp):
         raise ConfigError(f"invalid name={search.name!r}: {exp} already holds an experiment; use --resume or another --name")
     check_writable(search)
+    if search.resume:
+        from tuner.optuna_bridge import expect_restored_trials
+
+        expect_restored_trials(check_restorable(search))
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
     assets = prepare_assets(base)
 
@@ -525,7 +674,11 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
     search, base = resolve_gpus(search, base)
     trainable = make_trainable(search, base, assets)
     if search.resume:
-        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
+        except Exception as err:  # tuner.pkl unreadable, or a trainable that no longer matches
+            raise RestoreFailed(f"cannot resume {exp}: Ray Tune could not load it ({type(err).__name__}: "
+                                f"{err}); nothing was run or changed") from None
     else:
         tuner = build_tuner(search, base, overrides, trainable)
         local = local_dir(search)
@@ -535,11 +688,18 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
                         "fid_floor": fid_floor(base)}, indent=2, default=list)
         )
         upload(search, ["search_config.json"])
+    guard = RestoreGuard(exp)
+    tune_logger = logging.getLogger(TUNE_CONTROLLER_LOGGER)
+    tune_logger.addFilter(guard)
     try:
         tuner.fit()
     except Exception:
+        if guard.error is not None:
+            raise guard.error from None
         check_space(search)  # a full disk surfaces as any error (Ray cannot even write error files)
         raise
+    finally:
+        tune_logger.removeFilter(guard)
     check_space(search)
     if search.grid is None and Path(study_path(search)).is_file():
         import optuna
@@ -552,7 +712,7 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
         import pyarrow.fs
 
         pyarrow.fs.copy_files(exp, str(local_dir(search)))
-    frames = write_exports(local_dir(search))
+    frames = write_exports(local_dir(search), allow_shrink=search.allow_shrink)
     upload(search, ["trials.csv", "trials.parquet", "history.parquet", "best.json", "optuna.journal"])
     print(summarize(frames, exp))
     return 0
