@@ -22,7 +22,7 @@ from conftest import write_idx_dataset
 from PIL import Image
 
 from analysis import fmt
-from analysis.frames import NotEnoughData, compute_curve, load_experiment, load_experiments, param_importances
+from analysis.frames import UNTRAINED_FID, NotEnoughData, compute_curve, load_experiment, load_experiments, param_importances
 from analysis.report import main as report_main
 from analysis.report import write_report
 
@@ -302,8 +302,12 @@ def test_every_number_in_the_tables_and_answers_is_in_the_frames(full_report, ga
     text = full_report.read_text()
     checked = section(text, "## Results", "## Samples") + section(text, "## Answers", "## Re-runs")
     assert len(quoted_numbers(checked)) > 20
-    missing = untraceable(checked, [gan_exp, vae_exp], extra=importances(gan_exp))
+    # besides the frames: the real-vs-real floor each study recorded, and the "not yet trained" threshold
+    floors = [json.loads((d / "search_config.json").read_text())["fid_floor"]["fid"] for d in (gan_exp, vae_exp)]
+    missing = untraceable(checked, [gan_exp, vae_exp], extra=[*importances(gan_exp), *floors, UNTRAINED_FID])
     assert not missing, f"numbers not found in the exported frames: {missing}"
+    for floor in floors:
+        assert f"real-vs-real floor: {floor:.2f}" in checked
     # and the answers quote real values: the best FID of each family, at 2 decimals
     trials = pd.concat([pd.read_parquet(d / "trials.parquet") for d in (gan_exp, vae_exp)])
     for family in ("gan", "vae"):
