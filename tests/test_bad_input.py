@@ -159,7 +159,7 @@ def outcomes(tmp_path_factory) -> dict[str, dict]:
         if case.cli is SEARCH and case.base:
             args = BASE + (["--storage-path", str(tmp / "store")] if "--storage-path" not in args else []) + args
         env = dict(os.environ, RAY_TMPDIR=str(tmp / "ray-tmp"), GENTUNE_DATA_ROOT=str(data),
-                   GENTUNE_CACHE=str(root / "cache"), RAY_AUTH_MODE="disabled")
+                   GENTUNE_CACHE=str(root / "cache"))
         env.pop("GENTUNE_DATA_MIRROR", None)
         env.update({k: v.replace("{tmp}", str(tmp)) for k, v in case.env.items()})
         proc = subprocess.run([sys.executable, *case.cli, *args], cwd=REPO, env=env, capture_output=True,

@@ -189,8 +189,7 @@ def test_every_torch_load_is_weights_only_and_nothing_unpickles():
 
 
 def test_local_ray_binds_the_dashboard_to_loopback(monkeypatch):
-    # init_ray sets $RAY_AUTH_MODE for the process; restore it, or a later in-process Ray would run
-    # with another auth mode than the earlier ones (Ray then drops the driver's actors).
+    # a user with no $RAY_AUTH_MODE gets token auth (monkeypatch restores the session's setting after)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -199,6 +198,7 @@ def test_local_ray_binds_the_dashboard_to_loopback(monkeypatch):
     (kwargs,) = calls
     assert kwargs["address"] == "local"  # never a stale /tmp/ray/ray_current_cluster
     assert kwargs["dashboard_host"] == "127.0.0.1"
+    assert os.environ["RAY_AUTH_MODE"] == "token"  # tests/test_security.py checks a real Ray refuses clients
     # the running dashboard process is checked in test_driver_killed_three_times_...
 # ------------------------------------------------------------------------------------------
 # the searcher after a driver kill: a trial told to Optuna after the last snapshot
@@ -479,7 +479,7 @@ class Driver:
 
     def __init__(self, flags: list[str], workdir: Path, tag: str):
         self.ray_tmp = Path(tempfile.mkdtemp(prefix=f"gt{tag}", dir="/tmp"))  # short: Ray's socket paths
-        env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(self.ray_tmp), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, RAY_TMPDIR=str(self.ray_tmp), PYTHONUNBUFFERED="1")  # the session's token auth
         self.log = workdir / f"driver-{tag}.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([sys.executable, "tuner/search.py", *flags], cwd=REPO, env=env,
@@ -600,9 +600,9 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
 def hooked_ray(tmp_path_factory):
     """A local Ray (2 CPUs) whose workers carry the fault hook; tests arm it with a plan file.
 
-    It keeps the process's $RAY_AUTH_MODE: a driver process that has run a token-auth Ray and then
-    starts one with auth disabled sees all its actors dropped (Ray 2.60), so in-process tests never
-    switch it (subprocess drivers set their own)."""
+    It runs with the session's token auth (conftest.py): a driver process that has run a token-auth
+    Ray and then starts one with another mode sees all its actors dropped (Ray 2.60), so no test
+    switches the mode."""
     control = tmp_path_factory.mktemp("fault-control")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": fault_hook(str(control))})

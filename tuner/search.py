@@ -394,7 +394,11 @@ def init_ray(search: SearchConfig) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs only (RAY-OPTUNA.md pitfall 8)
+    # Token authentication, locally and on a cluster (RAY-OPTUNA.md pitfall 8). A local Ray gets Ray's
+    # own default, token mode, with the token in ~/.ray/auth_token (made on first use); the driver
+    # of a cluster study joins with the cluster's token (ray.init would turn token mode on by itself
+    # only for address="auto" and a local token file). An explicit $RAY_AUTH_MODE is respected.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     if search.address:
         ray.init(address=search.address, log_to_driver=True)
     else:
