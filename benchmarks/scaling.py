@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     storage = tempfile.mkdtemp(prefix="gentune-bench-scaling-")
     # Token authentication (RAY-OPTUNA.md pitfall 8). ray.cluster_utils.Cluster does not turn it on by
     # itself (only ray.init(address="local") does): set the mode for every node and the driver, and
-    # give the throwaway clusters their own token unless one is configured.
+    # give the throwaway clusters their own token unless one is configured. Before ray is imported: Ray
+    # reads the mode once, at import.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         token = Path(storage) / "auth_token"

@@ -394,12 +394,19 @@ def init_ray(search: SearchConfig) -> None:
 
     if ray.is_initialized():
         return
-    # Token authentication, locally and on a cluster (RAY-OPTUNA.md pitfall 8). A local Ray gets Ray's
-    # own default, token mode, with the token in ~/.ray/auth_token (made on first use); the driver
-    # of a cluster study joins with the cluster's token (ray.init would turn token mode on by itself
-    # only for address="auto" and a local token file). An explicit $RAY_AUTH_MODE is respected.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Token authentication, locally and on a cluster (RAY-OPTUNA.md pitfall 8); an explicit
+    # $RAY_AUTH_MODE is respected. A local Ray gets Ray's own default: ray.init(address="local") turns
+    # token mode on and makes ~/.ray/auth_token on first use. Setting $RAY_AUTH_MODE here instead would
+    # not reach the Ray config this process has already read, and the new GCS would find no token.
+    # The driver of a cluster study joins with the cluster's token (~/.ray/auth_token, copied there by
+    # the cluster yaml, or $RAY_AUTH_TOKEN_PATH / $RAY_AUTH_TOKEN): ray.init turns token mode on by
+    # itself only for address="auto" with a token file present, so it is turned on here, the way Ray
+    # does it (the environment for the processes it starts, and this process's Ray config).
     if search.address:
+        if "RAY_AUTH_MODE" not in os.environ:
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+            _enable_token_auth()
         ray.init(address=search.address, log_to_driver=True)
     else:
         # address="local": a stale /tmp/ray/ray_current_cluster must not redirect us (pitfall 8);
