@@ -131,6 +131,7 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
     With --resume, the study and base config saved with the experiment are used; only the study
     flags given again on this command line (e.g. --address, --max-failures) override them.
     """
+    from tuner.paths import cache_folder
     from tuner.space import build_ranges, load_space_file, parse_range  # noqa: F401
 
     args = parser().parse_args(argv)
@@ -146,6 +147,7 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         # --max-kimg 1 alone must not fail on a default the user never typed (eval every 2 kimg)
         defaults["eval_every_kimg"] = min(defaults["eval_every_kimg"], args.max_kimg)
     base = from_namespace(TrainConfig, args, **defaults)
+    cache_folder(base.cache_dir)
     if "grace_kimg" not in vars(args) and search.grace_kimg > base.max_kimg:
         search = dataclasses.replace(search, grace_kimg=base.eval_every_kimg)  # the default, shortened to fit
     if search.grace_kimg > base.max_kimg:
@@ -442,24 +444,16 @@ def check_writable(search: SearchConfig) -> None:
     """Fail before Ray starts when the (local) storage folder cannot be created or written.
 
     Probes the deepest existing folder of STORAGE_PATH/NAME with a temporary file, so nothing is left
-    behind: a path below a regular file, a read-only mount or a folder without write access fail here.
+    behind: a path below a regular file, a regular file, a broken symbolic link, a read-only mount or a
+    folder without write access fail here.
     """
-    import tempfile
-
+    from tuner.paths import folder_problem
     from tuner.storage import FULL_BYTES, existing_folder, free_bytes
 
     if is_remote(search):
         return
+    problem = folder_problem(search.experiment_dir)
     existing = existing_folder(search.experiment_dir)
-    problem = None
-    if not existing.is_dir():
-        problem = f"{existing} is not a folder"
-    else:
-        try:
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError as err:
-            problem = f"cannot write in {existing} ({err.strerror or err})"
     if problem:
         raise ConfigError(f"invalid storage_path={search.storage_path!r}: {problem}; "
                           "allowed a writable local folder or s3://bucket/prefix")
