@@ -407,9 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=None,
                    help="rebuild the frames from Ray's records (default: when experiment_state exists) or read the exports")
     args = p.parse_args(argv)
+    from tuner.config import ConfigError
+    from tuner.paths import output_folder
+
     try:
+        output_folder("out", args.out)  # before anything is created or read
         path = write_report(expand_experiments(args.experiments), args.out, top=args.top, rebuild=args.rebuild)
-    except (FileNotFoundError, RuntimeError) as err:
+    except (FileNotFoundError, RuntimeError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report: {path}")

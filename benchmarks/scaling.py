@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -121,8 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.smoke:
         args.trials, args.repeats, args.kinds, args.sleep_s = 2, 1, ["sleep"], 0.2
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters only
     storage = tempfile.mkdtemp(prefix="gentune-bench-scaling-")
+    # Token authentication (RAY-OPTUNA.md pitfall 8). ray.cluster_utils.Cluster does not turn it on by
+    # itself (only ray.init(address="local") does): set the mode for every node and the driver, and
+    # give the throwaway clusters their own token unless one is configured. Before ray is imported: Ray
+    # reads the mode once, at import.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        token = Path(storage) / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     runs: dict[tuple[str, str], list[dict]] = {}
     load = common.LoadMonitor()
     with load:

@@ -12,14 +12,28 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
-# One Ray auth mode for the whole session. Ray 2.59+ turns token auth on for local clusters; the
-# driver (tuner/search.py) turns it off for the Ray it starts. A pytest process that starts Ray
-# several times must not flip between the two, or a later start fails with InvalidAuthToken.
-os.environ["RAY_AUTH_MODE"] = "disabled"
+# Token authentication for every Ray this session starts, in-process or in a subprocess
+# (RAY-OPTUNA.md pitfall 8). One mode and one token for the whole session: a process that starts Ray
+# several times must not flip between modes (Ray then drops the driver's actors), and a node or
+# driver holding another token cannot join. Ray would turn token mode on by itself only inside
+# ray.init(address="local") (not for ray.cluster_utils.Cluster or an explicit address), and would
+# write ~/.ray/auth_token: the session's own token file keeps the user's home untouched.
+_TOKEN_DIR = Path(tempfile.mkdtemp(prefix="gentune-test-auth-"))
+atexit.register(shutil.rmtree, _TOKEN_DIR, ignore_errors=True)
+SESSION_TOKEN_PATH = _TOKEN_DIR / "auth_token"
+SESSION_TOKEN_PATH.write_text(secrets.token_hex(32))
+SESSION_TOKEN_PATH.chmod(0o600)
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(SESSION_TOKEN_PATH)
+os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """Bad input to every command line: one clear line, exit status 2, nothing started, nothing written.
 
 Each case runs the real CLI as a subprocess (`python tuner/search.py`, `python -m tuner.train`,
-`python -m tuner.fid`) and checks that
+`python -m tuner.fid`, `python -m analysis.report`) and checks that
   - it exits with status 2,
   - stderr is exactly one line, `error: ...`, naming the field or flag and what is allowed,
   - no Ray runtime was started: each case gets its own empty $RAY_TMPDIR, where `ray.init` would
@@ -32,11 +32,16 @@ REPO = Path(__file__).resolve().parents[1]
 SEARCH = ["tuner/search.py"]
 TRAIN = ["-m", "tuner.train"]
 FID = ["-m", "tuner.fid"]
+REPORT = ["-m", "analysis.report"]
 # Valid tiny settings first, the bad flag after (argparse keeps the last value): a case that were
 # wrongly accepted would run a short study instead of hanging the suite.
 BASE = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
         "--fid-samples", "64", "--num-samples", "1", "--max-kimg", "0.25", "--eval-every-kimg", "0.25",
         "--grace-kimg", "0.25"]
+TRAIN_BASE = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
+              "--fid-samples", "64", "--max-kimg", "0.25", "--eval-every-kimg", "0.25"]
+FOLDER_ALLOWED = "allowed a folder that can be created and written"
+IS_ROOT = os.geteuid() == 0
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Case:
     needs_fashion: bool = False
     existing: list[str] = field(default_factory=list)  # folders (relative to the case folder) that exist before
     env: dict[str, str] = field(default_factory=dict)  # "{tmp}" is replaced by the case's folder
+    needs_non_root: bool = False  # root reads a chmod 000 file all the same
 
 
 CASES: dict[str, Case] = {
@@ -98,6 +104,59 @@ CASES: dict[str, Case] = {
                             ["shape.npz", "shape (10, 32, 32)", "N×28×28"], base=False),
     "fid-wrong-dtype": Case(FID, ["{tmp}/dtype.npz", "mnist:test", "--backbone", "domain"],
                             ["dtype.npz", "dtype float32", "uint8"], base=False),
+    # path flags: a folder where a file is expected and the reverse, a file in the middle of the path,
+    # an empty file, and files that cannot be read: a broken symbolic link, a FIFO (it would block the
+    # reader forever), chmod 000 (not for root, who reads it all the same)
+    "space-file-folder": Case(SEARCH, ["--space-file", "{tmp}/partial"],
+                              ["space_file='{tmp}/partial'", "a folder, not a file", "allowed a YAML file"]),
+    "space-file-empty": Case(SEARCH, ["--space-file", "{tmp}/empty.yaml"],
+                             ["space_file='{tmp}/empty.yaml'", "an empty file", "allowed a YAML file"]),
+    "space-file-below-a-file": Case(SEARCH, ["--space-file", "{tmp}/typo.yaml/space.yaml"],
+                                    ["space_file='{tmp}/typo.yaml/space.yaml'", "{tmp}/typo.yaml is not a folder"]),
+    "space-file-broken-link": Case(SEARCH, ["--space-file", "{tmp}/dangling.yaml"],
+                                   ["space_file='{tmp}/dangling.yaml'", "is a broken symbolic link"]),
+    "space-file-fifo": Case(SEARCH, ["--space-file", "{tmp}/fifo.yaml"],
+                            ["space_file='{tmp}/fifo.yaml'", "not a regular file (a FIFO, socket or device)"]),
+    "space-file-unreadable": Case(SEARCH, ["--space-file", "{tmp}/locked.yaml"],
+                                  ["space_file='{tmp}/locked.yaml'", "cannot be read (Permission denied)"],
+                                  needs_non_root=True),
+    "mirror-is-a-file": Case(SEARCH, ["--dataset", "fashion-mnist", "--data-mirror", "{tmp}/typo.yaml"],
+                             ["data_mirror '{tmp}/typo.yaml' is not a folder", "To get fashion-mnist"]),
+    "mirror-below-a-file": Case(SEARCH, ["--dataset", "fashion-mnist", "--data-mirror", "{tmp}/typo.yaml/mirror"],
+                                ["data_mirror '{tmp}/typo.yaml/mirror' is not a folder"]),
+    "storage-is-a-file": Case(SEARCH, ["--storage-path", "{tmp}/typo.yaml"],
+                              ["storage_path='{tmp}/typo.yaml'", "typo.yaml is not a folder",
+                               "allowed a writable local folder"]),
+    "cache-dir-is-a-file": Case(SEARCH, ["--cache-dir", "{tmp}/typo.yaml"],
+                                ["cache_dir='{tmp}/typo.yaml'", "{tmp}/typo.yaml is not a folder", FOLDER_ALLOWED]),
+    "cache-dir-broken-link": Case(SEARCH, ["--cache-dir", "{tmp}/dangling-dir/cache"],
+                                  ["cache_dir='{tmp}/dangling-dir/cache'", "{tmp}/dangling-dir is a broken symbolic link"]),
+    "cache-env-is-a-file": Case(SEARCH, [], ["$GENTUNE_CACHE='{tmp}/typo.yaml'", "is not a folder"],
+                                env={"GENTUNE_CACHE": "{tmp}/typo.yaml"}),
+    "train-out-is-a-file": Case(TRAIN, ["--out", "{tmp}/typo.yaml", *TRAIN_BASE],
+                                ["out='{tmp}/typo.yaml'", "{tmp}/typo.yaml is not a folder", FOLDER_ALLOWED], base=False),
+    "train-out-below-a-file": Case(TRAIN, ["--out", "{tmp}/typo.yaml/run", *TRAIN_BASE],
+                                   ["out='{tmp}/typo.yaml/run'", "{tmp}/typo.yaml is not a folder"], base=False),
+    "train-out-broken-link": Case(TRAIN, ["--out", "{tmp}/dangling-dir", *TRAIN_BASE],
+                                  ["out='{tmp}/dangling-dir'", "is a broken symbolic link"], base=False),
+    "train-cache-dir-is-a-file": Case(TRAIN, ["--out", "{tmp}/store/run", "--cache-dir", "{tmp}/typo.yaml", *TRAIN_BASE],
+                                      ["cache_dir='{tmp}/typo.yaml'", "is not a folder"], base=False),
+    "report-out-is-a-file": Case(REPORT, ["{tmp}/store/taken", "--out", "{tmp}/typo.yaml"],
+                                 ["out='{tmp}/typo.yaml'", "{tmp}/typo.yaml is not a folder", FOLDER_ALLOWED],
+                                 base=False, existing=["store/taken"]),
+    "report-out-below-a-file": Case(REPORT, ["{tmp}/store/taken", "--out", "{tmp}/typo.yaml/report"],
+                                    ["out='{tmp}/typo.yaml/report'", "{tmp}/typo.yaml is not a folder"],
+                                    base=False, existing=["store/taken"]),
+    "fid-input-empty": Case(FID, ["{tmp}/empty.npz", "mnist:test", "--backbone", "domain"],
+                            ["A='{tmp}/empty.npz'", "an empty file", "allowed a dataset split"], base=False),
+    "fid-input-below-a-file": Case(FID, ["mnist:test", "{tmp}/shape.npz/images.npz", "--backbone", "domain"],
+                                   ["B='{tmp}/shape.npz/images.npz'", "{tmp}/shape.npz is not a folder"], base=False),
+    "fid-input-broken-link": Case(FID, ["{tmp}/dangling.npz", "mnist:test", "--backbone", "domain"],
+                                  ["A='{tmp}/dangling.npz'", "is a broken symbolic link"], base=False),
+    "fid-input-fifo": Case(FID, ["mnist:test", "{tmp}/fifo.yaml", "--backbone", "domain"],
+                           ["B='{tmp}/fifo.yaml'", "not a regular file"], base=False),
+    "fid-cache-dir-is-a-file": Case(FID, ["mnist:test", "mnist:train", "--backbone", "domain", "--cache-dir", "{tmp}/typo.yaml"],
+                                    ["--cache-dir='{tmp}/typo.yaml'", "is not a folder", FOLDER_ALLOWED], base=False),
 }
 
 
@@ -107,6 +166,13 @@ def prepare(tmp: Path) -> None:
     (tmp / "unknown.yaml").write_text("learning_rate: {low: 1.0e-5, high: 1.0e-3}\n")
     (tmp / "inverted.yaml").write_text("lr: {low: 1.0e-3, high: 1.0e-5, log: true}\n")
     (tmp / "broken.yaml").write_text("lr: [1.0e-4,\n  batch_size: 32\n")
+    (tmp / "empty.yaml").write_text("")
+    (tmp / "empty.npz").write_bytes(b"")
+    (tmp / "locked.yaml").write_text("lr: {low: 1.0e-5, high: 1.0e-3}\n")
+    (tmp / "locked.yaml").chmod(0)
+    os.mkfifo(tmp / "fifo.yaml")
+    for name in ("dangling.yaml", "dangling.npz", "dangling-dir"):
+        (tmp / name).symlink_to(tmp / ("nowhere-" + name))
     np.savez(tmp / "shape.npz", images=np.zeros((10, 32, 32), np.uint8))
     np.savez(tmp / "dtype.npz", images=np.zeros((10, 28, 28), np.float32))
     partial = tmp / "partial"
@@ -159,7 +225,7 @@ def outcomes(tmp_path_factory) -> dict[str, dict]:
         if case.cli is SEARCH and case.base:
             args = BASE + (["--storage-path", str(tmp / "store")] if "--storage-path" not in args else []) + args
         env = dict(os.environ, RAY_TMPDIR=str(tmp / "ray-tmp"), GENTUNE_DATA_ROOT=str(data),
-                   GENTUNE_CACHE=str(root / "cache"), RAY_AUTH_MODE="disabled")
+                   GENTUNE_CACHE=str(root / "cache"))
         env.pop("GENTUNE_DATA_MIRROR", None)
         env.update({k: v.replace("{tmp}", str(tmp)) for k, v in case.env.items()})
         proc = subprocess.run([sys.executable, *case.cli, *args], cwd=REPO, env=env, capture_output=True,
@@ -168,7 +234,7 @@ def outcomes(tmp_path_factory) -> dict[str, dict]:
         return {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "tmp": tmp,
                 "store_before": before, "store_after": after, "ray_started": (tmp / "ray-tmp").exists()}
 
-    todo = {n: c for n, c in CASES.items() if fashion or not c.needs_fashion}
+    todo = {n: c for n, c in CASES.items() if (fashion or not c.needs_fashion) and not (c.needs_non_root and IS_ROOT)}
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {n: pool.submit(run, n, c) for n, c in todo.items()}
         return {n: f.result() for n, f in futures.items()}
@@ -178,6 +244,8 @@ def outcomes(tmp_path_factory) -> dict[str, dict]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_clear_line_and_starts_nothing(name, outcomes):
     case = CASES[name]
+    if case.needs_non_root and IS_ROOT:
+        pytest.skip("runs as root, who reads a chmod 000 file all the same: no unreadable file to give")
     if name not in outcomes:
         pytest.skip(f"Fashion-MNIST not installed at {FASHION_DIR}")
     out = outcomes[name]

@@ -7,8 +7,12 @@ credentials or the network; the autouse fixture below makes any connection attem
 
 Then the project's own rules, which Ray does not check: the security group opens only SSH to the
 outside, no credentials in the files, the project is copied to and installed on every node, the
-dashboard stays on loopback, every node starts Ray with the same RAY_AUTH_MODE, and the commands in
-docs/cluster.md use flags that tuner/search.py has.
+dashboard stays on loopback, every node starts Ray with token auth and the one token mounted from
+the launching machine, every node's Ray and shell use a temp folder of the account's own, a head-only
+local cluster keeps `worker_ips: []`, and docs/cluster.md says what `ray up` needs (rsync, tmux, SSH
+config, the token) and uses flags that tuner/search.py has.
+tests/test_security.py runs the start commands for real and checks that Ray refuses a client
+without the token.
 """
 
 from __future__ import annotations
@@ -218,6 +222,7 @@ CREDENTIAL_PATTERNS = [
     r"secret_access_key",
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
     r"RAY_AUTH_TOKEN\s*=",
+    r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])",  # a Ray token (`ray get-auth-token`: 32 random bytes, hex)
     r"(password|passwd)\s*[:=]",
 ]
 
@@ -236,8 +241,9 @@ def test_credential_check_catches_planted_keys() -> None:
         "aws_access_key_id: " + "AKIA" + "ABCDEFGHIJKLMNOP",
         "Aws_Secret_Access_Key = x",
         "-----BEGIN OPENSSH " + "PRIVATE KEY-----",
+        "token: " + "0123456789abcdef" * 4,
     ])
-    assert len(credentials_in(planted)) >= 4
+    assert len(credentials_in(planted)) >= 5
 
 
 # ------------------------------------------------------------------------------------------
@@ -282,15 +288,92 @@ def test_every_command_is_valid_bash(path: Path) -> None:
         assert result.returncode == 0, f"{command!r}: {result.stderr}"
 
 
+TOKEN_MOUNT = "~/.ray/auth_token"
+NODE_TMPDIR = "$HOME/.gentune-tmp"
+
+
+def start_commands(cfg: dict[str, Any]) -> dict[str, list[str]]:
+    """The commands that run `ray start`, per kind of node."""
+    out = {key: [c for c in cfg[key] if "ray start" in c] for key in ("head_start_ray_commands", "worker_start_ray_commands")}
+    assert all(out.values()), out
+    return out
+
+
+def environment_of_ray_start(command: str, home: Path) -> dict[str, str]:
+    """Run a start command in bash with `ray` (and `ulimit`) replaced by functions that print what
+    `ray start` would see: its environment."""
+    probe = 'ray() { [ "$1" = start ] && env; }; ulimit() { :; }; ' + command
+    proc = subprocess.run(["bash", "-c", probe], capture_output=True, text=True,
+                          env={"HOME": str(home), "PATH": "/usr/bin:/bin", "RAY_HEAD_IP": "127.0.0.1"})
+    assert proc.returncode == 0, proc.stderr
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+
+
 @pytest.mark.parametrize("path", CONFIGS)
-def test_every_node_starts_ray_with_auth_disabled(path: Path) -> None:
-    # pitfall 8: a node holding a token file would otherwise start with token auth and the others
-    # could not join; tuner/search.py's driver defaults to RAY_AUTH_MODE=disabled as well
+def test_every_node_starts_ray_with_token_auth_and_its_own_tmpdir(path: Path, tmp_path: Path) -> None:
+    # pitfall 8: one auth mode on every node, token; pitfall 11: Ray's locks in a per-account folder
     cfg = validated(raw(path))
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        start = [c for c in cfg[key] if "ray start" in c]
-        assert start, key
-        assert all("RAY_AUTH_MODE=disabled" in c for c in start), key
+    for key, commands in start_commands(cfg).items():
+        for command in commands:
+            env = environment_of_ray_start(command, tmp_path)
+            assert env.get("RAY_AUTH_MODE") == "token", (key, command)
+            assert env.get("TMPDIR") == str(tmp_path / ".gentune-tmp"), (key, command)
+            assert (tmp_path / ".gentune-tmp").is_dir(), (key, command)
+            assert "RAY_AUTH_TOKEN" not in env and "RAY_AUTH_TOKEN_PATH" not in env  # the mounted file
+
+
+def test_start_command_probe_catches_auth_disabled(tmp_path: Path) -> None:
+    # bad input: a start command that turns auth off or forgets TMPDIR fails the check above
+    env = environment_of_ray_start("export RAY_AUTH_MODE=disabled; ray start --head", tmp_path)
+    assert env["RAY_AUTH_MODE"] == "disabled" and "TMPDIR" not in env
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_token_file_is_mounted_on_every_node_and_kept_private(path: Path) -> None:
+    cfg = validated(raw(path))
+    # file_mounts apply to the head and (through the head) to every worker; the local side is the
+    # launching machine's token, made with `ray get-auth-token --generate`, never a file in the repo
+    assert cfg["file_mounts"].get(TOKEN_MOUNT) == TOKEN_MOUNT
+    for name, commands in effective_setup(cfg).items():
+        assert f"chmod 600 {TOKEN_MOUNT}" in commands, name
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_setup_puts_token_auth_and_tmpdir_in_bashrc_once(path: Path, tmp_path: Path) -> None:
+    # `ray submit`, `ray exec` and `ray attach` run their commands in a login shell that sources
+    # ~/.bashrc: the driver and `ray status` get the same TMPDIR and auth mode as `ray start`
+    cfg = validated(raw(path))
+    for name, commands in effective_setup(cfg).items():
+        home = tmp_path / name
+        home.mkdir()
+        lines = [c for c in commands if "bashrc" in c and "TMPDIR" in c]
+        assert lines, name
+        for _ in range(2):  # `ray up` runs setup again on every update: nothing may pile up
+            for command in lines:
+                subprocess.run(["bash", "-c", command], check=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+        bashrc = (home / ".bashrc").read_text()
+        assert bashrc.count("TMPDIR") == 2 and bashrc.count("\n") == 1, bashrc  # one line, written once
+        proc = subprocess.run(["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE $TMPDIR"], capture_output=True,
+                              text=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+        assert proc.stdout.split() == ["token", str(home / ".gentune-tmp")]
+        assert (home / ".gentune-tmp").is_dir()
+
+
+def test_local_head_only_cluster_needs_worker_ips_present() -> None:
+    head_only = raw(LOCAL)
+    head_only["provider"]["worker_ips"] = []
+    validated(head_only)
+    del head_only["provider"]["worker_ips"]
+    with pytest.raises(Exception, match="worker_ips"):
+        validated(head_only)
+
+
+def test_no_auth_disabled_anywhere() -> None:
+    paths = [AWS, LOCAL, DOCS, ROOT / "README.md", *sorted((ROOT / "tuner").glob("*.py")),
+             *sorted((ROOT / "benchmarks").glob("*.py"))]
+    offenders = [str(p.relative_to(ROOT)) for p in paths if re.search(r"RAY_AUTH_MODE\s*=\s*['\"]?disabled", p.read_text())]
+    assert offenders == []
+    assert "RAY_AUTH_MODE=token" in AWS.read_text() and "RAY_AUTH_MODE=token" in LOCAL.read_text()
 
 
 # ------------------------------------------------------------------------------------------
@@ -308,6 +391,16 @@ def test_docs_use_flags_that_search_py_has() -> None:
         args = line.split(" -- ", 1)[1]
         for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", args):
             assert flag in known, f"docs/cluster.md uses {flag}, which tuner/search.py does not have"
+
+
+def test_docs_say_what_the_launcher_needs() -> None:
+    # what a lab meets when it runs `ray up` for real (ENVIRONMENT.md, "The cluster launcher, run for real")
+    text = DOCS.read_text()
+    for needle in ("rsync", "FileNotFoundError", "tmux", "ray exec cluster-local.yaml 'tmux kill-server'",
+                   "~/.ssh/config", "worker_ips: []", "TMPDIR", "~/.gentune-tmp", "/tmp/_ray_lockfiles",
+                   "ray get-auth-token --generate", "~/.ray/auth_token", "RAY_AUTH_MODE=token", "Rotate the token"):
+        assert needle in text, needle
+    assert "disabled" not in text
 
 
 def test_docs_name_the_config_files_and_placeholders() -> None:

@@ -190,8 +190,8 @@ def test_every_torch_load_is_weights_only_and_nothing_unpickles():
 
 
 def test_local_ray_binds_the_dashboard_to_loopback(monkeypatch):
-    # init_ray sets $RAY_AUTH_MODE for the process; restore it, or a later in-process Ray would run
-    # with another auth mode than the earlier ones (Ray then drops the driver's actors).
+    # a local study keeps Ray's own default, token auth: init_ray leaves $RAY_AUTH_MODE to ray.init
+    # (monkeypatch restores the session's setting after); tests/test_security.py checks the real Ray
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -200,6 +200,7 @@ def test_local_ray_binds_the_dashboard_to_loopback(monkeypatch):
     (kwargs,) = calls
     assert kwargs["address"] == "local"  # never a stale /tmp/ray/ray_current_cluster
     assert kwargs["dashboard_host"] == "127.0.0.1"
+    assert "RAY_AUTH_MODE" not in os.environ  # never "disabled"
     # the running dashboard process is checked in test_driver_killed_three_times_...
 # ------------------------------------------------------------------------------------------
 # the searcher after a driver kill: a trial told to Optuna after the last snapshot
@@ -480,7 +481,7 @@ class Driver:
 
     def __init__(self, flags: list[str], workdir: Path, tag: str):
         self.ray_tmp = Path(tempfile.mkdtemp(prefix=f"gt{tag}", dir="/tmp"))  # short: Ray's socket paths
-        env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(self.ray_tmp), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, RAY_TMPDIR=str(self.ray_tmp), PYTHONUNBUFFERED="1")  # the session's token auth
         self.log = workdir / f"driver-{tag}.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([sys.executable, "tuner/search.py", *flags], cwd=REPO, env=env,
@@ -636,9 +637,9 @@ def check_killed_study(exp: Path, name: str, n: int, drivers: list[Driver], done
 def hooked_ray(tmp_path_factory):
     """A local Ray (2 CPUs) whose workers carry the fault hook; tests arm it with a plan file.
 
-    It keeps the process's $RAY_AUTH_MODE: a driver process that has run a token-auth Ray and then
-    starts one with auth disabled sees all its actors dropped (Ray 2.60), so in-process tests never
-    switch it (subprocess drivers set their own)."""
+    It runs with the session's token auth (conftest.py): a driver process that has run a token-auth
+    Ray and then starts one with another mode sees all its actors dropped (Ray 2.60), so no test
+    switches the mode."""
     control = tmp_path_factory.mktemp("fault-control")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": fault_hook(str(control))})

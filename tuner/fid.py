@@ -282,7 +282,13 @@ def _read_png_folder(path: Path, arg: str, limit: int | None) -> np.ndarray:
 
 def parse_source(spec: str, arg: str, limit: int | None) -> tuple[str, str] | np.ndarray:
     """("dataset", "split") for a dataset spec, else the uint8 images (N, 1, 28, 28) it names."""
+    from tuner.paths import file_problem
+
     path = Path(spec)
+    # a FIFO would block the reader, an empty or unreadable file would fail deep inside numpy
+    problem = None if path.is_dir() else file_problem(path)
+    if problem not in (None, "no such file"):
+        raise UsageError(f"invalid {arg}={spec!r}: {problem}; allowed {SOURCE_HELP}")
     if path.is_dir():
         images = _read_png_folder(path, arg, limit)
     elif path.is_file():
@@ -346,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Compute the FID the parsed command line asks for; raises UsageError on bad input."""
+    from tuner.config import ConfigError
+    from tuner.paths import cache_folder
+
+    try:
+        cache_folder(args.cache_dir, field="--cache-dir")
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
     if args.backbone not in BACKBONES:
         raise UsageError(f"invalid --backbone={args.backbone!r}: allowed one of {', '.join(BACKBONES)}")
     if args.device not in ("auto", "cpu", "cuda"):

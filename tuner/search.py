@@ -152,6 +152,7 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
     With --resume, the study and base config saved with the experiment are used; only the study
     flags given again on this command line (e.g. --address, --max-failures) override them.
     """
+    from tuner.paths import cache_folder
     from tuner.space import asha_rungs, build_ranges, load_space_file
 
     args = parser().parse_args(argv)
@@ -169,6 +170,7 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         # --max-kimg 1 alone must not fail on a default the user never typed (eval every 2 kimg)
         defaults["eval_every_kimg"] = min(defaults["eval_every_kimg"], args.max_kimg)
     base = from_namespace(TrainConfig, args, **defaults)
+    cache_folder(base.cache_dir)
     if "grace_kimg" not in vars(args) and search.grace_kimg > base.max_kimg:
         # the default, shortened to fit a budget the user gave
         grace = base.eval_every_kimg if base.eval_every_kimg > 0 else base.max_kimg / search.reduction_factor
@@ -436,8 +438,19 @@ def init_ray(search: SearchConfig) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs only (RAY-OPTUNA.md pitfall 8)
+    # Token authentication, locally and on a cluster (RAY-OPTUNA.md pitfall 8); an explicit
+    # $RAY_AUTH_MODE is respected. A local Ray gets Ray's own default: ray.init(address="local") turns
+    # token mode on and makes ~/.ray/auth_token on first use. Setting $RAY_AUTH_MODE here instead would
+    # not reach the Ray config this process has already read, and the new GCS would find no token.
+    # The driver of a cluster study joins with the cluster's token (~/.ray/auth_token, copied there by
+    # the cluster yaml, or $RAY_AUTH_TOKEN_PATH / $RAY_AUTH_TOKEN): ray.init turns token mode on by
+    # itself only for address="auto" with a token file present, so it is turned on here, the way Ray
+    # does it (the environment for the processes it starts, and this process's Ray config).
     if search.address:
+        if "RAY_AUTH_MODE" not in os.environ:
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+            _enable_token_auth()
         ray.init(address=search.address, log_to_driver=True)
     else:
         # address="local": a stale /tmp/ray/ray_current_cluster must not redirect us (pitfall 8);
@@ -482,24 +495,16 @@ def check_writable(search: SearchConfig) -> None:
     """Fail before Ray starts when the (local) storage folder cannot be created or written.
 
     Probes the deepest existing folder of STORAGE_PATH/NAME with a temporary file, so nothing is left
-    behind: a path below a regular file, a read-only mount or a folder without write access fail here.
+    behind: a path below a regular file, a regular file, a broken symbolic link, a read-only mount or a
+    folder without write access fail here.
     """
-    import tempfile
-
+    from tuner.paths import folder_problem
     from tuner.storage import FULL_BYTES, existing_folder, free_bytes
 
     if is_remote(search):
         return
+    problem = folder_problem(search.experiment_dir)
     existing = existing_folder(search.experiment_dir)
-    problem = None
-    if not existing.is_dir():
-        problem = f"{existing} is not a folder"
-    else:
-        try:
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError as err:
-            problem = f"cannot write in {existing} ({err.strerror or err})"
     if problem:
         raise ConfigError(f"invalid storage_path={search.storage_path!r}: {problem}; "
                           "allowed a writable local folder or s3://bucket/prefix")

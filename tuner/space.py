@@ -173,6 +173,9 @@ def build_ranges(family: str, overrides: dict[str, Any] | None = None, space: st
 def load_space_file(path: str) -> dict[str, Any]:
     import yaml
 
+    from tuner.paths import input_file
+
+    input_file("space_file", path, "a YAML file of parameter ranges")
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}

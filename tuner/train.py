@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tuner.config import ArgumentParser, ConfigError, TrainConfig, add_arguments, from_namespace
+from tuner.paths import cache_folder, output_folder
 
 
 def format_record(record: dict) -> str:
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             # the default interval, shortened to fit a budget the user gave
             overrides["eval_every_kimg"] = min(TrainConfig.eval_every_kimg, args.max_kimg)
         cfg = from_namespace(TrainConfig, args, **overrides).resolved()
+        output_folder("out", args.out)
+        cache_folder(cfg.cache_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,338 @@
+"""Token authentication, run for real: Ray as gentune starts it refuses clients without the token.
+
+Two ways gentune starts Ray, each checked on this machine with loopback addresses only:
+  (a) a local study: `tuner.search.init_ray` in a subprocess, as `python tuner/search.py` runs it;
+  (b) a cluster: a head and a worker started by cluster-local.yaml's own start commands, run with
+      bash, each "machine" with its own $HOME holding the token where the yaml's file_mounts put it
+      (~/.ray/auth_token). Then a tiny study runs on it through `tuner/search.py --address auto`.
+For each: a client without a token, or with a wrong one, is refused (raw gRPC to the GCS,
+`ray.init`, `ray status`, and the dashboard's HTTP API where ray[default] is installed), and the
+right token is accepted (the positive control: the refusals are about the token, not a dead port).
+Ray's usage-stats report (a call to usage-stats.ray.io) is turned off: loopback only.
+
+Every Ray process here is started in a subprocess with its own $HOME (under a short /tmp folder:
+Ray's socket paths must fit in 107 characters) and no RAY_AUTH_* variables from the test session
+(conftest.py's session token), so only the files the yaml and Ray use are in play. The pytest
+process never starts Ray itself, so this module runs in the main pytest process. Cleanup is by PID:
+every process whose environment holds one of this test's $HOME folders. `ray stop` is never run: it
+stops every Ray process of the account on the machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pandas as pd
+import pytest
+import yaml
+from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_YAML = REPO / "cluster-local.yaml"
+TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
+        "--fid-samples", "64", "--cpus-per-trial", "1"]
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_TMPDIR", "TMPDIR")
+REFUSED = "InvalidAuthToken"  # what Ray's GCS answers a request without the right token
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine_home(root: Path, name: str, token: str | None) -> Path:
+    """A simulated machine's $HOME; with a token, in ~/.ray/auth_token as file_mounts copies it."""
+    home = root / name
+    home.mkdir()
+    if token is not None:
+        (home / ".ray").mkdir()
+        (home / ".ray" / "auth_token").write_text(token)
+    return home
+
+
+def env_for(home: Path, **extra: str) -> dict[str, str]:
+    """The test's environment (data, PATH) without any Ray auth setting, with HOME=home."""
+    env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}")
+    env.update(extra)
+    return env
+
+
+def processes_of(homes: list[Path]) -> list[int]:
+    markers = [f"HOME={h}".encode() for h in homes]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(m in environ for m in markers):
+            found.append(int(entry.name))
+    return found
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw.split(b"\0") if b"=" in item)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(ended)"
+
+
+def stop_processes(homes: list[Path]) -> None:
+    """SIGTERM every process started with one of these homes, then SIGKILL what is left after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        for pid in processes_of(homes):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while processes_of(homes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not processes_of(homes), "Ray processes of this test survived SIGKILL"
+
+
+def gcs_call(port: int, token: str | None, method: str = "GetClusterId"):
+    """One raw gRPC call to the GCS on loopback; returns the reply or the grpc.RpcError."""
+    metadata = [("authorization", f"Bearer {token}")] if token is not None else None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        request = {"GetClusterId": gcs_service_pb2.GetClusterIdRequest,
+                   "GetAllNodeInfo": gcs_service_pb2.GetAllNodeInfoRequest}[method]()
+        try:
+            return getattr(stub, method)(request, timeout=10, metadata=metadata)
+        except grpc.RpcError as err:
+            return err
+
+
+def alive_nodes(port: int, token: str) -> int:
+    reply = gcs_call(port, token, "GetAllNodeInfo")
+    assert not isinstance(reply, grpc.RpcError), reply
+    return sum(1 for node in reply.node_info_list if node.state == 0)  # GcsNodeState.ALIVE
+
+
+CLIENT = """
+import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+print("CONNECTED", len([n for n in ray.nodes() if n["Alive"]]))
+"""
+
+
+def ray_client(port: int, home: Path, **env: str) -> subprocess.CompletedProcess:
+    """`ray.init(address="127.0.0.1:PORT")` in a subprocess (2 connection attempts, not 20)."""
+    return subprocess.run([sys.executable, "-c", CLIENT, f"127.0.0.1:{port}"], cwd=home,
+                          env=env_for(home, RAY_NUM_REDIS_GET_RETRIES="2", **env),
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_refuses_clients_without_the_token(port: int, token: str, root: Path) -> None:
+    stranger = machine_home(root, f"stranger-{port}", token=None)
+    # raw gRPC: no token, a wrong token -> UNAUTHENTICATED; the right one -> an answer
+    for bad in (None, "wrong", secrets.token_hex(32)):
+        reply = gcs_call(port, bad)
+        assert isinstance(reply, grpc.RpcError), f"GCS answered a client with token {bad!r}"
+        assert reply.code() == grpc.StatusCode.UNAUTHENTICATED and REFUSED in reply.details()
+    assert not isinstance(gcs_call(port, token), grpc.RpcError)
+    # ray.init without a token (auth mode unset: Ray sends none to an explicit address), with a wrong one
+    for env in ({}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "wrong"}):
+        proc = ray_client(port, stranger, **env)
+        assert proc.returncode != 0 and "CONNECTED" not in proc.stdout, (env, proc.stdout)
+        assert REFUSED in proc.stderr, (env, proc.stderr[-2000:])
+    # `ray status` without a token
+    proc = subprocess.run([str(Path(sys.executable).parent / "ray"), "status", f"--address=127.0.0.1:{port}"],
+                          cwd=stranger, env=env_for(stranger), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and REFUSED in proc.stderr, proc.stdout + proc.stderr[-2000:]
+    # the right token connects (the same client code, so the refusals above are about the token)
+    proc = ray_client(port, stranger, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    assert proc.returncode == 0 and "CONNECTED" in proc.stdout, proc.stderr[-2000:]
+
+
+def wait_for(predicate, timeout: float, what: str, fail: bool = True):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    if fail:
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    return None
+
+
+@pytest.fixture
+def short_root():
+    root = Path(tempfile.mkdtemp(prefix="gts", dir="/tmp"))  # short: Ray's socket paths live under it
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# (a) a local study's Ray
+
+
+LOCAL_DRIVER = """
+import os, sys
+import ray
+from tuner.search import SearchConfig, init_ray
+init_ray(SearchConfig())
+node = ray._private.worker._global_node
+print(os.environ.get("RAY_AUTH_MODE"), node.gcs_address, file=open(sys.argv[1] + ".tmp", "w"), flush=True)
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+sys.stdin.read()  # hold Ray until the test closes stdin
+"""
+
+
+@pytest.mark.slow
+def test_local_study_ray_refuses_clients_without_its_token(short_root: Path):
+    home = machine_home(short_root, "local", token=None)  # no token yet: Ray makes one, as for a new user
+    ready = home / "ready"
+    log = open(home / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-c", LOCAL_DRIVER, str(ready)], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=log, stderr=subprocess.STDOUT, env=env_for(home, TMPDIR=str(home)))
+    try:
+        wait_for(lambda: ready.exists() or driver.poll() is not None, 120, "the local Ray")
+        assert driver.poll() is None, (home / "driver.log").read_text()[-3000:]
+        mode, address = ready.read_text().split()
+        assert mode == "token"  # init_ray keeps Ray's default, never "disabled"
+        token = (home / ".ray" / "auth_token").read_text().strip()  # made by Ray on first use
+        assert re.fullmatch(r"[0-9a-f]{64}", token)
+        assert_refuses_clients_without_the_token(int(address.rsplit(":", 1)[1]), token, short_root)
+    finally:
+        driver.stdin.close()
+        try:
+            driver.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        stop_processes([home])
+        log.close()
+
+
+# ------------------------------------------------------------------------------------------
+# (b) a cluster started by the yaml's own start commands
+
+
+def yaml_start_command(key: str, port: int, extra: list[str]) -> str:
+    """The yaml's `ray start` command for a head or a worker, adapted to run beside others on one machine:
+    - the `ray stop` commands are left out (they stop every Ray process of the account here);
+    - the GCS port 6379 becomes a free port, and fixed default ports get free ones (`extra`);
+    - --autoscaling-config is dropped: `ray up` writes that file, and no autoscaler runs here.
+    $RAY_HEAD_IP is set in the environment, as the cluster launcher does."""
+    commands = [c for c in yaml.safe_load(LOCAL_YAML.read_text())[key] if c.strip() != "ray stop"]
+    assert len(commands) == 1 and "ray start" in commands[0], commands
+    command = commands[0].replace("6379", str(port))
+    command = re.sub(r"\s--autoscaling-config=\S+", "", command)
+    return command + " " + " ".join(extra)
+
+
+def run_start(command: str, home: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", command], cwd=home, capture_output=True, text=True, timeout=180,
+                          env=env_for(home, RAY_HEAD_IP="127.0.0.1", **env))
+
+
+@pytest.mark.slow
+def test_cluster_from_the_yaml_start_commands_runs_a_study_and_refuses_strangers(short_root: Path, idx_mnist: Path,
+                                                                                  tmp_path: Path):
+    token = secrets.token_hex(32)  # what `ray get-auth-token --generate` writes on the launching machine
+    head = machine_home(short_root, "head", token)
+    worker = machine_home(short_root, "worker", token)
+    impostor = machine_home(short_root, "impostor", secrets.token_hex(32))  # a node with another token
+    homes = [head, worker, impostor]
+    port, dashboard = free_port(), free_port()
+    try:
+        head_cmd = yaml_start_command("head_start_ray_commands", port, [
+            f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2"])
+        proc = run_start(head_cmd, head)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        # the yaml's TMPDIR took effect: Ray's session (and its locks) are in the account's own folder
+        assert list((head / ".gentune-tmp" / "ray").glob("session_2*"))
+
+        worker_cmd = yaml_start_command("worker_start_ray_commands", port, [
+            f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=1"])
+        proc = run_start(worker_cmd, worker)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        wait_for(lambda: alive_nodes(port, token) == 2, 60, "the worker to join")  # the token holder joins
+        # each node's network services (GCS, raylet) run with token auth and that node's own TMPDIR
+        # (a worker keeps its session files in the head's temp folder path: Ray's choice)
+        for home, services in ((head, {"gcs_server", "raylet"}), (worker, {"raylet"})):
+            environs = {pid: environ_of(pid) for pid in processes_of([home])
+                        if Path(cmdline(pid).split(" ", 1)[0]).name in services}
+            assert len(environs) == len(services), [cmdline(pid) for pid in processes_of([home])]
+            for pid, env in environs.items():
+                assert (env.get("RAY_AUTH_MODE"), env.get("TMPDIR")) == ("token", str(home / ".gentune-tmp")), cmdline(pid)
+
+        # a node with another token cannot join
+        proc = run_start(worker_cmd, impostor, RAY_NUM_REDIS_GET_RETRIES="2")
+        assert proc.returncode != 0 and REFUSED in proc.stdout + proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert alive_nodes(port, token) == 2
+
+        assert_refuses_clients_without_the_token(port, token, short_root)
+
+        # the dashboard's HTTP API (on loopback) asks for the token too; it needs ray[default] (aiohttp),
+        # without which Ray runs no HTTP dashboard at all
+        if importlib.util.find_spec("aiohttp") is not None:
+            url = f"http://127.0.0.1:{dashboard}/api/jobs/"
+            seen: list[int] = []
+            if not wait_for(lambda: seen.append(dashboard_status(url, token)) or seen[-1] == 200, 60, "", fail=False):
+                logs = sorted((head / ".gentune-tmp" / "ray").glob("session_2*/logs/dashboard.*"))
+                pytest.fail(f"dashboard answered {sorted(set(seen))}; {[(p.name, p.read_text()[-1500:]) for p in logs]}")
+            assert dashboard_status(url, None) in (401, 403)
+            assert dashboard_status(url, "wrong") in (401, 403)
+
+        # a tiny study, the way `ray submit ... -- --address auto` runs it on the head: the head's
+        # $HOME and TMPDIR (~/.bashrc), no RAY_AUTH_* variable (init_ray joins with token auth)
+        store = tmp_path / "store"
+        driver = subprocess.run(
+            [sys.executable, "tuner/search.py", "--address", "auto", "--storage-path", str(store), "--name", "sec",
+             *TINY, "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32",
+             "--num-samples", "2", "--max-concurrent", "2", "--max-kimg", "0.25", "--eval-every-kimg", "0.25",
+             "--grace-kimg", "0.25"],
+            cwd=REPO, env=env_for(head, TMPDIR=str(head / ".gentune-tmp")), capture_output=True, text=True, timeout=300)
+        assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+        assert "Connected to Ray cluster" in driver.stdout + driver.stderr  # joined, did not start its own
+        trials = pd.read_csv(store / "sec" / "trials.csv")
+        assert len(trials) == 2 and trials["status"].isin(["completed", "pruned"]).all()
+    finally:
+        stop_processes(homes)
+
+
+def dashboard_status(url: str, token: str | None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
