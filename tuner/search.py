@@ -215,6 +215,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
         metrics = {k: record[k] for k in first} | {k: v for k, v in record.items() if k not in first}
         metrics.setdefault("diverged", False)
         metrics["node_id"] = node_id
+        metrics.update(images.on_eval(record))  # sample grids -> TensorBoard, and grid_* paths for Optuna
         if checkpoint_dir is None:
             tune.report(metrics)
         else:
@@ -226,6 +227,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
     # It is named after the trial, so a retry on this node removes what a killed worker left.
     staging = staging_dir(tune.get_context().get_trial_id())
     shutil.rmtree(staging, ignore_errors=True)
+    from tuner.watch import TrialImages
+
+    images = TrialImages(out_dir)
     try:
         # Resume from the checkpoint Tune restores (its latest). If that one is damaged, every retry
         # would fail the same way: try the trial's older checkpoints still in storage, newest first
@@ -246,6 +250,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
                 print(f"gentune: cannot resume from {candidate.path}: {err}; {instead}", file=sys.stderr, flush=True)
         train(cfg, out_dir, report=report, resume_from=None, checkpoint_dir=staging / "checkpoint")
     finally:  # also when ASHA stops the trial: Tune ends it with SystemExit inside report()
+        images.close()
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -301,6 +306,7 @@ def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, 
         study_name=search.name,
         storage=make_storage(study_path(search)),
         max_kimg=base.max_kimg,
+        experiment_dir=search.experiment_dir,  # sample grids -> Optuna artifacts in EXPERIMENT/artifacts
     )
 
 
