@@ -79,6 +79,9 @@ class SearchConfig:
     """Ray cluster to join ('auto' on a cluster's head node). Default: start a local Ray."""
     max_failures: int = 3
     """Times a trial is retried from its last checkpoint after its worker dies."""
+    verbose: bool = False
+    """Print Ray's full output (each trial's config and result boxes, a line per checkpoint). Default: Ray's
+    status table, gentune's one-line trial events (started, stopped by ASHA, finished, diverged) and the summary."""
 
     def __post_init__(self) -> None:
         from models.losses import LOSSES
@@ -202,6 +205,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
     for key in [k for k in os.environ if k.startswith("GENTUNE_") and k not in env]:
         del os.environ[key]
     os.environ.update(env)
+    from tuner.console import quiet_worker_logs
+
+    quiet_worker_logs(env)  # Ray's "Checkpoint successfully created" lines only with --verbose
     install_assets(assets, base.get("cache_dir"))
     cfg = trial_config(base, config)
     torch.set_num_threads(max(1, int(cpus)))
@@ -283,7 +289,9 @@ def older_checkpoints(checkpoint) -> list:
 def make_trainable(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes]):
     from ray import tune
 
-    env = {k: v for k, v in os.environ.items() if k.startswith("GENTUNE_")}
+    from tuner.console import VERBOSE_ENV
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("GENTUNE_")} | ({VERBOSE_ENV: "1"} if search.verbose else {})
     trainable = tune.with_parameters(run_trial, base=base.to_dict(), assets=assets, cpus=search.cpus_per_trial, env=env)
     return tune.with_resources(trainable, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial or 0})
 
@@ -314,8 +322,11 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tuner.console import run_config_options
     from tuner.space import GRIDS
     from tuner.storage import StorageGuard
+
+    console = run_config_options(search.verbose, base.max_kimg)  # Ray's table + gentune's event lines
 
     run_config = tune.RunConfig(
         name=search.name,
@@ -325,9 +336,10 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
         # latest is damaged resumes from an older one (run_trial)
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="fid", checkpoint_score_order="min"),
         sync_config=tune.SyncConfig(sync_artifacts=True),
-        verbose=1,
+        verbose=console["verbose"],
+        progress_reporter=console.get("progress_reporter"),
         # a full local results disk stops the study with one error; --resume continues it
-        callbacks=[] if is_remote(search) else [StorageGuard(search.experiment_dir)],
+        callbacks=console["callbacks"] + ([] if is_remote(search) else [StorageGuard(search.experiment_dir)]),
     )
     if search.grid:
         tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, max_concurrent_trials=search.max_concurrent or None,
@@ -499,8 +511,11 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
                        indent=2, default=list)
         )
         upload(search, ["search_config.json"])
+    from tuner.console import ray_output
+
     try:
-        tuner.fit()
+        with ray_output(search.verbose):
+            tuner.fit()
     except Exception:
         check_space(search)  # a full disk surfaces as any error (Ray cannot even write error files)
         raise
