@@ -590,6 +590,12 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
         assert told[row.trial_id].value == pytest.approx(row.fid_final, rel=1e-9)
     others = [t for t in study.trials if "ray_trial_id" not in t.user_attrs]
     assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") for t in others)
+    # sample grids as Optuna artifacts survive the kills: never one twice, and every trial holds its final one
+    for row in trials.itertuples():
+        names = [m.filename for m in optuna.artifacts.get_all_artifact_meta(told[row.trial_id], storage=study._storage)]
+        assert len(names) == len(set(names)), names
+        final = max(p.name for p in (exp / row.trial_dir / "samples").glob("kimg_*.png"))
+        assert final in names, (final, names)
 
 
 # ------------------------------------------------------------------------------------------

@@ -57,12 +57,12 @@ class KimgProgress:
             if self.bar:
                 from tqdm import tqdm
 
-                self._tqdm = tqdm(total=self.total / 1000, initial=images_seen / 1000, unit="kimg", desc=self.label or None,
+                self._tqdm = tqdm(total=self.total / 1000, initial=min(images_seen, self.total) / 1000, unit="kimg", desc=self.label or None,
                                   file=self.stream, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg "
-                                  "[{elapsed}<{remaining}, {postfix}]")
+                                  "[{elapsed}<{remaining}{postfix}]")
         if self._tqdm is not None:
             self._tqdm.set_postfix_str(f"{self._rate(now, images_seen):.0f} img/s", refresh=False)
-            self._tqdm.update(images_seen / 1000 - self._tqdm.n)
+            self._tqdm.update(min(images_seen, self.total) / 1000 - self._tqdm.n)  # the last step may overshoot
             return
         while self._next_step <= STEPS and images_seen * STEPS >= self._next_step * self.total:
             self._plain(now, images_seen)
