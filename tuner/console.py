@@ -47,6 +47,19 @@ def run_config_options(verbose: bool, max_kimg: float) -> dict[str, Any]:
     return options
 
 
+def apply_to_restored(tuner, verbose: bool, max_kimg: float) -> None:
+    """--resume: the console this command asks for, not the one pickled with the experiment."""
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None:  # Ray client mode: keep the restored settings
+        return
+    run_config = internal.get_run_config()
+    options = run_config_options(verbose, max_kimg)
+    run_config.verbose = options["verbose"]
+    run_config.progress_reporter = options.get("progress_reporter")
+    kept = [c for c in (run_config.callbacks or []) if not isinstance(c, EventLines)]
+    run_config.callbacks = options["callbacks"] + kept
+
+
 @contextlib.contextmanager
 def ray_output(verbose: bool):
     """While the study runs: Ray's legacy output engine (the plain table) unless verbose."""

@@ -502,6 +502,9 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
     trainable = make_trainable(search, base, assets)
     if search.resume:
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
+        from tuner.console import apply_to_restored
+
+        apply_to_restored(tuner, search.verbose, base.max_kimg)
     else:
         tuner = build_tuner(search, base, overrides, trainable)
         local = local_dir(search)
