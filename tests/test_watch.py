@@ -118,6 +118,7 @@ def test_gan_study_console_tensorboard_and_optuna_artifacts(idx_mnist, tmp_path)
     """A real GAN study run as `python tuner/search.py` (3 trials, ASHA): its console, and every
     evaluation's sample grid in TensorBoard and in the Optuna study."""
     proc, trials = study(tmp_path, "quiet")
+    print(proc.stdout[-8000:], "\n---- stderr ----\n", proc.stderr[-4000:])  # shown if an assertion fails
     assert len(trials) == 3
     check_trial_images(tmp_path / "quiet", {"samples": "kimg_"})
     out, everything = proc.stdout, proc.stdout + proc.stderr
