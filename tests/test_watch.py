@@ -56,6 +56,14 @@ def tensorboard_images(trial_dir: Path) -> dict[str, dict[int, bytes]]:
     return {tag: {e.step: e.encoded_image_string for e in acc.Images(tag)} for tag in acc.Tags()[IMAGES]}
 
 
+def tensorboard_scalar_tags(trial_dir: Path) -> list[str]:
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    acc = EventAccumulator(str(trial_dir))
+    acc.Reload()
+    return acc.Tags()[SCALARS]
+
+
 def check_trial_images(exp: Path, tags: dict[str, str]) -> None:
     """Every evaluation of every trial: TensorBoard images (tag, step = images seen) and Optuna
     artifacts, both with exactly the pixels / bytes of the trial's PNGs."""
@@ -71,6 +79,10 @@ def check_trial_images(exp: Path, tags: dict[str, str]) -> None:
         assert len(evals)
         images = tensorboard_images(trial_dir)
         assert set(images) == set(tags), images.keys()
+        # Ray's scalars are there too, from its own event file (never overwritten by ours)
+        events = [p.name for p in trial_dir.glob("events.out.tfevents.*")]
+        assert any(n.endswith(".gentune") for n in events) and any(not n.endswith(".gentune") for n in events), events
+        assert "ray/tune/fid" in tensorboard_scalar_tags(trial_dir)
         ot = by_ray_id[row.trial_id]
         metas = {m.filename: m for m in optuna.artifacts.get_all_artifact_meta(ot, storage=study._storage)}
         expected_names = set()

@@ -106,7 +106,10 @@ class TrialImages:
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(logdir=str(self.out_dir), flush_secs=3600)
+            # Ray's TBXLoggerCallback writes events.out.tfevents.<second>.<host> for the same trial folder
+            # (from the driver): a file of ours created in the same second would have the same name, and
+            # one would overwrite the other when both are synced to storage. The suffix keeps them apart.
+            self._writer = SummaryWriter(logdir=str(self.out_dir), flush_secs=3600, filename_suffix=".gentune")
         for role, path in grids.items():
             with Image.open(path) as img:
                 pixels = np.asarray(img.convert("RGB"))
