@@ -6,7 +6,8 @@ Takes the top-K trials by best FID from EXPERIMENT_DIR/trials.parquet (diverged 
 without a finite FID are skipped), rebuilds each one's TrainConfig from its row, and trains it at
 the full budget (its max_kimg) with seeds FIRST_SEED .. FIRST_SEED+S-1, one run after another on
 this machine with `tuner.trainable.train`. Each run's files go to DIR/<trial_id>-seed<seed>/
-(default DIR: EXPERIMENT_DIR/rerun). Results are appended to EXPERIMENT_DIR/rerun.parquet after
+(default DIR: EXPERIMENT_DIR/rerun); each run shows a progress bar over kimg on a terminal, or a plain
+progress line every tenth of its budget elsewhere. Results are appended to EXPERIMENT_DIR/rerun.parquet after
 every run (trial_id, seed, fid_final, fid_best, kimg, wall_time_s, diverged); runs already there
 are skipped, so an interrupted re-run continues where it stopped. The report
 (python -m analysis.report) then shows mean +- std FID per config and whether the ranking holds.
@@ -57,11 +58,16 @@ def config_of(row: dict[str, Any]):
     return TrainConfig.from_dict(values)
 
 
-def run_one(cfg, out_dir: Path) -> dict[str, Any]:
+def run_one(cfg, out_dir: Path, label: str = "") -> dict[str, Any]:
+    from tuner.progress import KimgProgress
     from tuner.trainable import train
 
     t0 = time.perf_counter()
-    history = train(cfg, out_dir)
+    progress = KimgProgress(cfg.max_kimg, label=label)  # a bar on a terminal, plain lines in logs and CI
+    try:
+        history = train(cfg, out_dir, progress=progress)
+    finally:
+        progress.close()
     fids = [r["fid"] for r in history if isinstance(r.get("fid"), (int, float)) and math.isfinite(r["fid"])]
     last = history[-1] if history else {}
     return {
@@ -94,7 +100,8 @@ def rerun(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, out: s
             run_cfg = cfg.replace(seed=seed, **({"device": device} if device else {}))
             log(f"rerun {row['trial_id']} ({row.get('family')}, {row.get('loss') or ''} z{row.get('z_dim')}) seed {seed}: "
                 f"{run_cfg.max_kimg} kimg")
-            result = {"trial_id": row["trial_id"], "seed": seed, **run_one(run_cfg, out / f"{row['trial_id']}-seed{seed}")}
+            result = {"trial_id": row["trial_id"], "seed": seed,
+                      **run_one(run_cfg, out / f"{row['trial_id']}-seed{seed}", label=f"{row['trial_id']}-seed{seed}")}
             log(f"  fid_best {fmt.fid(result['fid_best'])} fid_final {fmt.fid(result['fid_final'])}")
             done = pd.concat([done, pd.DataFrame([result])], ignore_index=True) if len(done) else pd.DataFrame([result])
             tmp = target.with_name(target.name + ".tmp")

@@ -627,6 +627,12 @@ def check_killed_study(exp: Path, name: str, n: int, drivers: list[Driver], done
     others = [t for t in study.trials if "status" not in t.user_attrs]  # asked, never snapshotted: stale
     assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") for t in others)
     assert not set(trials["trial_id"]) & {t.user_attrs["ray_trial_id"] for t in others}
+    # sample grids as Optuna artifacts survive the kills: never one twice, and every trial holds its final one
+    for row in trials.itertuples():
+        names = [m.filename for m in optuna.artifacts.get_all_artifact_meta(by_ray_id[row.trial_id], storage=study._storage)]
+        assert len(names) == len(set(names)), names
+        final = max(p.name for p in (exp / row.trial_dir / "samples").glob("kimg_*.png"))
+        assert final in names, (final, names)
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ learns from it (RAY-OPTUNA.md pitfall 1). This subclass tells Optuna:
 
 Intermediate values are keyed by images seen (kimg x 1000), the same clock ASHA uses.
 
+With `experiment_dir`, each result's sample grids (the `grid_*` paths run_trial reports) become
+artifacts of the Optuna trial, read from the trial folder on storage (tuner/watch.py).
+
 On restore after a killed driver, Optuna trials that were asked but never recorded in the
 searcher's snapshot stay RUNNING for ever (pitfall 3); `restore` marks them FAIL with the user
 attribute `stale=True`, so nothing is left RUNNING and the dashboard shows what happened. Trials
@@ -32,9 +35,17 @@ log = logging.getLogger(__name__)
 
 
 class HonestOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_kimg: float, **kwargs):
+    def __init__(self, *args, max_kimg: float, experiment_dir: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_kimg = max_kimg
+        self._experiment_dir = experiment_dir  # None: no sample grids as artifacts
+
+    def _upload_grids(self, trial_id: str, result: dict | None) -> None:
+        """The sample grids this result points at -> artifacts of the Optuna trial (tuner/watch.py)."""
+        if result and getattr(self, "_experiment_dir", None):
+            from tuner.watch import upload_grids
+
+            upload_grids(self._ot_study, self._ot_trials[trial_id]._trial_id, self._experiment_dir, result, trial_id)
 
     def suggest(self, trial_id: str):
         new = trial_id not in self._ot_trials
@@ -48,6 +59,8 @@ class HonestOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if not self._stored(trial_id).state.is_finished():
+            self._upload_grids(trial_id, result)
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
             return
@@ -63,6 +76,7 @@ class HonestOptunaSearch(OptunaSearch):
         if self._stored(trial_id).state.is_finished():
             self._completed_trials.add(trial_id)
             return
+        self._upload_grids(trial_id, result)  # Tune skips on_trial_result for the result ASHA stops on
         trial = self._ot_trials[trial_id]
         result = result or {}
         value = result.get(self.metric)

@@ -94,6 +94,9 @@ class SearchConfig:
     allow_shrink: bool = False
     """Let the exports replace trials.csv/.parquet files that hold trials the new ones lack (by trial_id).
     Default: such an export is refused with one error line, and the old files are kept."""
+    verbose: bool = False
+    """Print Ray's full output (each trial's config and result boxes, a line per checkpoint). Default: Ray's
+    status table, gentune's one-line trial events (started, stopped by ASHA, finished, diverged) and the summary."""
 
     def __post_init__(self) -> None:
         from models.losses import LOSSES
@@ -232,6 +235,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
     for key in [k for k in os.environ if k.startswith("GENTUNE_") and k not in env]:
         del os.environ[key]
     os.environ.update(env)
+    from tuner.console import quiet_worker_logs
+
+    quiet_worker_logs(env)  # Ray's "Checkpoint successfully created" lines only with --verbose
     install_assets(assets, base.get("cache_dir"))
     cfg = trial_config(base, config)
     torch.set_num_threads(max(1, int(cpus)))
@@ -245,6 +251,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
         metrics = {k: record[k] for k in first} | {k: v for k, v in record.items() if k not in first}
         metrics.setdefault("diverged", False)
         metrics["node_id"] = node_id
+        metrics.update(images.on_eval(record))  # sample grids -> TensorBoard, and grid_* paths for Optuna
         if checkpoint_dir is None:
             tune.report(metrics)
         else:
@@ -256,6 +263,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
     # It is named after the trial, so a retry on this node removes what a killed worker left.
     staging = staging_dir(tune.get_context().get_trial_id())
     shutil.rmtree(staging, ignore_errors=True)
+    from tuner.watch import TrialImages
+
+    images = TrialImages(out_dir)
     try:
         # Resume from the checkpoint Tune restores (its latest). If that one is damaged, every retry
         # would fail the same way: try the trial's older checkpoints still in storage, newest first
@@ -276,6 +286,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
                 print(f"gentune: cannot resume from {candidate.path}: {err}; {instead}", file=sys.stderr, flush=True)
         train(cfg, out_dir, report=report, resume_from=None, checkpoint_dir=staging / "checkpoint")
     finally:  # also when ASHA stops the trial: Tune ends it with SystemExit inside report()
+        images.close()
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -308,7 +319,9 @@ def older_checkpoints(checkpoint) -> list:
 def make_trainable(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes]):
     from ray import tune
 
-    env = {k: v for k, v in os.environ.items() if k.startswith("GENTUNE_")}
+    from tuner.console import VERBOSE_ENV
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("GENTUNE_")} | ({VERBOSE_ENV: "1"} if search.verbose else {})
     trainable = tune.with_parameters(run_trial, base=base.to_dict(), assets=assets, cpus=search.cpus_per_trial, env=env)
     return tune.with_resources(trainable, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial or 0})
 
@@ -342,6 +355,7 @@ def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, 
         study_name=search.name,
         storage=make_storage(study_path(search)),
         max_kimg=base.max_kimg,
+        experiment_dir=search.experiment_dir,  # sample grids -> Optuna artifacts in EXPERIMENT/artifacts
     )
 
 
@@ -349,8 +363,11 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tuner.console import run_config_options
     from tuner.space import GRIDS
     from tuner.storage import StorageGuard
+
+    console = run_config_options(search.verbose, base.max_kimg)  # Ray's table + gentune's event lines
 
     run_config = tune.RunConfig(
         name=search.name,
@@ -360,9 +377,10 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
         # latest is damaged resumes from an older one (run_trial)
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="fid", checkpoint_score_order="min"),
         sync_config=tune.SyncConfig(sync_artifacts=True),
-        verbose=1,
+        verbose=console["verbose"],
+        progress_reporter=console.get("progress_reporter"),
         # a full local results disk stops the study with one error; --resume continues it
-        callbacks=[] if is_remote(search) else [StorageGuard(search.experiment_dir)],
+        callbacks=console["callbacks"] + ([] if is_remote(search) else [StorageGuard(search.experiment_dir)]),
     )
     if search.grid:
         tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, max_concurrent_trials=search.max_concurrent or None,
@@ -684,6 +702,9 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
         except Exception as err:  # tuner.pkl unreadable, or a trainable that no longer matches
             raise RestoreFailed(f"cannot resume {exp}: Ray Tune could not load it ({type(err).__name__}: "
                                 f"{err}); nothing was run or changed") from None
+        from tuner.console import apply_to_restored
+
+        apply_to_restored(tuner, search.verbose, base.max_kimg)
     else:
         tuner = build_tuner(search, base, overrides, trainable)
         local = local_dir(search)
@@ -693,11 +714,14 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
                         "fid_floor": fid_floor(base)}, indent=2, default=list)
         )
         upload(search, ["search_config.json"])
+    from tuner.console import ray_output
+
     guard = RestoreGuard(exp)
     tune_logger = logging.getLogger(TUNE_CONTROLLER_LOGGER)
     tune_logger.addFilter(guard)
     try:
-        tuner.fit()
+        with ray_output(search.verbose):
+            tuner.fit()
     except Exception:
         if guard.error is not None:
             raise guard.error from None

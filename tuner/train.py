@@ -1,6 +1,7 @@
 """Train one config without Ray: `python -m tuner.train --family gan --loss hinge --out runs/demo`.
 
-Every flag is a field of tuner.config.TrainConfig (see --help). Prints one line per evaluation and
+Every flag is a field of tuner.config.TrainConfig (see --help). Prints one line per evaluation, with a
+progress bar over kimg on a terminal or a plain progress line every tenth of the budget elsewhere, and
 writes OUT/config.json, OUT/metrics.jsonl, OUT/samples/*.png and OUT/checkpoint/checkpoint.pt.
 `--resume` continues from OUT/checkpoint.
 """
@@ -57,11 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --resume: no checkpoint at {resume / 'checkpoint.pt'}", file=sys.stderr)
         return 2
     print(f"training {cfg.family}/{cfg.arch} on {cfg.dataset} for {cfg.max_kimg} kimg -> {out}", flush=True)
+    from tuner.progress import KimgProgress
+
+    progress = KimgProgress(cfg.max_kimg)  # a bar on a terminal, plain lines in logs and CI
     try:
-        history = train(cfg, out, report=lambda record, _: print(format_record(record), flush=True), resume_from=resume)
+        history = train(cfg, out, report=lambda record, _: progress.write(format_record(record)), resume_from=resume,
+                        progress=progress)
     except (DataError, CheckpointError) as err:
+        progress.close()
         print(f"error: {err}", file=sys.stderr)
         return 2
+    progress.close()
     finite = [r["fid"] for r in history if not r.get("diverged")]
     if finite:
         print(f"done: best fid[{cfg.fid_backbone}] {min(finite):.3f}; metrics in {out / 'metrics.jsonl'}, grids in {out / 'samples'}")

@@ -407,10 +407,11 @@ def check_divergence(sums: dict[str, torch.Tensor]) -> str | None:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, resume_from: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None) -> list[dict[str, Any]]:
+          checkpoint_dir: str | Path | None = None, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Train one config, evaluating every eval_every_kimg; returns the list of evaluation records.
 
     Checkpoints go to `checkpoint_dir` (default OUT/checkpoint), overwritten at each evaluation.
+    `progress(images_seen)`, if given, is called after every training step (tuner/progress.py).
     """
     cfg = cfg.resolved()
     out_dir = Path(out_dir)
@@ -449,6 +450,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
         interval_train_s += dt
         trial.elapsed_s += dt
         interval_images += trial.images_seen - seen_before
+        if progress is not None:
+            progress(trial.images_seen)
         at_eval = trial.images_seen >= next_eval
         if diverged is None and at_eval:
             diverged = check_divergence(sums)

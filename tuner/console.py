@@ -1,0 +1,145 @@
+"""What a study prints: Ray's status table and gentune's one-line events, or Ray's full output.
+
+By default (`verbose=False`):
+- Ray's status table (its legacy CLIReporter: RAY_AIR_NEW_OUTPUT=0 while the study runs, verbose=1),
+  at most every 30 s and at the end. Its FID column is labelled `fid (last)`: the trial's last
+  reported FID. Ray's own "Current best trial" line is left out, because it ranks trials by that
+  last FID while gentune's summary ranks them by their lowest one.
+- One line per event from `EventLines`, prefixed `[gentune]`: a trial started (with its searched
+  parameters), stopped by ASHA at k kimg (with its FIDs), finished, diverged, errored, retried.
+  An ended trial that holds the study's lowest FID so far says `new best`.
+- Workers keep Ray's "Checkpoint successfully created" lines to themselves.
+
+With `verbose=True` Ray's own output comes back as before (per-trial config and result boxes, a
+line per checkpoint); gentune's event lines are printed as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from typing import Any
+
+from ray import tune
+from ray.tune import CLIReporter
+
+VERBOSE_ENV = "GENTUNE_VERBOSE"  # passed to the workers: "1" keeps Ray's per-checkpoint log lines
+TABLE_METRICS = {"kimg": "kimg", "fid": "fid (last)", "classes_covered": "classes", "img_per_s": "img/s"}
+
+
+class TableReporter(CLIReporter):
+    """Ray's status table, without the "Current best trial" line (ranked by the last FID)."""
+
+    def __init__(self) -> None:
+        super().__init__(metric_columns=dict(TABLE_METRICS), max_report_frequency=30, max_progress_rows=20)
+
+    def set_search_properties(self, metric: str | None, mode: str | None) -> bool:
+        return True  # no metric: no "Current best trial" line
+
+
+def run_config_options(verbose: bool, max_kimg: float) -> dict[str, Any]:
+    """The RunConfig arguments (verbose, progress_reporter) and the callback for the chosen console."""
+    options: dict[str, Any] = {"verbose": 1, "callbacks": [EventLines(max_kimg)]}
+    if not verbose:
+        options["progress_reporter"] = TableReporter()
+    return options
+
+
+def apply_to_restored(tuner, verbose: bool, max_kimg: float) -> None:
+    """--resume: the console this command asks for, not the one pickled with the experiment."""
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None:  # Ray client mode: keep the restored settings
+        return
+    run_config = internal.get_run_config()
+    options = run_config_options(verbose, max_kimg)
+    run_config.verbose = options["verbose"]
+    run_config.progress_reporter = options.get("progress_reporter")
+    kept = [c for c in (run_config.callbacks or []) if not isinstance(c, EventLines)]
+    run_config.callbacks = options["callbacks"] + kept
+
+
+@contextlib.contextmanager
+def ray_output(verbose: bool):
+    """While the study runs: Ray's legacy output engine (the plain table) unless verbose."""
+    if verbose:
+        yield
+        return
+    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = old
+
+
+def quiet_worker_logs(env: dict[str, str]) -> None:
+    """In a worker: Ray's "Checkpoint successfully created" info lines only with --verbose."""
+    level = logging.INFO if env.get(VERBOSE_ENV) == "1" else logging.WARNING
+    logging.getLogger("ray.train._internal.storage").setLevel(level)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _fid(v: float | None, backbone: str) -> str:
+    return f"fid[{backbone}] " + ("n/a" if v is None else f"{v:.3f}")
+
+
+class EventLines(tune.Callback):
+    """gentune's one-line trial events on the driver's console."""
+
+    def __init__(self, max_kimg: float) -> None:
+        self.max_kimg = max_kimg
+        self._best: dict[str, float] = {}  # trial_id -> its lowest finite FID
+        self._study_best: float = math.inf
+
+    def _say(self, text: str) -> None:
+        print(f"[gentune] {text}", flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        config = dict(trial.config or {})
+        config = config.get("cell", config)
+        params = " ".join(f"{k}={_value(v)}" for k, v in sorted(config.items()))
+        self._say(f"trial {trial.trial_id} started: {params}".rstrip())
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        self._track(trial.trial_id, result)
+
+    def _track(self, trial_id: str, result: dict | None) -> None:
+        fid = (result or {}).get("fid")
+        if isinstance(fid, (int, float)) and math.isfinite(fid):
+            self._best[trial_id] = min(fid, self._best.get(trial_id, math.inf))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        last = dict(trial.last_result or {})
+        self._track(trial.trial_id, last)
+        kimg = float(last.get("kimg", 0.0))
+        backbone = last.get("fid_backbone", "?")
+        best = self._best.get(trial.trial_id)
+        if last.get("diverged"):
+            self._say(f"trial {trial.trial_id} diverged at {kimg:.2f} kimg: {last.get('diverge_reason', '')}")
+            return
+        fids = f"{_fid(last.get('fid'), backbone)}, best {'n/a' if best is None else f'{best:.3f}'}"
+        if best is not None and best < self._study_best:
+            self._study_best = best
+            fids += " (new best)"
+        if kimg >= self.max_kimg - 1e-9:
+            self._say(f"trial {trial.trial_id} finished at {kimg:.2f} kimg: {fids}")
+        else:
+            self._say(f"trial {trial.trial_id} stopped by ASHA at {kimg:.2f} kimg: {fids}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        kimg = float((trial.last_result or {}).get("kimg", 0.0))
+        self._say(f"trial {trial.trial_id} errored at {kimg:.2f} kimg (see {trial.error_file or 'its folder'})")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        kimg = float((trial.last_result or {}).get("kimg", 0.0))
+        self._say(f"trial {trial.trial_id} failed at {kimg:.2f} kimg; retrying from its last checkpoint")
