@@ -133,3 +133,29 @@ def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_
     assert "2 runs planned, 2 already in rerun.parquet" in third.log.read_text()
     assert not list(Path(third.ray_tmp).glob("ray/session_2*"))  # no Ray started
     pd.testing.assert_frame_equal(pd.read_parquet(exp / "rerun.parquet"), rows)
+
+
+def test_literature_section_shows_both_tables_and_ranks_only_comparable_rows():
+    from analysis.literature import TABLE2, literature_section
+
+    trials = pd.DataFrame({"trial_id": ["a", "b"], "label": ["wgan-gp z64 #1", "hinge z32 #2"]})
+    base = dict(dataset="fashion-mnist", family="gan", precision="fp32", max_kimg=1000.0)
+    runs = pd.DataFrame([
+        {**base, "trial_id": "a", "seed": s, "loss": "wgan-gp", "fid_backbone": "inception", "fid_samples": 10000,
+         "fid_final": f, "fid_ema_final": f - 1} for s, f in ((1, 20.0), (2, 22.0), (3, 24.0))] + [
+        {**base, "trial_id": "a", "seed": 1, "loss": "wgan-gp", "fid_backbone": "domain", "fid_samples": 2000,
+         "fid_final": 3.0, "fid_ema_final": None},
+        {**base, "trial_id": "b", "seed": 1, "loss": "hinge", "fid_backbone": "inception", "fid_samples": 10000,
+         "fid_final": 25.0, "fid_ema_final": None}])
+    text = literature_section("exp", trials, runs)
+    assert "22.00 ± 2.00" in text and "21.00 ± 2.00" in text  # G and its EMA, mean ± std over seeds 1, 2, 3
+    assert "1, 2, 3" in text
+    for model, (mean, std) in TABLE2["fashion-mnist"].items():
+        assert f"| {model} | {mean:.2f} ± {std:.2f} |" in text
+    assert "Lucic et al. 2018" in text and "10000 generated samples vs 10,000 test images" in text
+    placements = text.split("Placement:", 1)[1]
+    assert "wgan-gp z64 #1: FID 22.00 would place 2 of 9" in placements  # only WGAN (21.5) is lower
+    assert "(domain, 2000 samples): not ranked against Table 2: domain features, not Inception" in placements
+    assert "2000 samples, not 10000" in placements
+    assert "hinge z32 #2 (inception, 10000 samples): not ranked" in placements and "hinge" in placements
+    assert "LAST checkpoint" in text
