@@ -53,7 +53,9 @@ def config_of(row: dict[str, Any]):
         if f.name not in row:
             continue
         v = row[f.name]
-        if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:  # a list column (eval_at_kimg) comes back as an array
+            v = tuple(v.tolist())
+        elif hasattr(v, "item") and not isinstance(v, (str, bytes)):
             v = v.item()
         if v is None or (isinstance(v, float) and math.isnan(v)):
             v = None
