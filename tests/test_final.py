@@ -134,6 +134,20 @@ def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_
     assert not list(Path(third.ray_tmp).glob("ray/session_2*"))  # no Ray started
     pd.testing.assert_frame_equal(pd.read_parquet(exp / "rerun.parquet"), rows)
 
+    # benchmarks/final_eval.py's result file, from these rows (the winner's, in seed order)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from final_eval import result
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    out = result(exp)
+    assert {k: out[k] for k in ("dataset", "fid_backbone", "fid_samples", "max_kimg", "seeds")} == {
+        "dataset": "mnist", "fid_backbone": "domain", "fid_samples": 48, "max_kimg": 0.5, "seeds": [7, 8]}
+    by_seed = rows.set_index("seed")
+    assert out["fids"] == [by_seed.loc[7, "fid_final"], by_seed.loc[8, "fid_final"]]
+    assert out["fids_ema"] == [by_seed.loc[7, "fid_ema_final"], by_seed.loc[8, "fid_ema_final"]]
+    assert out["precision"] in ("fp32", "bf16") and out["config"]["g_ema"] == 0.9
+
 
 def test_literature_section_shows_both_tables_and_ranks_only_comparable_rows():
     from analysis.literature import TABLE2, literature_section
