@@ -7,11 +7,24 @@ import torch
 from tuner.config import ConfigError, TrainConfig
 from tuner.trainable import EMA_NET, build_trial, gan_step, train
 
+@pytest.fixture(scope="module")
+def _cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("ema-cache")
+
+
+@pytest.fixture
+def data(idx_mnist, _cache, monkeypatch):
+    """idx_mnist (the same images in every test) with one cache for the module: the domain classifier
+    and the real statistics are computed once, not in each test."""
+    monkeypatch.setenv("GENTUNE_CACHE", str(_cache))
+    return idx_mnist
+
+
 TINY = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1,
             loss="hinge", eval_every_kimg=0.125, max_kimg=0.25)
 
 
-def test_decay_zero_changes_nothing(idx_mnist, tmp_path):
+def test_decay_zero_changes_nothing(data, tmp_path):
     plain = train(TrainConfig(**TINY), tmp_path / "plain")
     off = train(TrainConfig(**TINY, g_ema=0.0), tmp_path / "off")
     assert [r["fid"] for r in plain] == [r["fid"] for r in off]
@@ -19,7 +32,7 @@ def test_decay_zero_changes_nothing(idx_mnist, tmp_path):
     assert not list((tmp_path / "off" / "samples").glob("ema_*"))
 
 
-def test_one_step_is_the_closed_form(idx_mnist):
+def test_one_step_is_the_closed_form(data):
     d = 0.9
     trial = build_trial(TrainConfig(**TINY, g_ema=d, d_norm="batch").resolved(), torch.device("cpu"))
     ema0 = {k: v.clone() for k, v in trial.nets[EMA_NET].named_parameters()}
@@ -37,7 +50,7 @@ def test_one_step_is_the_closed_form(idx_mnist):
         assert torch.equal(b_ema, b), k
 
 
-def test_ema_is_scored_and_resumes_bit_for_bit(idx_mnist, tmp_path):
+def test_ema_is_scored_and_resumes_bit_for_bit(data, tmp_path):
     cfg = TrainConfig(**TINY, g_ema=0.99)
     full = train(cfg, tmp_path / "full")
     assert all(r["fid_ema"] > 0 and r["fid_ema"] != r["fid"] for r in full)
