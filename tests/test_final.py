@@ -173,3 +173,40 @@ def test_literature_section_shows_both_tables_and_ranks_only_comparable_rows():
     assert "2000 samples, not 10000" in placements
     assert "hinge z32 #2 (inception, 10000 samples): not ranked" in placements and "hinge" in placements
     assert "LAST checkpoint" in text
+
+
+@pytest.mark.slow
+def test_inception_metric_runs_in_fp32_under_bf16_training_and_its_statistics_are_cached(idx_mnist, tmp_path,
+                                                                                         monkeypatch):
+    """The final evaluation's metric on a tiny scale (50 samples): Inception features are computed
+    outside autocast in fp32 while training runs in bf16, the row records bf16, and the test images'
+    Inception statistics are computed once, then read from the cache."""
+    import torch
+
+    from tuner import backbones, fid
+    from tuner.config import TrainConfig
+    from tuner.trainable import train
+
+    calls = []
+    forward = backbones.InceptionBackbone._forward
+
+    def spy(self, images):
+        out = forward(self, images)
+        calls.append((torch.is_autocast_enabled("cpu"), out.dtype, len(images)))
+        return out
+
+    monkeypatch.setattr(backbones.InceptionBackbone, "_forward", spy)
+    cfg = TrainConfig(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, seed=1, loss="hinge",
+                      fid_backbone="inception", fid_samples=50, max_kimg=0.064, eval_every_kimg=0.064,
+                      precision="bf16", g_ema=0.9)
+    (record,) = train(cfg, tmp_path / "run")
+    assert record["precision"] == "bf16" and record["fid_backbone"] == "inception" and record["fid_samples"] == 50
+    assert record["fid"] > 0 and record["fid_ema"] > 0
+    assert calls and all(not autocast and dtype == torch.float32 for autocast, dtype, _ in calls)
+    assert sum(n for *_, n in calls) == 150  # 50 test images once, 50 samples of G, 50 of its EMA
+    stats = list(Path(os.environ["GENTUNE_CACHE"]).glob("stats/mnist-test-inception-*-n50.npz"))
+    assert len(stats) == 1
+    calls.clear()
+    backbone = backbones.get_backbone("inception", "mnist")
+    mu, sigma = fid.real_statistics("mnist", "test", backbone, 50)
+    assert calls == [] and mu.shape == (2048,)  # read from the cache, no Inception pass
