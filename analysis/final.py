@@ -51,6 +51,7 @@ class Protocol:
     fid_backbone: str | None = None
     fid_samples: int | None = None
     eval_every_kimg: float | None = None  # None: max_kimg / EVALS_PER_RUN
+    g_ema: float | None = None  # None: each trial's own; GAN trials only (the EMA draws no RNG: G trains the same)
 
     def __post_init__(self) -> None:
         from tuner.config import BACKBONES
@@ -61,6 +62,8 @@ class Protocol:
             raise ConfigError(f"invalid fid_backbone={self.fid_backbone!r}: allowed one of {', '.join(BACKBONES)}")
         if self.fid_samples is not None and self.fid_samples < 2:
             raise ConfigError(f"invalid fid_samples={self.fid_samples!r}: allowed an integer >= 2")
+        if self.g_ema is not None and not 0 <= self.g_ema < 1:
+            raise ConfigError(f"invalid g_ema={self.g_ema!r}: allowed a number in [0, 1) (0 = off)")
         if self.eval_every_kimg is not None and not self.eval_every_kimg >= 0:
             raise ConfigError(f"invalid eval_every_kimg={self.eval_every_kimg!r}: allowed a number >= 0")
 
@@ -69,6 +72,8 @@ class Protocol:
         over the budget (the study's ASHA rungs dropped)."""
         max_kimg = self.max_kimg if self.max_kimg is not None else cfg.max_kimg
         every = self.eval_every_kimg if self.eval_every_kimg is not None else max_kimg / EVALS_PER_RUN
+        if self.g_ema is not None and cfg.family == "gan":
+            cfg = cfg.replace(g_ema=self.g_ema)
         return cfg.replace(seed=seed, max_kimg=max_kimg, eval_every_kimg=min(every, max_kimg), eval_at_kimg=(),
                            fid_backbone=self.fid_backbone or cfg.fid_backbone,
                            fid_samples=self.fid_samples or cfg.fid_samples)
@@ -115,14 +120,21 @@ def read_rows(path: Path) -> pd.DataFrame:
     return rows
 
 
-def done_keys(rows: pd.DataFrame) -> set[tuple]:
-    keys = set()
+def done_keys(rows: pd.DataFrame) -> dict[tuple, float]:
+    """{key: g_ema of its row} of the rows that record their protocol."""
+    keys = {}
     for r in rows.to_dict("records"):
         try:
-            keys.add(row_key(r))
+            keys[row_key(r)] = float(r.get("g_ema") or 0.0)
         except (TypeError, ValueError):  # an old row without its protocol
             continue
     return keys
+
+
+def is_done(cell: dict[str, Any], done: dict[tuple, float]) -> bool:
+    """In rerun.parquet under the same key, with the EMA this cell asks for (if any)."""
+    key = cell_key(cell)
+    return key in done and (cell["config"].g_ema == 0 or done[key] == cell["config"].g_ema)
 
 
 def merge_rows(path: Path, new: list[dict[str, Any]]) -> pd.DataFrame:
@@ -215,7 +227,7 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
         cells = [{**c, "config": c["config"].replace(device=device)} for c in cells]
     name = experiment_name(cells)
     done = done_keys(read_rows(target))
-    todo = [c for c in cells if cell_key(c) not in done]
+    todo = [c for c in cells if not is_done(c, done)]
     log(f"final evaluation {name}: {len(cells)} runs planned, {len(cells) - len(todo)} already in {target.name}")
     if not todo:
         return read_rows(target)
@@ -276,6 +288,8 @@ def add_arguments(p) -> None:
     g.add_argument("--max-kimg", type=float, default=None, help="training budget of every run, in kimg")
     g.add_argument("--fid-backbone", default=None, choices=BACKBONES, help="FID feature network")
     g.add_argument("--fid-samples", type=int, default=None, help="generated samples per FID (vs as many test images)")
+    g.add_argument("--g-ema", type=float, default=None,
+                   help="score an EMA of the generator too, with this decay (GAN runs; e.g. 0.999) [each trial's own]")
     g.add_argument("--eval-every-kimg", type=float, default=None,
                    help=f"evaluate and checkpoint every this many kimg [max_kimg / {EVALS_PER_RUN}]; the last is scored")
     r = p.add_argument_group("resources (as tuner/search.py)")
@@ -303,7 +317,7 @@ def resolve(args) -> dict[str, Any]:
     if args.max_failures < 0 or args.max_concurrent < 0:
         raise ConfigError("invalid max_failures/max_concurrent: allowed integers >= 0")
     protocol = Protocol(max_kimg=values.get("max_kimg"), fid_backbone=values.get("fid_backbone"),
-                        fid_samples=values.get("fid_samples"), eval_every_kimg=args.eval_every_kimg)
+                        fid_samples=values.get("fid_samples"), eval_every_kimg=args.eval_every_kimg, g_ema=args.g_ema)
     return {"top": args.top, "seeds": seeds, "first_seed": args.first_seed, "protocol": protocol, "out": args.out,
             "device": args.device, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
             "address": args.address, "max_failures": args.max_failures, "max_concurrent": args.max_concurrent}

@@ -32,11 +32,32 @@ def test_final_expands_to_the_literature_protocol_and_explicit_flags_win():
     assert s["protocol"] == Protocol(max_kimg=2.0, fid_backbone="inception", fid_samples=200) and s["seeds"] == 5
     s = settings()  # without --final: the trials' own values, 3 seeds
     assert s["protocol"] == Protocol() and s["seeds"] == 3
+    s = settings("--final", "--g-ema", "0.999")
+    assert s["protocol"] == Protocol(max_kimg=1000.0, fid_backbone="inception", fid_samples=10000, g_ema=0.999)
+
+
+def test_protocol_applies_to_a_config_and_asks_again_for_a_missing_ema():
+    from analysis.final import cell_key, done_keys, is_done
+    from tuner.config import TrainConfig
+
+    cfg = TrainConfig(dataset="mnist", loss="wgan", max_kimg=64, eval_at_kimg=(8.0, 24.0), fid_samples=1000)
+    out = Protocol(max_kimg=1000.0, fid_backbone="inception", fid_samples=10000, g_ema=0.999).apply(cfg, 5)
+    assert (out.seed, out.max_kimg, out.fid_backbone, out.fid_samples, out.g_ema) == (5, 1000.0, "inception", 10000, 0.999)
+    assert out.eval_at_kimg == () and out.eval_every_kimg == 250.0  # the study's rungs dropped; 4 evaluations
+    assert out.loss == "wgan" and out.lr == cfg.lr
+    vae = Protocol(g_ema=0.999).apply(TrainConfig(dataset="mnist", family="vae"), 1)
+    assert vae.g_ema == 0.0  # GAN only
+    cell = {"trial_id": "a", "seed": 5, "config": out}
+    row = dict(zip(["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg"], cell_key(cell)))
+    assert not is_done(cell, done_keys(pd.DataFrame([{**row, "g_ema": 0.0}])))  # done without EMA: run again
+    assert is_done(cell, done_keys(pd.DataFrame([{**row, "g_ema": 0.999}])))
+    assert is_done({**cell, "config": out.replace(g_ema=0.0)}, done_keys(pd.DataFrame([{**row, "g_ema": 0.999}])))
 
 
 @pytest.mark.parametrize("argv, field", [(["--max-kimg", "0"], "max_kimg"), (["--seeds", "0"], "seeds"),
                                          (["--fid-samples", "1"], "fid_samples"), (["--top", "0"], "top"),
-                                         (["--gpus-per-trial", "2"], "gpus_per_trial")])
+                                         (["--gpus-per-trial", "2"], "gpus_per_trial"),
+                                         (["--g-ema", "1"], "g_ema")])
 def test_bad_flags_give_one_error_line_and_exit_2(argv, field, tmp_path, capsys):
     assert rerun_main([str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
