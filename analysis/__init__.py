@@ -4,6 +4,7 @@ Command line:
 
     python -m analysis.report EXPERIMENT_DIR [EXPERIMENT_DIR ...] --out REPORT_DIR
     python -m analysis.rerun EXPERIMENT_DIR --top 3 --seeds 3      # then re-run the report
+    python -m analysis.rerun EXPERIMENT_DIR --top 1 --final        # the final evaluation (1000 kimg, Inception, 10k)
 
 Notebook:
 
@@ -25,6 +26,7 @@ Notebook:
 
 Modules: `frames` (loading, derived tables), `plots` (one function per figure), `answers` (Q1-Q4 as
 data and text), `fmt` (number formats), `report` (report.md), `rerun` (re-training the best configs
-with other seeds). A plot or answer the data cannot support raises / says `NotEnoughData` with the
+with other seeds; its command line), `final` (the re-runs as one Ray Tune run, protocol-keyed rows),
+`literature` (Lucic et al. 2018's Table 2 and the report's "Against the literature" text). A plot or answer the data cannot support raises / says `NotEnoughData` with the
 reason. FIDs made with different backbones or sample counts are never compared.
 """

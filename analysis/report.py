@@ -91,6 +91,7 @@ class Report:
         self.section_search_plots()
         self.section_answers()
         self.section_reruns()
+        self.section_literature()
         self.section_notes()
         return "\n".join(self.lines).rstrip() + "\n"
 
@@ -330,8 +331,27 @@ class Report:
             self.add("Not enough data: no rerun.parquet (run `python -m analysis.rerun EXPERIMENT_DIR --top K --seeds S`).", "")
             return
         for e, path in found:
-            summary, text = rerun_summary(e.trials, pd.read_parquet(path))
-            self.add(f"### `{e.name}`", "", text, "")
+            runs = pd.read_parquet(path)
+            # rows of different protocols (analysis/final.py's key) are summarised apart, never mixed
+            keys = [c for c in ("fid_backbone", "fid_samples", "max_kimg") if c in runs]
+            groups = list(runs.groupby(keys, dropna=False, sort=False)) if keys else [((), runs)]
+            for key, part in groups:
+                summary, text = rerun_summary(e.trials, part)
+                values = key if isinstance(key, tuple) else (key,)
+                protocol = ", ".join(f"{k} {v}" for k, v in zip(keys, values) if not pd.isna(v))
+                title = f"### `{e.name}`" + (f" ({protocol})" if protocol and len(groups) > 1 else "")
+                self.add(title, "", (f"Protocol: {protocol}." if protocol else "Protocol: each trial's own."), "", text, "")
+
+    def section_literature(self) -> None:
+        from analysis.literature import literature_section
+
+        found = [(e, e.path / "rerun.parquet") for e in self.exps if (e.path / "rerun.parquet").is_file()]
+        self.add("## Against the literature", "")
+        if not found:
+            self.add("Not enough data: no final evaluation (run `python -m analysis.rerun EXPERIMENT_DIR --top 1 --final`).", "")
+            return
+        for e, path in found:
+            self.add(literature_section(e.name, e.trials, pd.read_parquet(path)), "")
 
     def section_notes(self) -> None:
         notes = [n for e in self.exps for n in e.notes]

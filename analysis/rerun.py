@@ -1,6 +1,13 @@
-"""Re-train the best configs of an experiment with other seeds, to see whether the ranking holds.
+"""Re-train the best configs of an experiment with other seeds: the ranking check and the final evaluation.
 
     python -m analysis.rerun EXPERIMENT_DIR --top 3 --seeds 3 [--first-seed 1] [--out DIR]
+    python -m analysis.rerun EXPERIMENT_DIR --top 1 --final      # 1000 kimg, Inception, 10k samples, 3 seeds
+
+The command line runs analysis.final.run_final: the top-K configs x seeds as one Ray Tune run
+(grid, FIFO, checkpoints and retries as a study), continued by the same command after an interrupt;
+--max-kimg, --fid-backbone and --fid-samples override the trials' own values, --final sets the
+literature's protocol. rerun.parquet rows are keyed by (trial_id, seed, fid_backbone, fid_samples,
+max_kimg). See analysis/final.py. The `rerun()` function below is the older in-process loop.
 
 Takes the top-K trials by best FID from EXPERIMENT_DIR/trials.parquet (diverged trials and trials
 without a finite FID are skipped), rebuilds each one's TrainConfig from its row, and trains it at
@@ -47,7 +54,9 @@ def config_of(row: dict[str, Any]):
         if f.name not in row:
             continue
         v = row[f.name]
-        if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:  # a list column (eval_at_kimg) comes back as an array
+            v = tuple(v.tolist())
+        elif hasattr(v, "item") and not isinstance(v, (str, bytes)):
             v = v.item()
         if v is None or (isinstance(v, float) and math.isnan(v)):
             v = None
@@ -167,22 +176,29 @@ def rerun_summary(trials: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFram
     return summary, "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m analysis.rerun", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from analysis import final
+
     p.add_argument("experiment", metavar="EXPERIMENT_DIR")
     p.add_argument("--top", type=int, default=3, help="how many of the best configs to re-train [3]")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per config [3]")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per config [3]")
     p.add_argument("--first-seed", type=int, default=1, help="first seed; seeds are FIRST_SEED .. FIRST_SEED+S-1 [1]")
     p.add_argument("--out", default=None, help="folder for the runs' files [EXPERIMENT_DIR/rerun]")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="override the trials' device")
-    args = p.parse_args(argv)
-    if args.top < 1 or args.seeds < 1:
-        print("error: --top and --seeds must be >= 1", file=sys.stderr)
-        return 2
+    final.add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from analysis import final
+
+    args = build_parser().parse_args(argv)
     try:
-        runs = rerun(args.experiment, args.top, args.seeds, args.first_seed, args.out, args.device)
-    except (FileNotFoundError, ValueError) as err:
+        settings = final.resolve(args)
+        runs = final.run_final(args.experiment, **settings)
+    except (FileNotFoundError, ValueError) as err:  # ConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {Path(args.experiment) / 'rerun.parquet'} ({len(runs)} runs)")

@@ -359,6 +359,13 @@ def test_rerun_retrains_the_top_configs_and_the_report_compares_rankings(env, va
     stats = runs.groupby("trial_id")["fid_best"].agg(["mean", "std"])
     for trial_id, row in stats.iterrows():
         assert f"{fmt.fid(row['mean'])} ± {fmt.fid(row['std'])}" in reruns, trial_id
+    # the final evaluation's rows record their protocol; the literature section refuses to rank them
+    # (domain backbone, 64 samples) and says why
+    assert {"fid_backbone", "fid_samples", "max_kimg", "precision", "config"} <= set(runs.columns)
+    literature = section(report.read_text(), "## Against the literature", "## Notes")
+    assert "Lucic et al. 2018" in literature and "| VAE | 23.80 (std not transcribed) |" in literature
+    assert "not ranked against Table 2: domain features, not Inception" in literature
+    assert "would place" not in literature
 
 
 def test_seeds_of_one_study_are_grouped_and_plotted_as_median_and_range(gan_exp):

@@ -90,6 +90,11 @@ class TrainConfig:
     """Gradient-penalty weight lambda (> 0). wgan-gp only."""
     batch_size: int = 64
     """Images per batch (real batch for D, fake batch for G)."""
+    g_ema: float = 0.0
+    """Decay of an exponential moving average of the generator's weights, in [0, 1): after each G step
+    ema = g_ema * ema + (1 - g_ema) * weights (buffers copied); 0 = off; typical 0.999. When on, every
+    evaluation also reports fid_ema (same backbone, samples and noise) and writes samples/ema_kimg_*.png.
+    GAN only."""
 
     # --- VAE --------------------------------------------------------------------------------
     kl_beta: float = 1.0
@@ -219,6 +224,7 @@ def validate(cfg: TrainConfig) -> None:
     _require(math.isfinite(cfg.lr_d_ratio) and cfg.lr_d_ratio > 0, "lr_d_ratio", "a finite number > 0", cfg.lr_d_ratio)
     _require(cfg.kl_beta >= 0 and math.isfinite(cfg.kl_beta), "kl_beta", "a finite number >= 0", cfg.kl_beta)
     _require(0 <= cfg.dropout < 1, "dropout", "a number in [0, 1)", cfg.dropout)
+    _require(isinstance(cfg.g_ema, (int, float)) and 0 <= cfg.g_ema < 1, "g_ema", "a number in [0, 1) (0 = off)", cfg.g_ema)
     if cfg.gpu_memory_fraction is not None:
         _require(0 < cfg.gpu_memory_fraction <= 1, "gpu_memory_fraction", "a number in (0, 1]", cfg.gpu_memory_fraction)
 
@@ -240,6 +246,7 @@ def validate(cfg: TrainConfig) -> None:
             _require(value is None, name, f"only with family=gan (family is {cfg.family})", value)
         _require(cfg.lr_d_ratio == 1.0, "lr_d_ratio", f"only with family=gan (family is {cfg.family})", cfg.lr_d_ratio)
         _require(cfg.d_norm == "none", "d_norm", f"only with family=gan (family is {cfg.family})", cfg.d_norm)
+        _require(cfg.g_ema == 0, "g_ema", f"0 (off) unless family=gan (family is {cfg.family})", cfg.g_ema)
 
 
 # ------------------------------------------------------------------------------------------

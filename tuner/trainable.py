@@ -19,6 +19,7 @@ study treats it as a finished, failed trial instead of retrying it.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -110,11 +111,18 @@ class Trial:
         return autocast(self.device.type, self.precision)
 
 
+EMA_NET = "G_ema"  # the generator's exponential moving average, a net of its own (no optimiser)
+
+
 def build_trial(cfg: TrainConfig, device: torch.device) -> Trial:
     torch.manual_seed(cfg.seed)
     if cfg.family == "gan":
         g, d = build_model(cfg)
         nets = {"G": g.to(device), "D": d.to(device)}
+        if cfg.g_ema > 0:
+            # A plain copy of G (no RNG is drawn, so g_ema=0 and g_ema>0 runs train identically). It is
+            # saved and restored with the other nets, so a resumed run continues the same average.
+            nets[EMA_NET] = copy.deepcopy(nets["G"]).requires_grad_(False)
         opts = {"G": make_optimizer(cfg, nets["G"].parameters()),
                 "D": make_optimizer(cfg, nets["D"].parameters(), lr=cfg.lr * cfg.lr_d_ratio)}
     else:
@@ -232,12 +240,30 @@ def gan_step(trial: Trial, images: torch.Tensor | None,
     trial.opts["G"].zero_grad(set_to_none=True)
     loss_g.backward()
     trial.opts["G"].step()
+    if cfg.g_ema > 0:
+        update_ema(trial.nets[EMA_NET], g, cfg.g_ema)
     return {
         "loss_d": loss_d.detach(),
         "loss_g": loss_g.detach(),
         "d_real": real_scores.detach().mean(),
         "d_fake": fake_scores.detach().mean(),
     }
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * net for parameters (lerp_, in place); buffers (BatchNorm
+    statistics) copied.
+
+    Hand-written rather than torch.optim.swa_utils.AveragedModel: the average is a plain module of
+    G's own class, so its state_dict has G's keys (no `module.` prefix, no n_averaged counter), loads
+    into a bare generator, and goes into the checkpoint like every other net. AveragedModel's EMA
+    also starts from the first update it sees, while this one starts from G's initial weights, the
+    closed form ema_1 = d * G_0 + (1 - d) * G_1 that the tests check."""
+    for p_ema, p in zip(ema.parameters(), net.parameters()):
+        p_ema.lerp_(p.detach(), 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b)
 
 
 def autoencoder_step(trial: Trial, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -260,19 +286,19 @@ def autoencoder_step(trial: Trial, images: torch.Tensor) -> dict[str, torch.Tens
 
 
 @torch.no_grad()
-def generate(trial: Trial, n: int, generator: torch.Generator) -> torch.Tensor:
+def generate(trial: Trial, n: int, generator: torch.Generator, net: str = "G") -> torch.Tensor:
     """n samples as uint8 (n, 28, 28): G(z) for GANs, sigmoid(decode(z)), z ~ N(0, I), for VAEs/AEs."""
     out = []
     per_pass = FORWARD_CHUNK if trial.device.type == "cpu" else EVAL_CHUNK  # a GPU wants the big batch
     for start in range(0, n, EVAL_CHUNK):
         z = torch.randn(min(EVAL_CHUNK, n - start), trial.cfg.z_dim, generator=generator, device=trial.device)
-        out.extend(decode(trial, part) for part in z.split(per_pass))
+        out.extend(decode(trial, part, net) for part in z.split(per_pass))
     return torch.cat(out)
 
 
-def decode(trial: Trial, z: torch.Tensor) -> torch.Tensor:
+def decode(trial: Trial, z: torch.Tensor, net: str = "G") -> torch.Tensor:
     if trial.cfg.family == "gan":
-        return to_uint8(trial.nets["G"](z), "tanh")
+        return to_uint8(trial.nets[net](z), "tanh")
     return to_uint8(torch.sigmoid(trial.nets["model"].decode(z)), "unit")
 
 
@@ -328,6 +354,12 @@ def evaluate(trial: Trial, out_dir: Path, tag: str) -> dict[str, Any]:
         }
         metrics.update(diversity_metrics(probabilities))
         save_grid(decode(trial, trial.fixed_noise), out_dir / "samples" / f"kimg_{tag}.png")
+        if EMA_NET in trial.nets:  # the EMA generator, scored on the same noise, backbone and samples
+            ema_gen = torch.Generator(device=trial.device).manual_seed(cfg.seed + 2)
+            ema_samples = generate(trial, cfg.fid_samples, ema_gen, EMA_NET)
+            metrics["fid_ema"] = fid_of_features(backbone.features(ema_samples), cfg.dataset, backbone,
+                                                 n_real=cfg.fid_samples, mirror=mirror, cache_dir=cfg.cache_dir)
+            save_grid(decode(trial, trial.fixed_noise, EMA_NET), out_dir / "samples" / f"ema_kimg_{tag}.png")
         if cfg.family != "gan":
             metrics.update(heldout_vae_terms(trial))
             save_autoencoder_images(trial, out_dir / "samples", tag)

@@ -1,0 +1,323 @@
+"""The final evaluation: the top configs of a study retrained with new seeds, as one Ray Tune run.
+
+    python -m analysis.rerun EXPERIMENT_DIR --top 1 --final            # the literature's protocol
+    python -m analysis.rerun EXPERIMENT_DIR --top 3 --seeds 3 --max-kimg 64 --fid-backbone domain
+
+The cells (top-K configs x seeds) are a `tune.grid_search` under a FIFO scheduler: every cell trains
+its full budget, nothing is stopped early. Trials run through tuner.search's own trainable
+(run_trial): the same resource flags, checkpoints at each evaluation, retries from the last
+checkpoint when a worker dies (FailureConfig(max_failures)). The run is a Tune experiment of its
+own under OUT (default EXPERIMENT_DIR/rerun/final-<protocol>-<plan hash>): the same command after an
+interrupt restores it (Tuner.restore) and continues; cells already in EXPERIMENT_DIR/rerun.parquet are
+not run again.
+
+Each finished cell becomes one row of rerun.parquet keyed by (trial_id, seed, fid_backbone,
+fid_samples, max_kimg): the protocol is part of the key, so runs under different protocols never
+mix. The file is rewritten atomically and only ever gains or updates rows. The FID reported as the
+result is the one of the LAST checkpoint (`fid_final`, and `fid_ema_final` for the generator's EMA);
+`fid_best` (the best evaluation, chosen on the test images) is kept for reference only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuner.config import ConfigError, TrainConfig
+
+# python -m analysis.rerun --final: the protocol of Lucic et al. 2018 (10k generated vs 10k test
+# images, Inception features), at 1000 kimg (~15.6k steps at batch 64), 3 seeds.
+FINAL_PROTOCOL = {"max_kimg": 1000.0, "fid_backbone": "inception", "fid_samples": 10000, "seeds": 3}
+KEY = ["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg"]
+COLUMNS = KEY + ["fid_final", "fid_best", "fid_ema_final", "fid_ema_best", "g_ema", "kimg", "wall_time_s", "diverged",
+                 "precision", "dataset", "family", "loss", "scored_checkpoint", "config", "finished_at"]
+# set per run, not per config: these come from the run's own base config (tuner.search.resolve_gpus)
+RUNTIME_FIELDS = ("device", "gpu_memory_fraction", "cache_dir", "data_mirror")
+EVALS_PER_RUN = 4  # default evaluations (= checkpoints) per run: at every quarter of the budget
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """What a final-evaluation row is measured with; rows of different protocols are never mixed."""
+
+    max_kimg: float | None = None  # None: each trial's own value
+    fid_backbone: str | None = None
+    fid_samples: int | None = None
+    eval_every_kimg: float | None = None  # None: max_kimg / EVALS_PER_RUN
+    g_ema: float | None = None  # None: each trial's own; GAN trials only (the EMA draws no RNG: G trains the same)
+
+    def __post_init__(self) -> None:
+        from tuner.config import BACKBONES
+
+        if self.max_kimg is not None and not (math.isfinite(self.max_kimg) and self.max_kimg > 0):
+            raise ConfigError(f"invalid max_kimg={self.max_kimg!r}: allowed a finite number > 0")
+        if self.fid_backbone is not None and self.fid_backbone not in BACKBONES:
+            raise ConfigError(f"invalid fid_backbone={self.fid_backbone!r}: allowed one of {', '.join(BACKBONES)}")
+        if self.fid_samples is not None and self.fid_samples < 2:
+            raise ConfigError(f"invalid fid_samples={self.fid_samples!r}: allowed an integer >= 2")
+        if self.g_ema is not None and not 0 <= self.g_ema < 1:
+            raise ConfigError(f"invalid g_ema={self.g_ema!r}: allowed a number in [0, 1) (0 = off)")
+        if self.eval_every_kimg is not None and not self.eval_every_kimg >= 0:
+            raise ConfigError(f"invalid eval_every_kimg={self.eval_every_kimg!r}: allowed a number >= 0")
+
+    def apply(self, cfg: TrainConfig, seed: int) -> TrainConfig:
+        """The trial's config under this protocol: new seed, budget, metric; evaluations spread evenly
+        over the budget (the study's ASHA rungs dropped)."""
+        max_kimg = self.max_kimg if self.max_kimg is not None else cfg.max_kimg
+        every = self.eval_every_kimg if self.eval_every_kimg is not None else max_kimg / EVALS_PER_RUN
+        if self.g_ema is not None and cfg.family == "gan":
+            cfg = cfg.replace(g_ema=self.g_ema)
+        return cfg.replace(seed=seed, max_kimg=max_kimg, eval_every_kimg=min(every, max_kimg), eval_at_kimg=(),
+                           fid_backbone=self.fid_backbone or cfg.fid_backbone,
+                           fid_samples=self.fid_samples or cfg.fid_samples)
+
+
+def plan(trials: pd.DataFrame, top: int, seeds: int, first_seed: int, protocol: Protocol) -> list[dict[str, Any]]:
+    """The cells: [{trial_id, seed, config (TrainConfig)}], best config first."""
+    from analysis.rerun import config_of, top_trials
+
+    best = top_trials(trials, top)
+    if best.empty:
+        raise ValueError("the study has no trial with a finite FID to re-run")
+    cells = []
+    for row in best.to_dict("records"):
+        cfg = config_of(row)
+        for seed in range(first_seed, first_seed + seeds):
+            cells.append({"trial_id": str(row["trial_id"]), "seed": seed, "config": protocol.apply(cfg, seed).resolved()})
+    return cells
+
+
+def cell_params(cfg: TrainConfig) -> dict[str, Any]:
+    """A cell of the grid: every TrainConfig field except the per-run ones (device, caches)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    return (str(row["trial_id"]), int(row["seed"]), str(row["fid_backbone"]), int(row["fid_samples"]), float(row["max_kimg"]))
+
+
+def cell_key(cell: dict[str, Any]) -> tuple:
+    cfg = cell["config"]
+    return (cell["trial_id"], cell["seed"], cfg.fid_backbone, cfg.fid_samples, float(cfg.max_kimg))
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """rerun.parquet, with the protocol columns (rows written before they existed get the study's values
+    left empty: they never match a key, so they are not taken for a run of any protocol)."""
+    if not path.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    rows = pd.read_parquet(path)
+    for col in COLUMNS:
+        if col not in rows:
+            rows[col] = None
+    return rows
+
+
+def done_keys(rows: pd.DataFrame) -> dict[tuple, float]:
+    """{key: g_ema of its row} of the rows that record their protocol."""
+    keys = {}
+    for r in rows.to_dict("records"):
+        try:
+            keys[row_key(r)] = float(r.get("g_ema") or 0.0)
+        except (TypeError, ValueError):  # an old row without its protocol
+            continue
+    return keys
+
+
+def is_done(cell: dict[str, Any], done: dict[tuple, float]) -> bool:
+    """In rerun.parquet under the same key, with the EMA this cell asks for (if any)."""
+    key = cell_key(cell)
+    return key in done and (cell["config"].g_ema == 0 or done[key] == cell["config"].g_ema)
+
+
+def merge_rows(path: Path, new: list[dict[str, Any]]) -> pd.DataFrame:
+    """Add (or update, by key) rows and write the file atomically; it never loses a row."""
+    old = read_rows(path)
+    if not new:
+        return old
+    frame = pd.DataFrame(new)
+    keys = {row_key(r) for r in new}
+    keep = [i for i, r in enumerate(old.to_dict("records")) if not _matches(r, keys)]
+    merged = pd.concat([old.iloc[keep], frame], ignore_index=True) if len(keep) else frame
+    columns = COLUMNS + [c for c in merged.columns if c not in COLUMNS]
+    merged = merged.reindex(columns=columns)
+    assert len(merged) >= len(old), "rerun.parquet would shrink"
+    tmp = path.with_name(path.name + ".tmp")
+    merged.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return merged
+
+
+def _matches(row: dict[str, Any], keys: set[tuple]) -> bool:
+    try:
+        return row_key(row) in keys
+    except (TypeError, ValueError):
+        return False
+
+
+def experiment_name(cells: list[dict[str, Any]]) -> str:
+    """final-<backbone>-n<samples>-<kimg>kimg-<hash of the planned cells>: the same command maps to the
+    same Tune experiment (and is restored), another plan to another one."""
+    cfg = cells[0]["config"]
+    digest = hashlib.sha1(json.dumps([[c["trial_id"], c["seed"], cell_params(c["config"])] for c in cells],
+                                     sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"final-{cfg.fid_backbone}-n{cfg.fid_samples}-{cfg.max_kimg:g}kimg-{digest}"
+
+
+def row_of(cell: dict[str, Any], metrics: pd.DataFrame) -> dict[str, Any] | None:
+    """The rerun.parquet row of a finished cell (None when it did not reach its budget)."""
+    cfg: TrainConfig = cell["config"]
+    if metrics is None or metrics.empty or "fid" not in metrics:
+        return None
+    metrics = metrics.sort_values("kimg", kind="stable") if "kimg" in metrics else metrics
+    last = metrics.iloc[-1].to_dict()
+    diverged = bool(last.get("diverged") is True or last.get("diverged") == 1.0)
+    if not diverged and float(last.get("kimg", 0)) < cfg.max_kimg - 1e-9:
+        return None
+
+    def finite(col: str) -> list[float]:
+        if col not in metrics:
+            return []
+        values = pd.to_numeric(metrics[col], errors="coerce")
+        return [float(v) for v in values if math.isfinite(v)]
+
+    fids, emas = finite("fid"), finite("fid_ema")
+    precision = metrics["precision"].dropna().iloc[-1] if "precision" in metrics and metrics["precision"].notna().any() else None
+    return {
+        "trial_id": cell["trial_id"], "seed": cell["seed"], "fid_backbone": cfg.fid_backbone,
+        "fid_samples": cfg.fid_samples, "max_kimg": float(cfg.max_kimg),
+        # the last checkpoint's FID is the result; the best is picked on the test set, reference only
+        "fid_final": float("inf") if diverged else (fids[-1] if fids else math.nan),
+        "fid_best": min(fids) if fids else math.nan,
+        "fid_ema_final": (float("inf") if diverged else emas[-1]) if emas else math.nan,
+        "fid_ema_best": min(emas) if emas else math.nan,
+        "g_ema": float(cfg.g_ema), "kimg": float(last.get("kimg", math.nan)),
+        "wall_time_s": float(last.get("time_s", math.nan)), "diverged": diverged, "precision": precision,
+        "dataset": cfg.dataset, "family": cfg.family, "loss": cfg.loss, "scored_checkpoint": "last",
+        "config": json.dumps(cfg.to_dict(), default=list), "finished_at": time.time(),
+    }
+
+
+def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, protocol: Protocol = Protocol(),
+              out: str | Path | None = None, device: str | None = None, cpus_per_trial: float = 1.0,
+              gpus_per_trial: float | None = None, address: str | None = None, max_failures: int = 3,
+              max_concurrent: int = 0, log=print) -> pd.DataFrame:
+    """Plan the cells, skip the done ones, run (or continue) the Tune experiment, merge its rows."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tuner.metrics_cache import prepare_assets
+    from tuner.search import SearchConfig, init_ray, is_experiment, make_trainable, resolve_gpus
+
+    exp_dir = Path(exp_dir).expanduser().resolve()
+    trials_file = exp_dir / "trials.parquet"
+    if not trials_file.is_file():
+        raise FileNotFoundError(f"{trials_file} does not exist: run the study (or `python -m tuner.exports {exp_dir}`) first")
+    target = exp_dir / "rerun.parquet"
+    storage = Path(out).expanduser().resolve() if out else exp_dir / "rerun"
+    cells = plan(pd.read_parquet(trials_file), top, seeds, first_seed, protocol)
+    if device:
+        cells = [{**c, "config": c["config"].replace(device=device)} for c in cells]
+    name = experiment_name(cells)
+    done = done_keys(read_rows(target))
+    todo = [c for c in cells if not is_done(c, done)]
+    log(f"final evaluation {name}: {len(cells)} runs planned, {len(cells) - len(todo)} already in {target.name}")
+    if not todo:
+        return read_rows(target)
+
+    base = todo[0]["config"]
+    search = SearchConfig(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
+                          max_failures=max_failures, max_concurrent=max_concurrent, storage_path=str(storage), name=name)
+    assets = prepare_assets(base)  # real statistics of the protocol (cached per dataset, split, backbone, n)
+    init_ray(search)
+    search, base = resolve_gpus(search, base)
+    trainable = make_trainable(search, base, assets)
+    path = str(storage / name)
+    if is_experiment(path):
+        log(f"continuing the interrupted run {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        run_config = tune.RunConfig(
+            name=name, storage_path=str(storage), failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # the last two: run_trial falls back to the older
+            sync_config=tune.SyncConfig(sync_artifacts=True), verbose=1)
+        tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1,
+                                      max_concurrent_trials=search.max_concurrent or None, reuse_actors=False)
+        space = {"cell": tune.grid_search([cell_params(c["config"]) for c in todo])}
+        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+    grid = tuner.fit()
+
+    by_params = {json.dumps(cell_params(c["config"]), sort_keys=True, default=str): c for c in cells}
+    rows, missing = [], 0
+    for result in grid:
+        cell = by_params.get(json.dumps(result.config.get("cell"), sort_keys=True, default=str))
+        row = row_of(cell, result.metrics_dataframe) if cell is not None and result.error is None else None
+        if row is None:
+            missing += 1
+            continue
+        rows.append(row)
+        ema = f", EMA {row['fid_ema_final']:.2f}" if math.isfinite(row["fid_ema_final"]) else ""
+        log(f"  {row['trial_id']} seed {row['seed']}: FID {row['fid_final']:.2f} (last checkpoint{ema})")
+    merged = merge_rows(target, rows)
+    if missing:
+        log(f"{missing} run(s) did not finish: run the same command again to continue them")
+    return merged
+
+
+# ------------------------------------------------------------------------------------------
+# command line (python -m analysis.rerun): the flags, and --final's expansion
+
+
+def add_arguments(p) -> None:
+    """The final evaluation's flags (analysis/rerun.py's parser gains these)."""
+    import argparse
+
+    from tuner.config import BACKBONES
+
+    g = p.add_argument_group("protocol (default: each trial's own values)")
+    g.add_argument("--final", action="store_true",
+                   help="the literature's protocol: --max-kimg 1000 --fid-backbone inception --fid-samples 10000 "
+                        "--seeds 3 (flags given alongside override it)")
+    g.add_argument("--max-kimg", type=float, default=None, help="training budget of every run, in kimg")
+    g.add_argument("--fid-backbone", default=None, choices=BACKBONES, help="FID feature network")
+    g.add_argument("--fid-samples", type=int, default=None, help="generated samples per FID (vs as many test images)")
+    g.add_argument("--g-ema", type=float, default=None,
+                   help="score an EMA of the generator too, with this decay (GAN runs; e.g. 0.999) [each trial's own]")
+    g.add_argument("--eval-every-kimg", type=float, default=None,
+                   help=f"evaluate and checkpoint every this many kimg [max_kimg / {EVALS_PER_RUN}]; the last is scored")
+    r = p.add_argument_group("resources (as tuner/search.py)")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per run [1]")
+    r.add_argument("--gpus-per-trial", type=float, default=None, help="GPU share per run [1 if there is a GPU, else 0]")
+    r.add_argument("--address", default=None, help="Ray cluster to join ('auto' on a head node) [a local Ray]")
+    r.add_argument("--max-failures", type=int, default=3, help="retries of a run from its last checkpoint [3]")
+    r.add_argument("--max-concurrent", type=int, default=0, help="runs at once (0 = as resources allow) [0]")
+    del argparse
+
+
+def resolve(args) -> dict[str, Any]:
+    """Namespace -> the run's settings, --final expanded (explicit flags win). Raises ConfigError."""
+    given = {k: getattr(args, k) for k in ("max_kimg", "fid_backbone", "fid_samples", "seeds") if getattr(args, k) is not None}
+    values = {**(FINAL_PROTOCOL if args.final else {}), **given}
+    seeds = values.get("seeds", 3)
+    if args.top < 1:
+        raise ConfigError(f"invalid top={args.top!r}: allowed an integer >= 1")
+    if seeds < 1:
+        raise ConfigError(f"invalid seeds={seeds!r}: allowed an integer >= 1")
+    if args.cpus_per_trial <= 0:
+        raise ConfigError(f"invalid cpus_per_trial={args.cpus_per_trial!r}: allowed a number > 0")
+    if args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial <= 1:
+        raise ConfigError(f"invalid gpus_per_trial={args.gpus_per_trial!r}: allowed a fraction in [0, 1]")
+    if args.max_failures < 0 or args.max_concurrent < 0:
+        raise ConfigError("invalid max_failures/max_concurrent: allowed integers >= 0")
+    protocol = Protocol(max_kimg=values.get("max_kimg"), fid_backbone=values.get("fid_backbone"),
+                        fid_samples=values.get("fid_samples"), eval_every_kimg=args.eval_every_kimg, g_ema=args.g_ema)
+    return {"top": args.top, "seeds": seeds, "first_seed": args.first_seed, "protocol": protocol, "out": args.out,
+            "device": args.device, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "address": args.address, "max_failures": args.max_failures, "max_concurrent": args.max_concurrent}

@@ -1,0 +1,80 @@
+"""The final evaluation of a study's winner, as a result file.
+
+    python benchmarks/final_eval.py EXPERIMENT_DIR [--cpus-per-trial N --gpus-per-trial F --address A]
+    python benchmarks/final_eval.py EXPERIMENT_DIR --smoke      # tiny sizes: 0.25 kimg, domain FID, 64 samples, 2 seeds
+
+Runs `python -m analysis.rerun EXPERIMENT_DIR --top 1 --final` (1000 kimg, Inception FID of 10000
+samples vs 10000 test images, 3 seeds; the same command continues an interrupted run), then writes
+benchmarks/results/final-eval.json (with --smoke: final-eval-smoke.json, never the real file):
+{dataset, fid_backbone, fid_samples, max_kimg, precision, seeds, fids (one per seed, in seed
+order, each the LAST checkpoint's FID), fids_ema (when the config has g_ema > 0), config, trial_id,
+experiment}. Extra flags are passed to analysis.rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SMOKE_FLAGS = ["--max-kimg", "0.25", "--fid-backbone", "domain", "--fid-samples", "64", "--seeds", "2"]
+
+
+def result(exp: Path) -> dict:
+    """The winner's rows of the protocol just run, as the result file's dict."""
+    import pandas as pd
+
+    from analysis.rerun import top_trials
+
+    best = top_trials(pd.read_parquet(exp / "trials.parquet"), 1)["trial_id"].iloc[0]
+    rows = pd.read_parquet(exp / "rerun.parquet")
+    rows = rows[rows["trial_id"] == best]
+    latest = rows.sort_values("finished_at").iloc[-1]  # the protocol of the run just made
+    same = rows[(rows["fid_backbone"] == latest["fid_backbone"]) & (rows["fid_samples"] == latest["fid_samples"])
+                & (rows["max_kimg"] == latest["max_kimg"])].sort_values("seed")
+    out = {
+        "experiment": str(exp), "trial_id": str(best), "dataset": str(latest["dataset"]),
+        "fid_backbone": str(latest["fid_backbone"]), "fid_samples": int(latest["fid_samples"]),
+        "max_kimg": float(latest["max_kimg"]), "precision": sorted({str(p) for p in same["precision"].dropna()}),
+        "seeds": [int(s) for s in same["seed"]], "fids": [float(f) for f in same["fid_final"]],
+        "scored_checkpoint": "last", "config": json.loads(latest["config"]),
+    }
+    if float(latest.get("g_ema") or 0) > 0:
+        out["fids_ema"] = [float(f) for f in same["fid_ema_final"]]
+    out["precision"] = out["precision"][0] if len(out["precision"]) == 1 else out["precision"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes; writes final-eval-smoke.json")
+    p.add_argument("--json", default=None, help="result file [benchmarks/results/final-eval(-smoke).json]")
+    args, extra = p.parse_known_args(argv)
+    exp = Path(args.experiment).expanduser().resolve()
+    command = [sys.executable, "-m", "analysis.rerun", str(exp), "--top", "1", "--final",
+               *(SMOKE_FLAGS if args.smoke else []), *extra]
+    print("$", " ".join(command[1:]), flush=True)
+    rc = subprocess.call(command, cwd=ROOT)
+    if rc != 0:
+        return rc
+    out = result(exp)
+    path = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / ("final-eval-smoke.json" if args.smoke else "final-eval.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2, allow_nan=True) + "\n")
+    tmp.replace(path)
+    fids = ", ".join(f"{f:.2f}" if math.isfinite(f) else str(f) for f in out["fids"])
+    print(f"wrote {path}: FID {fids} ({out['fid_backbone']}, {out['fid_samples']} samples, {out['max_kimg']:g} kimg)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The final evaluation (python -m analysis.rerun, analysis/final.py): flags, --final, a Ray Tune
+run that a SIGKILL interrupts and the same command continues, protocol-keyed rows, skipping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.final import FINAL_PROTOCOL, Protocol, merge_rows, resolve
+from analysis.rerun import build_parser
+from analysis.rerun import main as rerun_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def settings(*argv: str) -> dict:
+    return resolve(build_parser().parse_args(["EXP", *argv]))
+
+
+def test_final_expands_to_the_literature_protocol_and_explicit_flags_win():
+    s = settings("--top", "1", "--final")
+    assert s["protocol"] == Protocol(max_kimg=1000.0, fid_backbone="inception", fid_samples=10000)
+    assert s["seeds"] == 3 == FINAL_PROTOCOL["seeds"] and s["top"] == 1
+    s = settings("--final", "--seeds", "5", "--fid-samples", "200", "--max-kimg", "2")
+    assert s["protocol"] == Protocol(max_kimg=2.0, fid_backbone="inception", fid_samples=200) and s["seeds"] == 5
+    s = settings()  # without --final: the trials' own values, 3 seeds
+    assert s["protocol"] == Protocol() and s["seeds"] == 3
+    s = settings("--final", "--g-ema", "0.999")
+    assert s["protocol"] == Protocol(max_kimg=1000.0, fid_backbone="inception", fid_samples=10000, g_ema=0.999)
+
+
+def test_protocol_applies_to_a_config_and_asks_again_for_a_missing_ema():
+    from analysis.final import cell_key, done_keys, is_done
+    from tuner.config import TrainConfig
+
+    cfg = TrainConfig(dataset="mnist", loss="wgan", max_kimg=64, eval_at_kimg=(8.0, 24.0), fid_samples=1000)
+    out = Protocol(max_kimg=1000.0, fid_backbone="inception", fid_samples=10000, g_ema=0.999).apply(cfg, 5)
+    assert (out.seed, out.max_kimg, out.fid_backbone, out.fid_samples, out.g_ema) == (5, 1000.0, "inception", 10000, 0.999)
+    assert out.eval_at_kimg == () and out.eval_every_kimg == 250.0  # the study's rungs dropped; 4 evaluations
+    assert out.loss == "wgan" and out.lr == cfg.lr
+    vae = Protocol(g_ema=0.999).apply(TrainConfig(dataset="mnist", family="vae"), 1)
+    assert vae.g_ema == 0.0  # GAN only
+    cell = {"trial_id": "a", "seed": 5, "config": out}
+    row = dict(zip(["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg"], cell_key(cell)))
+    assert not is_done(cell, done_keys(pd.DataFrame([{**row, "g_ema": 0.0}])))  # done without EMA: run again
+    assert is_done(cell, done_keys(pd.DataFrame([{**row, "g_ema": 0.999}])))
+    assert is_done({**cell, "config": out.replace(g_ema=0.0)}, done_keys(pd.DataFrame([{**row, "g_ema": 0.999}])))
+
+
+@pytest.mark.parametrize("argv, field", [(["--max-kimg", "0"], "max_kimg"), (["--seeds", "0"], "seeds"),
+                                         (["--fid-samples", "1"], "fid_samples"), (["--top", "0"], "top"),
+                                         (["--gpus-per-trial", "2"], "gpus_per_trial"),
+                                         (["--g-ema", "1"], "g_ema")])
+def test_bad_flags_give_one_error_line_and_exit_2(argv, field, tmp_path, capsys):
+    assert rerun_main([str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and field in err[0]
+
+
+def test_rows_merge_by_protocol_key_and_never_shrink(tmp_path):
+    path = tmp_path / "rerun.parquet"
+    row = dict(trial_id="a", seed=1, fid_backbone="domain", fid_samples=64, max_kimg=0.5, fid_final=10.0)
+    merge_rows(path, [row, {**row, "seed": 2}])
+    merge_rows(path, [{**row, "fid_samples": 128, "fid_final": 9.0}])  # another protocol: a new row
+    merge_rows(path, [{**row, "fid_final": 8.0}])  # the same key: updated in place
+    rows = pd.read_parquet(path)
+    assert len(rows) == 3
+    assert sorted(rows["fid_final"]) == [8.0, 9.0, 10.0]
+
+
+class Proc:
+    """A gentune command in its own session with its own Ray temp dir (as tests/test_faults.py)."""
+
+    def __init__(self, argv: list[str], log: Path):
+        self.ray_tmp = tempfile.mkdtemp(prefix="gtf", dir="/tmp")
+        env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=self.ray_tmp, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=str(REPO))
+        self.log = log
+        with open(log, "w") as fh:
+            self.proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=fh,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        from test_faults import processes_under
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        for pid in processes_under(Path(self.ray_tmp)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"timed out; log:\n{self.log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_mnist, tmp_path):
+    from test_faults import wait_for
+
+    store = tmp_path / "store"
+    study = Proc(["tuner/search.py", "--storage-path", str(store), "--name", "s", "--dataset", "mnist",
+                  "--family", "gan", "--losses", "hinge", "--num-samples", "2", "--max-kimg", "0.25",
+                  "--grace-kimg", "0.25", "--fid-samples", "64", "--train-limit", "256", "--cpus-per-trial", "1",
+                  "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--g-ema", "0.9"], tmp_path / "study.log")
+    assert study.wait(300) == 0, study.log.read_text()[-3000:]
+    exp = store / "s"
+    argv = ["-m", "analysis.rerun", str(exp), "--top", "1", "--seeds", "2", "--first-seed", "7", "--max-kimg", "0.5",
+            "--fid-backbone", "domain", "--fid-samples", "48", "--eval-every-kimg", "0.125", "--max-concurrent", "1",
+            "--cpus-per-trial", "1"]
+    first = Proc(argv, tmp_path / "first.log")
+    try:
+        ckpt = wait_for(lambda: list((exp / "rerun").glob("final-*/*/checkpoint_000000")), 240,
+                        "the first checkpoint", first.proc)
+    finally:
+        first.kill()
+    assert not (exp / "rerun.parquet").exists()
+    tune_dir = ckpt[0].parent.parent
+    assert tune_dir.name.startswith("final-domain-n48-0.5kimg-")
+
+    second = Proc(argv, tmp_path / "second.log")
+    assert second.wait(300) == 0, second.log.read_text()[-3000:]
+    log = second.log.read_text()
+    assert "continuing the interrupted run" in log and str(tune_dir) in log
+    assert [p.name for p in (exp / "rerun").iterdir()] == [tune_dir.name]  # one Tune experiment, restored
+    rows = pd.read_parquet(exp / "rerun.parquet")
+    trials = pd.read_parquet(exp / "trials.parquet")
+    best = trials.sort_values("fid_best")["trial_id"].iloc[0]
+    assert sorted(rows["seed"]) == [7, 8] and set(rows["trial_id"]) == {best}
+    assert (rows["fid_backbone"] == "domain").all() and (rows["fid_samples"] == 48).all()
+    assert (rows["max_kimg"] == 0.5).all() and (rows["kimg"] >= 0.5).all()
+    assert rows["precision"].isin(["fp32", "bf16"]).all() and (rows["scored_checkpoint"] == "last").all()
+    assert (rows["fid_final"] > 0).all() and (rows["fid_ema_final"] > 0).all()  # the study's g_ema carried over
+    assert rows["fid_final"].nunique() == 2  # two seeds, two runs
+    assert all('"g_ema": 0.9' in c and '"max_kimg": 0.5' in c for c in rows["config"])
+
+    third = Proc(argv, tmp_path / "third.log")  # everything done: nothing runs, nothing changes
+    assert third.wait(120) == 0
+    assert "2 runs planned, 2 already in rerun.parquet" in third.log.read_text()
+    assert not list(Path(third.ray_tmp).glob("ray/session_2*"))  # no Ray started
+    pd.testing.assert_frame_equal(pd.read_parquet(exp / "rerun.parquet"), rows)
+
+    # benchmarks/final_eval.py's result file, from these rows (the winner's, in seed order)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from final_eval import result
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    out = result(exp)
+    assert {k: out[k] for k in ("dataset", "fid_backbone", "fid_samples", "max_kimg", "seeds")} == {
+        "dataset": "mnist", "fid_backbone": "domain", "fid_samples": 48, "max_kimg": 0.5, "seeds": [7, 8]}
+    by_seed = rows.set_index("seed")
+    assert out["fids"] == [by_seed.loc[7, "fid_final"], by_seed.loc[8, "fid_final"]]
+    assert out["fids_ema"] == [by_seed.loc[7, "fid_ema_final"], by_seed.loc[8, "fid_ema_final"]]
+    assert out["precision"] in ("fp32", "bf16") and out["config"]["g_ema"] == 0.9
+
+
+def test_literature_section_shows_both_tables_and_ranks_only_comparable_rows():
+    from analysis.literature import TABLE2, literature_section
+
+    trials = pd.DataFrame({"trial_id": ["a", "b"], "label": ["wgan-gp z64 #1", "hinge z32 #2"]})
+    base = dict(dataset="fashion-mnist", family="gan", precision="fp32", max_kimg=1000.0)
+    runs = pd.DataFrame([
+        {**base, "trial_id": "a", "seed": s, "loss": "wgan-gp", "fid_backbone": "inception", "fid_samples": 10000,
+         "fid_final": f, "fid_ema_final": f - 1} for s, f in ((1, 20.0), (2, 22.0), (3, 24.0))] + [
+        {**base, "trial_id": "a", "seed": 1, "loss": "wgan-gp", "fid_backbone": "domain", "fid_samples": 2000,
+         "fid_final": 3.0, "fid_ema_final": None},
+        {**base, "trial_id": "b", "seed": 1, "loss": "hinge", "fid_backbone": "inception", "fid_samples": 10000,
+         "fid_final": 25.0, "fid_ema_final": None}])
+    text = literature_section("exp", trials, runs)
+    assert "22.00 ± 2.00" in text and "21.00 ± 2.00" in text  # G and its EMA, mean ± std over seeds 1, 2, 3
+    assert "1, 2, 3" in text
+    for model, (mean, std) in TABLE2["fashion-mnist"].items():
+        assert f"| {model} | {mean:.2f} ± {std:.2f} |" in text
+    assert "Lucic et al. 2018" in text and "10000 generated samples vs 10,000 test images" in text
+    placements = text.split("Placement:", 1)[1]
+    assert "wgan-gp z64 #1: FID 22.00 would place 2 of 9" in placements  # only WGAN (21.5) is lower
+    assert "(domain, 2000 samples): not ranked against Table 2: domain features, not Inception" in placements
+    assert "2000 samples, not 10000" in placements
+    assert "hinge z32 #2 (inception, 10000 samples): not ranked" in placements and "hinge" in placements
+    assert "LAST checkpoint" in text
+
+
+@pytest.mark.slow
+def test_inception_metric_runs_in_fp32_under_bf16_training_and_its_statistics_are_cached(idx_mnist, tmp_path,
+                                                                                         monkeypatch):
+    """The final evaluation's metric on a tiny scale (50 samples): Inception features are computed
+    outside autocast in fp32 while training runs in bf16, the row records bf16, and the test images'
+    Inception statistics are computed once, then read from the cache."""
+    import torch
+
+    from tuner import backbones, fid
+    from tuner.config import TrainConfig
+    from tuner.trainable import train
+
+    calls = []
+    forward = backbones.InceptionBackbone._forward
+
+    def spy(self, images):
+        out = forward(self, images)
+        calls.append((torch.is_autocast_enabled("cpu"), out.dtype, len(images)))
+        return out
+
+    monkeypatch.setattr(backbones.InceptionBackbone, "_forward", spy)
+    cfg = TrainConfig(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, seed=1, loss="hinge",
+                      fid_backbone="inception", fid_samples=50, max_kimg=0.064, eval_every_kimg=0.064,
+                      precision="bf16", g_ema=0.9)
+    (record,) = train(cfg, tmp_path / "run")
+    assert record["precision"] == "bf16" and record["fid_backbone"] == "inception" and record["fid_samples"] == 50
+    assert record["fid"] > 0 and record["fid_ema"] > 0
+    assert calls and all(not autocast and dtype == torch.float32 for autocast, dtype, _ in calls)
+    assert sum(n for *_, n in calls) == 150  # 50 test images once, 50 samples of G, 50 of its EMA
+    stats = list(Path(os.environ["GENTUNE_CACHE"]).glob("stats/mnist-test-inception-*-n50.npz"))
+    assert len(stats) == 1
+    calls.clear()
+    backbone = backbones.get_backbone("inception", "mnist")
+    mu, sigma = fid.real_statistics("mnist", "test", backbone, 50)
+    assert calls == [] and mu.shape == (2048,)  # read from the cache, no Inception pass
