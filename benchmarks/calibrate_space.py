@@ -42,6 +42,7 @@ def build_parser():
     p.add_argument("--num-samples", type=int, default=96)
     p.add_argument("--storage", default="/tmp/gentune-calibration")
     p.add_argument("--analyze", nargs="+", metavar="EXP", default=None)
+    p.add_argument("--tag", default="wide", help="names the plot files: docs/search-space/TAG_*.png [default: wide]")
     return p
 
 
@@ -108,7 +109,7 @@ def top_ranges(df: pd.DataFrame) -> str:
                          f"better half of those that reached 64 kimg ({len(best)})"], rows)
 
 
-def plots(df: pd.DataFrame) -> list[Path]:
+def plots(df: pd.DataFrame, tag: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,21 +121,29 @@ def plots(df: pd.DataFrame) -> list[Path]:
     ok = df[np.isfinite(df["fid_rung1"])].copy()
     params = [p for p in (*NUMERIC, "batch_size", "d_norm") if ok[p].notna().any()]
     cols = 4
-    fig, axes = plt.subplots(math.ceil(len(params) / cols), cols, figsize=(4 * cols, 3.2 * math.ceil(len(params) / cols)))
+    fig, axes = plt.subplots(math.ceil(len(params) / cols), cols, figsize=(4 * cols, 3.4 * math.ceil(len(params) / cols)),
+                             constrained_layout=True)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    losses = sorted(ok["loss"].dropna().unique())
+    palette = dict(zip(losses, sns.color_palette("tab10", len(losses))))
     for ax, p in zip(axes.flat, params):
         sub = ok[ok[p].notna()]
-        sns.scatterplot(data=sub, x=p, y="fid_rung1", hue="loss", style=sub["fid_64"].notna().map({True: "reached 64 kimg", False: "stopped"}),
-                        ax=ax, s=22, legend=ax is axes.flat[0])
+        reached = sub["fid_64"].notna().map({True: "reached 64 kimg", False: "stopped earlier"})
+        sns.scatterplot(data=sub, x=p, y="fid_rung1", hue="loss", hue_order=losses, palette=palette, style=reached,
+                        style_order=["reached 64 kimg", "stopped earlier"], ax=ax, s=22, legend=ax is axes.flat[0])
         if p in LOG:
             ax.set_xscale("log")
-        ax.set_yscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}".replace("e-0", "e-") if v < 0.01 else f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(ylabel="FID at 8 kimg", xlabel=p)
     for ax in list(axes.flat)[len(params):]:
         ax.axis("off")
     if axes.flat[0].get_legend():
         sns.move_legend(axes.flat[0], "upper left", bbox_to_anchor=(0, 1.6), ncol=4, fontsize=7, frameon=False)
-    fig.suptitle("Wide random search: FID (domain, 1000 samples) at the first ASHA rung against each parameter", y=1.04)
-    out = PLOTS / "fid_vs_params.png"
+    fig.suptitle(f"{tag}: FID (domain, 1000 samples) at the first ASHA rung against each parameter", y=1.04)
+    out = PLOTS / f"{tag}_fid_vs_params.png"
     fig.savefig(out, dpi=90, bbox_inches="tight")
     plt.close(fig)
     done = ok[ok["fid_64"].notna()]
@@ -142,7 +151,7 @@ def plots(df: pd.DataFrame) -> list[Path]:
     sns.scatterplot(data=ok, x="fid_rung1", y="fid_24", hue="loss", ax=ax)
     ax.set(xscale="log", yscale="log", xlabel="FID at 8 kimg", ylabel="FID at 24 kimg",
            title=f"Does the first rung predict the second? ({len(done)} reached 64 kimg)")
-    out2 = PLOTS / "rung_agreement.png"
+    out2 = PLOTS / f"{tag}_rung_agreement.png"
     fig.savefig(out2, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return [out, out2]
@@ -158,8 +167,8 @@ def main(argv=None) -> int:
             Path(args.storage).mkdir(parents=True, exist_ok=True)
             exps = [run(seed, args) for seed in args.seeds]
     df = load(exps)
-    pngs = plots(df)
-    df.to_csv(PLOTS / "trials.csv", index=False)
+    pngs = plots(df, args.tag)
+    df.to_csv(PLOTS / f"{args.tag}_trials.csv", index=False)
     text = "\n\n".join([
         "Experiments: " + ", ".join(str(e) for e in exps) + f" ({len(df)} trials).",
         "Per loss:", per_loss(df),
