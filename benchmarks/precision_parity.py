@@ -16,7 +16,6 @@ warm-up), to decide what the trainer adopts.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time

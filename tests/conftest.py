@@ -119,3 +119,29 @@ def fashion_mirror(_fashion_data_root: Path, tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
     return str(FASHION_DIR)
+
+
+# ------------------------------------------------------------------------------------------
+# a tiny study through the real CLI entry point (tests/test_search.py, tests/test_watch.py)
+
+TINY_STUDY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
+              "--fid-samples", "64", "--cpus-per-trial", "1", "--max-concurrent", "2",
+              "--ranges", "g_width=8,16", "d_width=8,16", "batch_size=16,32"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray with 2 CPUs for a test module (token auth, as every Ray of the session)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run_study(tmp_path: Path, name: str, *flags: str) -> Path:
+    """`tuner/search.py` on the tiny MNIST with TINY_STUDY and `flags`; asserts exit 0, returns the folder."""
+    from tuner import search
+
+    assert search.main(["--storage-path", str(tmp_path), "--name", name, *TINY_STUDY, *flags]) == 0
+    return tmp_path / name

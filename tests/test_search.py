@@ -5,29 +5,15 @@ import json
 import optuna
 import pandas as pd
 import pytest
-import ray
 
 from tuner import search
 from tuner.optuna_bridge import make_storage
 
+from conftest import run_study
+
 pytestmark = pytest.mark.slow
 
-TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-        "--fid-samples", "64", "--cpus-per-trial", "1", "--max-concurrent", "2",
-        "--ranges", "g_width=8,16", "d_width=8,16", "batch_size=16,32"]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def run_search(tmp_path, name, *flags):
-    rc = search.main(["--storage-path", str(tmp_path), "--name", name, *TINY, *flags])
-    assert rc == 0
-    return tmp_path / name
+run_search = run_study
 
 
 def load_study(exp, name):

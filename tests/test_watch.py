@@ -16,30 +16,16 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-import ray
 from PIL import Image
 
-from tuner import search
 from tuner.optuna_bridge import make_storage
 from tuner.watch import artifact_location, artifact_store, upload_grids
 
+from conftest import TINY_STUDY, run_study
+
 pytestmark = pytest.mark.slow
 
-TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-        "--fid-samples", "64", "--cpus-per-trial", "1", "--max-concurrent", "2",
-        "--ranges", "g_width=8,16", "d_width=8,16", "batch_size=16,32"]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def run_search(tmp_path, name, *flags):
-    assert search.main(["--storage-path", str(tmp_path), "--name", name, *TINY, *flags]) == 0
-    return tmp_path / name
+run_search = run_study
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -119,7 +105,7 @@ FLAGS = ["--family", "gan", "--losses", "hinge", "--num-samples", "3", "--max-ki
 
 
 def study(tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
-    proc = subprocess.run([sys.executable, "tuner/search.py", "--storage-path", str(tmp_path), "--name", name, *TINY,
+    proc = subprocess.run([sys.executable, "tuner/search.py", "--storage-path", str(tmp_path), "--name", name, *TINY_STUDY,
                            *FLAGS, *extra], cwd=ROOT, capture_output=True, text=True, timeout=540,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
