@@ -173,7 +173,8 @@ def study_best_config(exp: Path) -> str:
     if not best:
         return "—"
     cfg = best["config"]
-    keys = ("loss", "z_dim", "lr", "beta1", "n_critic", "gp_lambda", "batch_size", "g_width", "d_width")
+    keys = ("loss", "z_dim", "lr", "lr_d_ratio", "beta1", "beta2", "n_critic", "clip_value", "gp_lambda", "batch_size",
+            "g_width", "d_width", "d_norm")
     return ", ".join(f"{k}={cfg[k]:.3g}" if isinstance(cfg[k], float) else f"{k}={cfg[k]}" for k in keys if cfg.get(k) is not None)
 
 
