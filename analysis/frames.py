@@ -458,17 +458,28 @@ def seed_groups(exps: ExperimentSet | list[Experiment]) -> dict[str, list[Experi
     """Experiments that differ only in their seed (and name): the same study run with several seeds.
 
     Keyed by a short label (the first member's name without its seed); only groups of 2 or more."""
+    import dataclasses
+
+    from tuner.config import TrainConfig
+    from tuner.search import SearchConfig
+
+    # fields that say where or how a study ran, not what it searched; and the defaults of fields an
+    # older gentune did not save, so that studies saved by different versions still compare
+    ignored = ("name", "resume", "address", "storage_path", "verbose", "allow_shrink", "max_failures")
+    defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+    base_defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     groups: dict[str, list[Experiment]] = {}
     for e in exps:
-        search = {k: v for k, v in e.search["search"].items() if k not in ("name", "resume", "address", "storage_path")}
-        base = {k: v for k, v in e.search["base"].items() if k != "seed"}
+        search = {k: v for k, v in {**defaults, **e.search["search"]}.items() if k not in ignored}
+        base = {k: v for k, v in {**base_defaults, **e.search["base"]}.items() if k != "seed"}
         key = json.dumps([search, base, e.search.get("space_overrides") or {}], sort_keys=True, default=str)
         groups.setdefault(key, []).append(e)
     out = {}
     for members in groups.values():
         if len(members) >= 2:
+            sampler = members[0].search["search"].get("sampler", "tpe")
             label = "grid " + str(members[0].search["search"]["grid"]) if members[0].is_grid else (
-                f"{members[0].kind} ({members[0].search['search'].get('sampler', 'tpe')})")
+                "random search + ASHA" if sampler == "random" else "TPE + ASHA study")
             out[f"{label}, {len(members)} seeds"] = members
     return out
 
