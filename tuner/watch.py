@@ -103,17 +103,24 @@ class TrialImages:
         import numpy as np
         from PIL import Image
 
-        if self._writer is None:
-            from tensorboardX import SummaryWriter
+        import time
 
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import image
+
+        if self._writer is None:
+            # tensorboardX's own SummaryWriter hands events to a background thread, and its flush() does not
+            # wait for that queue: the last images of an evaluation could still be queued when tune.report
+            # synced the folder to storage (a flaky missing image). EventsWriter writes synchronously.
             # Ray's TBXLoggerCallback writes events.out.tfevents.<second>.<host> for the same trial folder
             # (from the driver): a file of ours created in the same second would have the same name, and
             # one would overwrite the other when both are synced to storage. The suffix keeps them apart.
-            self._writer = SummaryWriter(logdir=str(self.out_dir), flush_secs=3600, filename_suffix=".gentune")
+            self._writer = EventsWriter(str(self.out_dir / "events"), ".gentune")
         for role, path in grids.items():
             with Image.open(path) as img:
                 pixels = np.asarray(img.convert("RGB"))
-            self._writer.add_image(role, pixels, global_step=step, dataformats="HWC")
+            self._writer.write_event(Event(summary=image(role, pixels, dataformats="HWC"), step=step, wall_time=time.time()))
         self._writer.flush()  # on disk before tune.report syncs the folder to storage
 
     def close(self) -> None:
