@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from tuner.config import ConfigError, TrainConfig
+from tuner.staging import sweep_after
 
 # python -m analysis.rerun --final: the protocol of Lucic et al. 2018 (10k generated vs 10k test
 # images, Inception features), at 1000 kimg (~15.6k steps at batch 64), 3 seeds.
@@ -253,6 +254,7 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
         space = {"cell": tune.grid_search([cell_params(c["config"]) for c in todo])}
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
     grid = tuner.fit()
+    sweep_after(grid)
 
     by_params = {json.dumps(cell_params(c["config"]), sort_keys=True, default=str): c for c in cells}
     rows, missing = [], 0

@@ -6,7 +6,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tuner import search
+from tuner import search, staging
 from tuner.optuna_bridge import make_storage
 
 from conftest import run_study
@@ -75,7 +75,8 @@ def test_asha_stops_trials_and_optuna_records_them_as_pruned(idx_mnist, tmp_path
         kept = sorted(p.name for p in (exp / row.trial_dir).iterdir() if "checkpoint" in p.name or p.name == "resume")
         assert kept and all(name.startswith("checkpoint_") for name in kept), kept
         assert len(kept) <= min(3, len(evals))
-        assert not search.staging_dir(row.trial_id).exists()  # the staging copy is removed when a trial ends
+        folder = staging.staging_dir(row.trial_id)  # the staging copy and its lock are removed when a trial ends
+        assert not folder.exists() and not staging.lock_path(folder).exists()
     # reuse_actors (the default): 6 trials, 2 at a time, ran in fewer than 6 worker processes
     pids = {json.loads(line)["pid"] for path in exp.glob("*/result.json") for line in path.read_text().splitlines()}
     assert 2 <= len(pids) < len(trials)

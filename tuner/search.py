@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,42 +256,33 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
         else:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-    # Checkpoints are staged outside the working dir, which Ray syncs to storage as artifacts: there
-    # they would be stored a second time beside Tune's checkpoint_00000N copies. tune.report copies a
-    # checkpoint to storage before it returns, so the staging folder is overwritten at each evaluation.
-    # It is named after the trial, so a retry on this node removes what a killed worker left.
-    staging = staging_dir(tune.get_context().get_trial_id())
-    shutil.rmtree(staging, ignore_errors=True)
+    from tuner.staging import staging
     from tuner.watch import TrialImages
 
     images = TrialImages(out_dir)
-    try:
-        # Resume from the checkpoint Tune restores (its latest). If that one is damaged, every retry
-        # would fail the same way: try the trial's older checkpoints still in storage, newest first
-        # (Tune keeps the best-FID ones besides the latest), then start again from scratch.
-        # train() loads the checkpoint before its first step, so a CheckpointError means nothing was
-        # reported from it.
-        checkpoint = tune.get_checkpoint()
-        candidates = [checkpoint, *older_checkpoints(checkpoint)] if checkpoint is not None else []
-        for i, candidate in enumerate(candidates):
-            resume_from = staging / "resume"
-            shutil.rmtree(resume_from, ignore_errors=True)
-            candidate.to_directory(str(resume_from))
-            try:
-                train(cfg, out_dir, report=report, resume_from=resume_from, checkpoint_dir=staging / "checkpoint")
-                return
-            except CheckpointError as err:
-                instead = f"resuming from the older {candidates[i + 1].path}" if i + 1 < len(candidates) else "restarting the trial from scratch"
-                print(f"gentune: cannot resume from {candidate.path}: {err}; {instead}", file=sys.stderr, flush=True)
-        train(cfg, out_dir, report=report, resume_from=None, checkpoint_dir=staging / "checkpoint")
-    finally:  # also when ASHA stops the trial: Tune ends it with SystemExit inside report()
-        images.close()
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def staging_dir(trial_id: str) -> Path:
-    """Where a trial's checkpoints are written before Tune copies them to storage (on the worker's node)."""
-    return Path(tempfile.gettempdir()) / f"gentune-trial-{trial_id}"
+    # Checkpoints are staged outside the working dir (tuner/staging.py says why, and who removes them).
+    with staging(tune.get_context().get_trial_id()) as staged:
+        try:
+            # Resume from the checkpoint Tune restores (its latest). If that one is damaged, every retry
+            # would fail the same way: try the trial's older checkpoints still in storage, newest first
+            # (Tune keeps the best-FID ones besides the latest), then start again from scratch.
+            # train() loads the checkpoint before its first step, so a CheckpointError means nothing was
+            # reported from it.
+            checkpoint = tune.get_checkpoint()
+            candidates = [checkpoint, *older_checkpoints(checkpoint)] if checkpoint is not None else []
+            for i, candidate in enumerate(candidates):
+                resume_from = staged / "resume"
+                shutil.rmtree(resume_from, ignore_errors=True)
+                candidate.to_directory(str(resume_from))
+                try:
+                    train(cfg, out_dir, report=report, resume_from=resume_from, checkpoint_dir=staged / "checkpoint")
+                    return
+                except CheckpointError as err:
+                    instead = f"resuming from the older {candidates[i + 1].path}" if i + 1 < len(candidates) else "restarting the trial from scratch"
+                    print(f"gentune: cannot resume from {candidate.path}: {err}; {instead}", file=sys.stderr, flush=True)
+            train(cfg, out_dir, report=report, resume_from=None, checkpoint_dir=staged / "checkpoint")
+        finally:  # also when ASHA stops the trial: Tune ends it with SystemExit inside report()
+            images.close()
 
 
 def older_checkpoints(checkpoint) -> list:
@@ -721,7 +711,7 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
     tune_logger.addFilter(guard)
     try:
         with ray_output(search.verbose):
-            tuner.fit()
+            grid = tuner.fit()
     except Exception:
         if guard.error is not None:
             raise guard.error from None
@@ -729,6 +719,9 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> i
         raise
     finally:
         tune_logger.removeFilter(guard)
+    from tuner.staging import sweep_after
+
+    sweep_after(grid)
     check_space(search)
     if search.grid is None and Path(study_path(search)).is_file():
         import optuna
