@@ -4,7 +4,7 @@
     python -m analysis.rerun EXPERIMENT_DIR --top 3 --seeds 3 --max-kimg 64 --fid-backbone domain
 
 The cells (top-K configs x seeds) are a `tune.grid_search` under a FIFO scheduler: every cell trains
-its full budget, nothing is stopped early. Trials run through tuner.search's own trainable
+its full budget, nothing is stopped early. Trials run through tuner.study's own trainable (tuner/worker.py:run_trial)
 (run_trial): the same resource flags, checkpoints at each evaluation, retries from the last
 checkpoint when a worker dies (FailureConfig(max_failures)). The run is a Tune experiment of its
 own under OUT (default EXPERIMENT_DIR/rerun/final-<protocol>-<plan hash>): the same command after an
@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis import fmt
 from tuner.config import ConfigError, TrainConfig
 from tuner.staging import sweep_after
 
@@ -39,7 +40,7 @@ FINAL_PROTOCOL = {"max_kimg": 1000.0, "fid_backbone": "inception", "fid_samples"
 KEY = ["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg"]
 COLUMNS = KEY + ["fid_final", "fid_best", "fid_ema_final", "fid_ema_best", "g_ema", "kimg", "wall_time_s", "diverged",
                  "precision", "dataset", "family", "loss", "scored_checkpoint", "config", "finished_at"]
-# set per run, not per config: these come from the run's own base config (tuner.search.resolve_gpus)
+# set per run, not per config: these come from the run's own base config (tuner.study.resolve_gpus)
 RUNTIME_FIELDS = ("device", "gpu_memory_fraction", "cache_dir", "data_mirror")
 EVALS_PER_RUN = 4  # default evaluations (= checkpoints) per run: at every quarter of the budget
 
@@ -80,10 +81,37 @@ class Protocol:
                            fid_samples=self.fid_samples or cfg.fid_samples)
 
 
+def top_trials(trials: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k trials with the lowest finite best FID (diverged ones excluded), best first."""
+    fid = pd.to_numeric(trials["fid_best"], errors="coerce")
+    ok = trials[fid.notna() & fid.map(math.isfinite) & (trials["status"] != "diverged")]
+    return ok.assign(fid_best=pd.to_numeric(ok["fid_best"])).sort_values("fid_best", kind="stable").head(k)
+
+
+def config_of(row: dict[str, Any]):
+    """The TrainConfig of a trials.parquet row (NaN -> None, numpy scalars -> Python)."""
+    from tuner.config import TrainConfig
+
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in row:
+            continue
+        v = row[f.name]
+        if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:  # a list column (eval_at_kimg) comes back as an array
+            v = tuple(v.tolist())
+        elif hasattr(v, "item") and not isinstance(v, (str, bytes)):
+            v = v.item()
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            v = None
+        values[f.name] = v
+    # A column that is None for every trial may have come back as NaN in a float column: drop
+    # optional fields that are None so their defaults apply.
+    values = {k: v for k, v in values.items() if v is not None or TrainConfig.__dataclass_fields__[k].default is None}
+    return TrainConfig.from_dict(values)
+
+
 def plan(trials: pd.DataFrame, top: int, seeds: int, first_seed: int, protocol: Protocol) -> list[dict[str, Any]]:
     """The cells: [{trial_id, seed, config (TrainConfig)}], best config first."""
-    from analysis.rerun import config_of, top_trials
-
     best = top_trials(trials, top)
     if best.empty:
         raise ValueError("the study has no trial with a finite FID to re-run")
@@ -215,7 +243,7 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
     from ray.tune.schedulers import FIFOScheduler
 
     from tuner.metrics_cache import prepare_assets
-    from tuner.search import SearchConfig, init_ray, is_experiment, make_trainable, resolve_gpus
+    from tuner.study import SearchConfig, init_ray, is_experiment, make_trainable, resolve_gpus
 
     exp_dir = Path(exp_dir).expanduser().resolve()
     trials_file = exp_dir / "trials.parquet"
@@ -323,3 +351,60 @@ def resolve(args) -> dict[str, Any]:
     return {"top": args.top, "seeds": seeds, "first_seed": args.first_seed, "protocol": protocol, "out": args.out,
             "device": args.device, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
             "address": args.address, "max_failures": args.max_failures, "max_concurrent": args.max_concurrent}
+
+
+def rerun_summary(trials: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Mean +- std of the re-runs' FIDs per config, the original FID, and both rankings.
+
+    Rankings are by best FID: the original trial's fid_best, and the mean fid_best of its re-runs.
+    """
+    runs = runs.copy()
+    for col in ("fid_best", "fid_final"):
+        runs[col] = pd.to_numeric(runs[col], errors="coerce")
+    g = runs.groupby("trial_id")
+    summary = pd.DataFrame({
+        "seeds": g.size(),
+        "mean_fid_best": g["fid_best"].mean(),
+        "std_fid_best": g["fid_best"].std(),
+        "mean_fid_final": g["fid_final"].mean(),
+        "std_fid_final": g["fid_final"].std(),
+        "diverged": g["diverged"].sum() if "diverged" in runs else 0,
+    }).reset_index()
+    info = trials.set_index("trial_id")
+    summary["original_fid_best"] = summary["trial_id"].map(info["fid_best"])
+    summary["label"] = summary["trial_id"].map(info["label"]) if "label" in info else summary["trial_id"]
+    summary = summary.sort_values("original_fid_best", kind="stable").reset_index(drop=True)
+    summary["original_rank"] = range(1, len(summary) + 1)
+    summary["rerun_rank"] = summary["mean_fid_best"].rank(method="min").astype("Int64")
+    rows = [{
+        "config": r["label"],
+        "trial": f"`{r['trial_id']}`",
+        "original best FID": fmt.fid(r["original_fid_best"]),
+        "seeds": fmt.count(r["seeds"]),
+        "re-run best FID (mean ± std)": f"{fmt.fid(r['mean_fid_best'])} ± {fmt.fid(r['std_fid_best'])}",
+        "re-run final FID (mean ± std)": f"{fmt.fid(r['mean_fid_final'])} ± {fmt.fid(r['std_fid_final'])}",
+        "original rank": fmt.count(r["original_rank"]),
+        "re-run rank": fmt.count(r["rerun_rank"]),
+    } for r in summary.to_dict("records")]
+    lines = [fmt.table(rows), ""]
+    if len(summary) < 2:
+        lines.append("Ranking: not enough data: one config only.")
+    else:
+        same = list(summary["original_rank"]) == list(summary["rerun_rank"])
+        top_holds = summary.loc[summary["rerun_rank"] == 1, "original_rank"].tolist() == [1]
+        if same:
+            text = "holds exactly"
+        else:
+            text = "keeps its winner but reorders the rest" if top_holds else "does not hold: the winner changes"
+        rho = None
+        if len(summary) >= 3 and summary["mean_fid_best"].notna().all():
+            from scipy.stats import spearmanr
+
+            rho = float(spearmanr(summary["original_fid_best"], summary["mean_fid_best"]).statistic)
+        corr = f" (Spearman rank correlation {rho:.2f} over {len(summary)} configs)" if rho is not None and math.isfinite(rho) else ""
+        lines.append(f"Ranking by best FID: the original ranking {text}{corr}.")
+    lines.append("")
+    lines.append("_Method:_ each config retrained from scratch at its full budget with new seeds; std is the sample "
+                 "standard deviation over seeds (n/a with one seed). Original FIDs were seed "
+                 f"{', '.join(sorted({fmt.param(s) for s in trials.loc[trials['trial_id'].isin(summary['trial_id']), 'seed']}))}.")
+    return summary, "\n".join(lines)

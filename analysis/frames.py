@@ -461,7 +461,7 @@ def seed_groups(exps: ExperimentSet | list[Experiment]) -> dict[str, list[Experi
     import dataclasses
 
     from tuner.config import TrainConfig
-    from tuner.search import SearchConfig
+    from tuner.study import SearchConfig
 
     # fields that say where or how a study ran, not what it searched; and the defaults of fields an
     # older gentune did not save, so that studies saved by different versions still compare

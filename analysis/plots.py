@@ -34,7 +34,6 @@ from analysis.frames import (
     class_hist,
     compute_curve,
     compute_totals,
-    fid_setup,
     fid_setup_text,
     final_evaluations,
     finite,

@@ -12,7 +12,6 @@ plots and the four reflection questions, with every number read from the experim
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import shutil
 import sys
@@ -23,8 +22,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from analysis import fmt
-from tuner.config import ArgumentParser
-from analysis.answers import Answer, answer_all
+from tuner.cli import ArgumentParser
+from analysis.answers import answer_all
 from analysis.frames import (
     STATUSES_ORDER,
     Experiment,
@@ -323,7 +322,7 @@ class Report:
             self.add(f"### Q{i}: {a.title}", "", a.markdown, "")
 
     def section_reruns(self) -> None:
-        from analysis.rerun import rerun_summary
+        from analysis.final import rerun_summary
 
         found = [(e, e.path / "rerun.parquet") for e in self.exps if (e.path / "rerun.parquet").is_file()]
         self.add("## Re-runs with other seeds", "")

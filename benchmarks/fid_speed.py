@@ -15,7 +15,7 @@ models (rank d/4, isotropic noise 0.1, the second model's loadings and mean pert
 interleaved repeats (order rotated), medians; agreement is |FID - FID_sqrtm| / FID_sqrtm.
 
 Part 2, one evaluation at an ASHA rung at the search defaults (max_kimg 64, evaluations at the rungs 8 and 24 and at 64,
-fid_samples 1000; hinge DCGAN width 64, batch 64): tuner.trainable.evaluate (sampling, features,
+fid_samples 1000; hinge DCGAN width 64, batch 64): tuner.evaluate.Evaluator.evaluate (sampling, features,
 FID against cached real statistics, diversity, sample grid) for the domain backbone at the real
 N = 1000; for inception, each component is timed at a small N and the per-image cost is
 extrapolated to N = 1000 (labelled; --skip-inception leaves it out). Its share of a trial =
@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -163,7 +162,7 @@ def bench_formulas(args) -> tuple[list[list], dict[int, dict[str, float]], str]:
 
 
 def training_img_s(trial, images, n_images: int) -> float:
-    from tuner.trainable import gan_step
+    from tuner.steps import gan_step
 
     seen0 = trial.images_seen
     common.sync(trial.device)
@@ -176,28 +175,29 @@ def training_img_s(trial, images, n_images: int) -> float:
 
 def bench_evaluation(args, fid_2048_s: float | None, device: torch.device) -> tuple[list[list], list[list], list[str]]:
     from tuner.data import training_images
-    from tuner.search import parse
-    from tuner.trainable import build_trial, prepare_metrics
+    from tuner.study import parse
+    from tuner.evaluate import Evaluator
+    from tuner.trial import build_trial
 
     # the base trial config of `python tuner/search.py` (its evaluation points: ASHA's rungs and the end)
     _, cfg, _ = parse(["--dataset", DATASET, "--device", device.type, *(["--fid-samples", "64"] if args.smoke else [])])
     cfg = cfg.resolved()
     images = training_images(DATASET, device)
-    prepare_metrics(cfg, device)  # real statistics of the domain backbone: once per study, not trial time
+    evaluator = Evaluator(cfg, device)  # real statistics of the domain backbone: once per study, not trial time
     trial = build_trial(cfg, device)
     with tempfile.TemporaryDirectory(prefix="gentune-bench-eval-") as tmp:
-        return _bench_evaluation(args, cfg, trial, images, Path(tmp), fid_2048_s)
+        return _bench_evaluation(args, cfg, trial, images, Path(tmp), fid_2048_s, evaluator.evaluate)
 
 
-def _bench_evaluation(args, cfg, trial, images, out: Path, fid_2048_s: float | None):
+def _bench_evaluation(args, cfg, trial, images, out: Path, fid_2048_s: float | None, evaluate):
     from tuner.backbones import get_backbone
     from tuner.diversity import diversity_metrics
     from tuner.fid import Reference, feature_statistics
-    from tuner.trainable import evaluate, generate, save_grid, decode
+    from tuner.evaluate import decode, generate, save_grid
 
     device = trial.device
     n = cfg.fid_samples
-    from tuner.trainable import eval_points
+    from tuner.loop import eval_points
 
     evals_per_trial = len(eval_points(cfg))  # a trial that trains the whole budget
     block = 128 if args.smoke else 2048

@@ -31,7 +31,7 @@ def result(exp: Path) -> dict:
     """The winner's rows of the protocol just run, as the result file's dict."""
     import pandas as pd
 
-    from analysis.rerun import top_trials
+    from analysis.final import top_trials
 
     best = top_trials(pd.read_parquet(exp / "trials.parquet"), 1)["trial_id"].iloc[0]
     rows = pd.read_parquet(exp / "rerun.parquet")

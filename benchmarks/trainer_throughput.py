@@ -4,12 +4,12 @@
     python benchmarks/trainer_throughput.py --smoke    # tiny sizes, < 20 s
 
 Three loops, each with its own copy of the same DCGAN (models.registry.build_model via
-tuner.trainable.build_trial, same seed), the same loss and optimiser settings, the same batch size
+tuner.trials.build_trial, same seed), the same loss and optimiser settings, the same batch size
 and device, run interleaved (order rotated every repeat, warm-up excluded):
 
-  gentune      tuner.trainable.gan_step(trial, images): batches drawn by index from the uint8 training
+  gentune      tuner.steps.gan_step(trial, images): batches drawn by index from the uint8 training
                tensor held on the device (tuner.data.sample_batch), n_critic D steps + 1 G step.
-  gentune+loop the same step plus the bookkeeping of tuner.trainable.train's loop (metric sums, a
+  gentune+loop the same step plus the bookkeeping of tuner.loop.train's loop (metric sums, a
                synchronising finiteness check every DIVERGENCE_CHECK_EVERY steps).
   DataLoader   the usual lab loop: torchvision FashionMNIST with ToTensor + Normalize((0.5,), (0.5,)),
                DataLoader(batch 128, shuffle, drop_last, num_workers 0), the same n_critic D steps
@@ -21,7 +21,7 @@ the loader + .to(device)) inside the timed steps, and as the extra time of the t
 
 Fractional trials (GPU): k = 1, 2 and 4 trials sharing one GPU, run as `--gpus-per-trial 1/k` runs
 them: one process per trial, each with its memory capped to 1/k of the GPU (TrainConfig
-gpu_memory_fraction -> tuner.trainable.pick_device), all stepping gan_step (hinge) at once for the
+gpu_memory_fraction -> tuner.trials.pick_device), all stepping gan_step (hinge) at once for the
 same wall time after a barrier. Ray itself is not started: its fractional GPUs only decide where
 processes go, and the GPU machines have no Ray. Reported: the sum of the trials' img/s, and per trial.
 Without CUDA the section says "not measured"; --smoke runs k = 1, 2 on the CPU to check the code path.
@@ -42,7 +42,9 @@ import common  # noqa: E402
 
 import torch  # noqa: E402
 
-import tuner.trainable as trainable  # noqa: E402
+import tuner.loop as trainloop  # noqa: E402
+import tuner.steps as steps  # noqa: E402
+import tuner.trial as trials  # noqa: E402
 from tuner.config import TrainConfig  # noqa: E402
 from tuner.data import data_root, load_split, resolve_mirror, training_images  # noqa: E402
 
@@ -70,10 +72,10 @@ def build_parser():
 
 
 class TimedSampler:
-    """tuner.trainable.sample_batch with perf_counter around each call (synchronised on CUDA)."""
+    """tuner.steps.sample_batch with perf_counter around each call (synchronised on CUDA)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.inner = trainable.sample_batch
+        self.inner = steps.sample_batch
         self.device = device
         self.seconds = 0.0
 
@@ -88,7 +90,7 @@ class TimedSampler:
 
 class GentuneLoop:
     def __init__(self, cfg: TrainConfig, device: torch.device, images: torch.Tensor, bookkeeping: bool) -> None:
-        self.trial = trainable.build_trial(cfg, device)
+        self.trial = trials.build_trial(cfg, device)
         self.images, self.bookkeeping, self.device = images, bookkeeping, device
         self.sums: dict[str, torch.Tensor] = {}
         self.steps = 0
@@ -96,15 +98,15 @@ class GentuneLoop:
         self.book_seconds = 0.0
 
     def step(self) -> None:
-        out = trainable.gan_step(self.trial, self.images)
-        if self.bookkeeping:  # what tuner.trainable.train does around every step
+        out = steps.gan_step(self.trial, self.images)
+        if self.bookkeeping:  # what tuner.loop.train does around every step
             t0 = time.perf_counter()
             for key, value in out.items():
                 self.sums[key] = self.sums.get(key, 0) + value
             self.trial.step += 1
             self.steps += 1
-            if self.steps % trainable.DIVERGENCE_CHECK_EVERY == 0:
-                trainable.check_divergence(self.sums)  # .item(): on CUDA this waits for the queued step
+            if self.steps % trainloop.DIVERGENCE_CHECK_EVERY == 0:
+                trainloop.check_divergence(self.sums)  # .item(): on CUDA this waits for the queued step
             self.book_seconds += time.perf_counter() - t0
 
     @property
@@ -118,7 +120,7 @@ class DataLoaderLoop:
     def __init__(self, cfg: TrainConfig, device: torch.device, workers: int) -> None:
         from torchvision import datasets, transforms
 
-        self.trial = trainable.build_trial(cfg, device)
+        self.trial = trials.build_trial(cfg, device)
         self.device = device
         tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
         ds = datasets.FashionMNIST(str(data_root()), train=True, download=False, transform=tf)
@@ -142,7 +144,7 @@ class DataLoaderLoop:
         return x
 
     def step(self) -> None:
-        trainable.gan_step(self.trial, None, next_real=self.next_batch)
+        steps.gan_step(self.trial, None, next_real=self.next_batch)
 
 
 def timed(loop, steps: int, device: torch.device) -> tuple[float, float, float, int]:
@@ -166,8 +168,8 @@ def bench_loss(loss: str, device: torch.device, images: torch.Tensor, args) -> d
         "DataLoader": DataLoaderLoop(cfg, device, args.workers),
     }
     steps = max(1, round(args.images_per_repeat / (cfg.batch_size * cfg.n_critic)))
-    # gan_step looks sample_batch up in tuner.trainable's namespace: time it there, per loop.
-    original = trainable.sample_batch
+    # gan_step looks sample_batch up in tuner.steps' namespace: time it there, per loop.
+    original = steps.sample_batch
     results = {m: {"img_s": [], "data_share": [], "book_share": []} for m in METHODS}
     try:
         for repeat in range(-1, args.repeats):  # repeat -1: warm-up, not recorded
@@ -175,16 +177,16 @@ def bench_loss(loss: str, device: torch.device, images: torch.Tensor, args) -> d
             for name in order:
                 loop = loops[name]
                 if isinstance(loop, GentuneLoop):
-                    trainable.sample_batch = loop.sampler
+                    steps.sample_batch = loop.sampler
                 n = args.warmup_steps if repeat < 0 else steps
                 seconds, data_s, book_s, seen = timed(loop, n, device)
-                trainable.sample_batch = original
+                steps.sample_batch = original
                 if repeat >= 0:
                     results[name]["img_s"].append(seen / seconds)
                     results[name]["data_share"].append(data_s / seconds)
                     results[name]["book_share"].append(book_s / seconds)
     finally:
-        trainable.sample_batch = original
+        steps.sample_batch = original
     return {"steps": steps, "n_critic": cfg.n_critic, **results}
 
 
@@ -201,7 +203,7 @@ def bench_data_path(device: torch.device, images: torch.Tensor, args) -> dict[st
             t0 = time.perf_counter()
             for _ in range(batches):
                 if name == "gentune":
-                    trainable.sample_batch(images, cfg.batch_size, gen, "tanh")
+                    steps.sample_batch(images, cfg.batch_size, gen, "tanh")
                 else:
                     loader.next_batch()
             common.sync(device)
@@ -218,16 +220,16 @@ def fractional_trial(rank: int, cfg_dict: dict, seconds: float, warmup_steps: in
     """One of k trials sharing a device (a spawned process, as a Ray trial is)."""
     torch.set_num_threads(1)
     cfg = TrainConfig.from_dict(cfg_dict)
-    device = trainable.pick_device(cfg)  # caps this process's GPU memory to gpu_memory_fraction
+    device = trials.pick_device(cfg)  # caps this process's GPU memory to gpu_memory_fraction
     images = training_images(DATASET, device)
-    trial = trainable.build_trial(cfg, device)
+    trial = trials.build_trial(cfg, device)
     for _ in range(warmup_steps):
-        trainable.gan_step(trial, images)
+        steps.gan_step(trial, images)
     common.sync(device)
     barrier.wait()
     seen0, t0 = trial.images_seen, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        trainable.gan_step(trial, images)
+        steps.gan_step(trial, images)
     common.sync(device)
     results.put((rank, (trial.images_seen - seen0) / (time.perf_counter() - t0)))
 

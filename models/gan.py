@@ -7,16 +7,11 @@ Discriminators return raw scores of shape (B,); the loss decides what to do with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.registry import register_model
-
-if TYPE_CHECKING:
-    from tuner.config import TrainConfig
 
 IMAGE_SHAPE = (1, 28, 28)
 D_NORMS = ("none", "batch", "spectral")
@@ -146,10 +141,10 @@ class MLPDiscriminator(nn.Module):
 
 
 @register_model("gan", "conv")
-def build_conv_gan(cfg: "TrainConfig") -> tuple[nn.Module, nn.Module]:
-    return Generator(cfg.z_dim, cfg.g_width), Discriminator(cfg.d_width, cfg.d_norm)
+def build_conv_gan(*, z_dim: int, g_width: int, d_width: int, d_norm: str = "none") -> tuple[nn.Module, nn.Module]:
+    return Generator(z_dim, g_width), Discriminator(d_width, d_norm)
 
 
 @register_model("gan", "mlp")
-def build_mlp_gan(cfg: "TrainConfig") -> tuple[nn.Module, nn.Module]:
-    return MLPGenerator(cfg.z_dim, cfg.g_width), MLPDiscriminator(cfg.d_width, cfg.d_norm)
+def build_mlp_gan(*, z_dim: int, g_width: int, d_width: int, d_norm: str = "none") -> tuple[nn.Module, nn.Module]:
+    return MLPGenerator(z_dim, g_width), MLPDiscriminator(d_width, d_norm)

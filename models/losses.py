@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 OPTIMIZERS = ("adam", "rmsprop")
+# The config fields whose default depends on the loss (None in a TrainConfig = the loss's own value).
+LOSS_KEYS = ("optimizer", "lr", "beta1", "beta2", "n_critic", "clip_value", "gp_lambda")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ class GANLoss:
     """Gradient-penalty weight (wgan-gp only)."""
     reference: str
     """Paper the defaults come from."""
+
+    def defaults(self) -> dict:
+        """The loss's published value of every field in LOSS_KEYS."""
+        return {"optimizer": self.optimizer, "lr": self.lr, "beta1": self.betas[0], "beta2": self.betas[1],
+                "n_critic": self.n_critic, "clip_value": self.clip_value, "gp_lambda": self.gp_lambda}
 
 
 LOSSES: dict[str, GANLoss] = {}

@@ -1,17 +1,17 @@
-"""Model builders keyed by (family, arch); `build_model(cfg)` is the only way the trainer makes models.
+"""Model builders keyed by (family, arch): `build_model(family, arch, **sizes)`.
 
-A GAN builder returns `(generator, discriminator)`; a VAE or AE builder returns one module.
-Builders register themselves from `models.gan` and `models.vae` when `models` is imported.
+Builders take what they need as keyword arguments: every family takes z_dim, g_width and d_width
+(generator/decoder and discriminator/encoder widths); a GAN also d_norm, a VAE/AE regularize and
+dropout. A GAN builder returns `(generator, discriminator)`; a VAE or AE builder returns one module.
+Builders register themselves from `models.gan` and `models.vae` when `models` is imported. The
+trainer maps its config onto these arguments in one place (tuner/trial.py:model_args).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    from tuner.config import TrainConfig
-
-Builder = Callable[["TrainConfig"], Any]
+Builder = Callable[..., Any]
 
 MODELS: dict[str, dict[str, Builder]] = {"gan": {}, "vae": {}, "ae": {}}
 
@@ -27,10 +27,10 @@ def register_model(family: str, arch: str, builder: Builder | None = None) -> An
     return builder
 
 
-def build_model(cfg: "TrainConfig") -> Any:
+def build_model(family: str, arch: str, **sizes: Any) -> Any:
     try:
-        builder = MODELS[cfg.family][cfg.arch]
+        builder = MODELS[family][arch]
     except KeyError:
         known = ", ".join(f"{f}/{a}" for f, archs in MODELS.items() for a in archs)
-        raise ValueError(f"no model registered for {cfg.family}/{cfg.arch}: known are {known}") from None
-    return builder(cfg)
+        raise ValueError(f"no model registered for {family}/{arch}: known are {known}") from None
+    return builder(**sizes)

@@ -2,22 +2,17 @@
 
 Both families share one encoder and decoder per arch; the VAE's encoder emits (mu, logvar) and
 samples z with the reparameterisation trick, the AE's emits z directly. The encoder width is
-cfg.d_width and the decoder width cfg.g_width, so one width vocabulary serves GANs and VAEs.
+d_width and the decoder width g_width, so one width vocabulary serves GANs and VAEs.
 With regularize=True every hidden layer gets BatchNorm and Dropout ("regularised VAE").
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.registry import register_model
-
-if TYPE_CHECKING:
-    from tuner.config import TrainConfig
 
 IMAGE_SHAPE = (1, 28, 28)
 
@@ -172,8 +167,8 @@ def vae_loss(logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor | None, kl_be
 
 
 def _builder(cls: type[AutoEncoder]):
-    def build(cfg: "TrainConfig") -> nn.Module:
-        return cls(cfg.z_dim, cfg.d_width, cfg.g_width, cfg.regularize, cfg.dropout)
+    def build(*, z_dim: int, g_width: int, d_width: int, regularize: bool = False, dropout: float = 0.2) -> nn.Module:
+        return cls(z_dim, d_width, g_width, regularize, dropout)
 
     build.__name__ = build.__qualname__ = f"build_{cls.__name__}"
     return build

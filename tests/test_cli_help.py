@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config import TrainConfig, flag
-from tuner.search import SearchConfig
+from tuner.cli import flag
+from tuner.config import TrainConfig
+from tuner.study import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {

@@ -381,7 +381,7 @@ def test_no_auth_disabled_anywhere() -> None:
 
 
 def test_docs_use_flags_that_search_py_has() -> None:
-    from tuner.search import parser
+    from tuner.study import parser
 
     known = set(parser()._option_string_actions)
     text = DOCS.read_text().replace("\\\n", " ")

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from tuner.config import ConfigError, TrainConfig, add_arguments, field_docs, from_namespace
+from tuner.cli import add_arguments, field_docs, from_namespace
+from tuner.config import ConfigError, TrainConfig
 
 
 def test_round_trip_through_dict_and_json():

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from tuner.config import ConfigError, TrainConfig
-from tuner.trainable import EMA_NET, build_trial, gan_step, train
+from tuner.loop import train
+from tuner.steps import gan_step
+from tuner.trial import EMA_NET, build_trial
 
 @pytest.fixture(scope="module")
 def _cache(tmp_path_factory):

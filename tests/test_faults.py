@@ -4,7 +4,7 @@ Every test runs the real thing at tiny size (the `idx_mnist` data, widths 8, bat
 runtime (in-process, a multi-node `ray.cluster_utils.Cluster`, or a `python tuner/search.py`
 subprocess), a real Optuna journal, real checkpoints. Faults that must strike at a given point of a
 trial (right after its first checkpoint) are placed there by a Ray worker setup hook
-(`fault_hook`), not by timing: the hook wraps `tuner.trainable.train` inside the Ray workers and acts
+(`fault_hook`), not by timing: the hook wraps `tuner.loop.train` inside the Ray workers and acts
 after the trial's checkpoint has been reported, so nothing races against the trial's progress.
 
 docs/faults.md lists every fault tested here and what the user sees.
@@ -31,10 +31,12 @@ import pytest
 import ray
 import torch
 
-from tuner import search, staging
+from tuner import search, staging, study
 from tuner.config import TrainConfig
 from tuner.optuna_bridge import HonestOptunaSearch, make_storage
-from tuner.trainable import CheckpointError, build_trial, load_checkpoint, train
+from tuner.checkpoint import CheckpointError, load_checkpoint
+from tuner.loop import train
+from tuner.trial import build_trial
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
@@ -92,9 +94,9 @@ def fault_hook(control_dir: str):
         import time as _time
         from pathlib import Path as _Path
 
-        import tuner.trainable as trainable
+        import tuner.loop as loop
 
-        original = trainable.train
+        original = loop.train
         control = _Path(control_dir)
 
         def read_plan() -> dict | None:
@@ -147,7 +149,7 @@ def fault_hook(control_dir: str):
 
             return original(cfg, out_dir, hooked_report if report is not None else None, resume_from, **kwargs)
 
-        trainable.train = train
+        loop.train = train
 
     return hook
 
@@ -195,7 +197,7 @@ def test_local_ray_binds_the_dashboard_to_loopback(monkeypatch):
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    search.init_ray(search.SearchConfig())
+    study.init_ray(study.SearchConfig())
     (kwargs,) = calls
     assert kwargs["address"] == "local"  # never a stale /tmp/ray/ray_current_cluster
     assert kwargs["dashboard_host"] == "127.0.0.1"
@@ -236,12 +238,12 @@ def test_restored_searcher_accepts_reruns_of_trials_finished_after_the_snapshot(
     resumed.on_trial_result("t_stale", {"fid": 40.0, "kimg": 1.0})
     resumed.on_trial_complete("t_stale", {"fid": 40.0, "kimg": 1.0})
 
-    study = optuna.load_study(study_name="s", storage=make_storage(str(journal)))
-    states = {t.number: t for t in study.trials}
+    journal_study = optuna.load_study(study_name="s", storage=make_storage(str(journal)))
+    states = {t.number: t for t in journal_study.trials}
     assert states[0].state.name == "COMPLETE" and states[0].value == 20.0  # its first record stands
     assert states[1].state.name == "COMPLETE" and states[1].value == 40.0
     assert states[2].state.name == "FAIL" and states[2].user_attrs["stale"] is True
-    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert not [t for t in journal_study.trials if t.state.name == "RUNNING"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -356,10 +358,10 @@ def test_results_disk_full_mid_study_stops_with_one_error_and_resume_finishes_it
         assert proc.returncode == 0, proc.stderr[-3000:]
         trials = pd.read_parquet(exp / "trials.parquet")
         assert len(trials) == 3 and (trials["status"] == "completed").all() and (trials["kimg"] >= 1.0).all()
-        study = load_study(exp, "full")
-        assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials if t.state.name == "COMPLETE") == \
+        journal_study = load_study(exp, "full")
+        assert sorted(t.user_attrs["ray_trial_id"] for t in journal_study.trials if t.state.name == "COMPLETE") == \
             sorted(trials["trial_id"])
-        assert not [t for t in study.trials if t.state.name == "RUNNING"]
+        assert not [t for t in journal_study.trials if t.state.name == "RUNNING"]
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 
@@ -556,8 +558,8 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
             rows = result_rows(exp)
             for trial_id in finished_in_snapshot():
                 done_at_kill.setdefault(trial_id, len(rows[trial_id]))
-            study = load_study(exp, name)
-            running = [t for t in study.trials if t.state.name == "RUNNING"]
+            journal_study = load_study(exp, name)
+            running = [t for t in journal_study.trials if t.state.name == "RUNNING"]
             assert running  # the kill leaves Optuna trials RUNNING: the resume must clean them up
             assert k == 2 or not finished_in_snapshot()
     finally:
@@ -613,11 +615,11 @@ def check_killed_study(exp: Path, name: str, n: int, drivers: list[Driver], done
     left = [staging.staging_dir(t) for t in trials["trial_id"]]
     assert not [p for p in left if p.exists() or staging.lock_path(p).exists()]
 
-    study = load_study(exp, name)
-    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    journal_study = load_study(exp, name)
+    assert not [t for t in journal_study.trials if t.state.name == "RUNNING"]
     # every Optuna trial names its Ray trial from the moment it is asked; the told ones carry a status
-    assert all("ray_trial_id" in t.user_attrs for t in study.trials)
-    told = [t for t in study.trials if "status" in t.user_attrs]
+    assert all("ray_trial_id" in t.user_attrs for t in journal_study.trials)
+    told = [t for t in journal_study.trials if "status" in t.user_attrs]
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in told}
     assert len(by_ray_id) == len(told)
     assert set(by_ray_id) == set(trials["trial_id"])  # each trial told exactly once, to its own Optuna trial
@@ -625,12 +627,12 @@ def check_killed_study(exp: Path, name: str, n: int, drivers: list[Driver], done
         # a trial re-run from an older checkpoint reproduces its results exactly (seeded, CPU)
         assert by_ray_id[row.trial_id].state.name == "COMPLETE"
         assert by_ray_id[row.trial_id].value == pytest.approx(row.fid_final, rel=1e-9)
-    others = [t for t in study.trials if "status" not in t.user_attrs]  # asked, never snapshotted: stale
+    others = [t for t in journal_study.trials if "status" not in t.user_attrs]  # asked, never snapshotted: stale
     assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") for t in others)
     assert not set(trials["trial_id"]) & {t.user_attrs["ray_trial_id"] for t in others}
     # sample grids as Optuna artifacts survive the kills: never one twice, and every trial holds its final one
     for row in trials.itertuples():
-        names = [m.filename for m in optuna.artifacts.get_all_artifact_meta(by_ray_id[row.trial_id], storage=study._storage)]
+        names = [m.filename for m in optuna.artifacts.get_all_artifact_meta(by_ray_id[row.trial_id], storage=journal_study._storage)]
         assert len(names) == len(set(names)), names
         final = max(p.name for p in (exp / row.trial_dir / "samples").glob("kimg_*.png"))
         assert final in names, (final, names)
@@ -687,10 +689,10 @@ def test_diverging_configs_end_as_failed_trials_in_a_real_study(idx_mnist, tmp_p
     assert diverged["fid_final"].isna().all()  # no finite FID: nothing to rank it by
     assert set(healthy["status"]) <= {"completed", "pruned"}
 
-    study = load_study(exp, name)
-    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
-    assert len(study.trials) == 4
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    journal_study = load_study(exp, name)
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in journal_study.trials}
+    assert len(journal_study.trials) == 4
+    assert not [t for t in journal_study.trials if t.state == optuna.trial.TrialState.RUNNING]
     for row in diverged.itertuples():
         ot = by_ray_id[row.trial_id]
         assert ot.state == optuna.trial.TrialState.FAIL and ot.value is None  # never a (good) score

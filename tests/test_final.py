@@ -206,7 +206,7 @@ def test_inception_metric_runs_in_fp32_under_bf16_training_and_its_statistics_ar
 
     from tuner import backbones, fid
     from tuner.config import TrainConfig
-    from tuner.trainable import train
+    from tuner.loop import train
 
     calls = []
     forward = backbones.InceptionBackbone._forward

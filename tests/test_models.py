@@ -1,7 +1,6 @@
 """Model registry, shapes of every model, one D and one G step, and the VAE objective."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from torch.nn.utils import parametrize
 from models import LOSSES, MODELS, build_model, clip_weights_, gradient_penalty, register_model, vae_loss
 from models.vae import AutoEncoder, VAE
 from tuner.config import ARCHS, D_NORMS, FAMILIES, TrainConfig
+from tuner.trial import build_models
 
 Z_DIM, WIDTH = 4, 8
 
@@ -57,7 +57,7 @@ def test_register_duplicate_raises():
 
 def test_build_unknown_model_raises():
     with pytest.raises(ValueError, match="no model registered for gan/resnet"):
-        build_model(SimpleNamespace(family="gan", arch="resnet"))
+        build_model("gan", "resnet", z_dim=Z_DIM, g_width=WIDTH, d_width=WIDTH)
 
 
 # ------------------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def test_build_unknown_model_raises():
 @pytest.mark.parametrize("arch,norm", GAN_CASES)
 def test_gan_shapes(arch, norm):
     torch.manual_seed(0)
-    G, D = build_model(cfg(family="gan", arch=arch, d_norm=norm))
+    G, D = build_models(cfg(family="gan", arch=arch, d_norm=norm))
     fake = G(torch.randn(2, Z_DIM))
     assert fake.shape == (2, 1, 28, 28)
     assert fake.min().item() >= -1 and fake.max().item() <= 1
@@ -77,7 +77,7 @@ def test_gan_shapes(arch, norm):
 
 @pytest.mark.parametrize("arch,norm", GAN_CASES)
 def test_discriminator_norm(arch, norm):
-    _, D = build_model(cfg(family="gan", arch=arch, d_norm=norm))
+    _, D = build_models(cfg(family="gan", arch=arch, d_norm=norm))
     layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     batch_norms = [m for m in D.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     assert len(layers) == 3
@@ -86,7 +86,7 @@ def test_discriminator_norm(arch, norm):
 
 
 def test_mlp_gan_sizes_at_width_64():
-    G, D = build_model(TrainConfig(family="gan", arch="mlp", g_width=64, d_width=64, z_dim=100))
+    G, D = build_models(TrainConfig(family="gan", arch="mlp", g_width=64, d_width=64, z_dim=100))
     g_sizes = [(m.in_features, m.out_features) for m in G.modules() if isinstance(m, nn.Linear)]
     d_sizes = [(m.in_features, m.out_features) for m in D.modules() if isinstance(m, nn.Linear)]
     assert g_sizes == [(100, 256), (256, 512), (512, 1024), (1024, 784)]
@@ -95,7 +95,7 @@ def test_mlp_gan_sizes_at_width_64():
 
 def test_dcgan_init():
     torch.manual_seed(0)
-    G, D = build_model(cfg(family="gan", arch="conv", g_width=16, d_width=16))
+    G, D = build_models(cfg(family="gan", arch="conv", g_width=16, d_width=16))
     for net in (G, D):
         weights = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))])
         assert weights.mean().item() == pytest.approx(0.0, abs=2e-3)
@@ -117,7 +117,7 @@ def optimizer_for(loss, params):
 def test_d_step_then_g_step(name, arch):
     torch.manual_seed(0)
     loss = LOSSES[name]
-    G, D = build_model(cfg(family="gan", arch=arch, d_norm="batch" if arch == "conv" else "spectral"))
+    G, D = build_models(cfg(family="gan", arch=arch, d_norm="batch" if arch == "conv" else "spectral"))
     opt_d, opt_g = optimizer_for(loss, D.parameters()), optimizer_for(loss, G.parameters())
     real, z = images(8), torch.randn(8, Z_DIM)
 
@@ -156,7 +156,7 @@ def test_d_step_then_g_step(name, arch):
 @pytest.mark.parametrize("family,arch,regularize", AE_CASES)
 def test_autoencoder_shapes(family, arch, regularize):
     torch.manual_seed(0)
-    model = build_model(cfg(family=family, arch=arch, regularize=regularize))
+    model = build_models(cfg(family=family, arch=arch, regularize=regularize))
     x = images(2, low=0.0)
     logits, code, logvar = model(x, generator=torch.Generator().manual_seed(0))
     assert model.z_dim == Z_DIM
@@ -174,7 +174,7 @@ def test_autoencoder_shapes(family, arch, regularize):
 
 @pytest.mark.parametrize("family,arch,regularize", AE_CASES)
 def test_regularize_adds_batchnorm_and_dropout(family, arch, regularize):
-    model = build_model(cfg(family=family, arch=arch, regularize=regularize, dropout=0.3))
+    model = build_models(cfg(family=family, arch=arch, regularize=regularize, dropout=0.3))
     for part in (model.encoder, model.decoder):
         norms = [m for m in part.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
         drops = [m for m in part.modules() if isinstance(m, nn.Dropout)]
@@ -183,7 +183,7 @@ def test_regularize_adds_batchnorm_and_dropout(family, arch, regularize):
 
 
 def test_conv_vae_widths_come_from_d_width_and_g_width():
-    model = build_model(cfg(family="vae", arch="conv", d_width=8, g_width=16))
+    model = build_models(cfg(family="vae", arch="conv", d_width=8, g_width=16))
     enc = [m for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
     dec = [m for m in model.decoder.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert [m.out_channels for m in enc] == [8, 16]
@@ -192,7 +192,7 @@ def test_conv_vae_widths_come_from_d_width_and_g_width():
 
 def test_vae_forward_is_reparameterised_and_seeded():
     torch.manual_seed(0)
-    model = build_model(cfg(family="vae", arch="conv"))
+    model = build_models(cfg(family="vae", arch="conv"))
     x = images(3, low=0.0)
     a = model(x, generator=torch.Generator().manual_seed(7))
     b = model(x, generator=torch.Generator().manual_seed(7))
@@ -208,7 +208,7 @@ def test_vae_forward_is_reparameterised_and_seeded():
 
 def test_ae_forward_ignores_generator():
     torch.manual_seed(0)
-    model = build_model(cfg(family="ae", arch="mlp"))
+    model = build_models(cfg(family="ae", arch="mlp"))
     x = images(3, low=0.0)
     a = model(x, generator=torch.Generator().manual_seed(1))
     b = model(x)

@@ -5,7 +5,8 @@ import torch
 
 from tuner.config import ConfigError, TrainConfig
 from tuner.precision import cpu_has_native_bf16, resolve_precision
-from tuner.trainable import autoencoder_step, build_trial, gan_step
+from tuner.steps import autoencoder_step, gan_step
+from tuner.trial import build_trial
 
 TINY = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
 YES, NO = (lambda: True), (lambda: False)

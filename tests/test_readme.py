@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from tuner.config import TrainConfig, glossary
-from tuner.search import SearchConfig
+from tuner.cli import glossary
+from tuner.config import TrainConfig
+from tuner.study import SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tuner import search, staging
+from tuner import staging, study
 from tuner.optuna_bridge import make_storage
 
 from conftest import run_study
@@ -32,10 +32,10 @@ def test_asha_stops_trials_and_optuna_records_them_as_pruned(idx_mnist, tmp_path
     completed = trials[trials["status"] == "completed"]
     assert len(completed) >= 1 and (completed["kimg"] >= 1.0).all()
 
-    study = load_study(exp, "asha")
-    states = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
-    assert len(study.trials) == 6
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    journal_study = load_study(exp, "asha")
+    states = {t.user_attrs["ray_trial_id"]: t for t in journal_study.trials}
+    assert len(journal_study.trials) == 6
+    assert not [t for t in journal_study.trials if t.state == optuna.trial.TrialState.RUNNING]
     for row in trials.itertuples():
         ot = states[row.trial_id]
         expected = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL"}[row.status]
@@ -49,7 +49,7 @@ def test_asha_stops_trials_and_optuna_records_them_as_pruned(idx_mnist, tmp_path
             assert ot.value == pytest.approx(row.fid_final)
 
     # conditional parameters appear only where they apply
-    for t in study.trials:
+    for t in journal_study.trials:
         assert ("clip_value" in t.params) == (t.params["loss"] == "wgan")
         assert ("gp_lambda" in t.params) == (t.params["loss"] == "wgan-gp")
     assert trials.loc[trials["loss"] != "wgan", "clip_value"].isna().all()
@@ -112,8 +112,8 @@ def test_vae_study_searches_the_vae_space(idx_mnist, tmp_path, ray_local):
     trials = pd.read_parquet(exp / "trials.parquet")
     assert len(trials) == 2 and (trials["family"] == "vae").all()
     assert trials["loss"].isna().all() and trials["n_critic"].isna().all()
-    study = load_study(exp, "vae")
-    for t in study.trials:
+    journal_study = load_study(exp, "vae")
+    for t in journal_study.trials:
         assert set(t.params) == {"z_dim", "lr", "kl_beta", "regularize"}
         assert 2 <= t.params["z_dim"] <= 8
     assert {"elbo", "test_recon", "recon", "kl"} <= set(trials.columns)
@@ -128,8 +128,8 @@ def test_tpe_models_results_after_n_startup_trials(tmp_path):
     base = TrainConfig(max_kimg=1.0, eval_every_kimg=1.0)
     proposals = {}
     for k in (2, 100):
-        cfg = search.SearchConfig(n_startup_trials=k, storage_path=str(tmp_path), name=f"k{k}")
-        searcher = search.make_searcher(cfg, base, {})
+        cfg = study.SearchConfig(n_startup_trials=k, storage_path=str(tmp_path), name=f"k{k}")
+        searcher = study.make_searcher(cfg, base, {})
         proposals[k] = []
         for i, fid in enumerate((300.0, 100.0, None)):
             proposals[k].append(searcher.suggest(f"t{i}"))
@@ -139,7 +139,7 @@ def test_tpe_models_results_after_n_startup_trials(tmp_path):
     assert proposals[2][:2] == proposals[100][:2]
     assert proposals[2][2] != proposals[100][2]
     with pytest.raises(Exception, match="n_startup_trials"):
-        search.SearchConfig(n_startup_trials=-1)
+        study.SearchConfig(n_startup_trials=-1)
 
 
 def _proposals(tmp_path, name, feedback, **fields):
@@ -147,8 +147,8 @@ def _proposals(tmp_path, name, feedback, **fields):
     from tuner.config import TrainConfig
 
     base = TrainConfig(max_kimg=1.0, eval_every_kimg=1.0)
-    cfg = search.SearchConfig(storage_path=str(tmp_path), name=name, **fields)
-    searcher = search.make_searcher(cfg, base, {})
+    cfg = study.SearchConfig(storage_path=str(tmp_path), name=name, **fields)
+    searcher = study.make_searcher(cfg, base, {})
     out = []
     for i, fid in enumerate(feedback):
         out.append(searcher.suggest(f"t{i}"))
@@ -165,7 +165,7 @@ def test_random_sampler_ignores_results_and_tpe_does_not(tmp_path):
     tpe_up, tpe_down = _proposals(tmp_path, "t1", up, **flags), _proposals(tmp_path, "t2", down, **flags)
     assert tpe_up[:3] == tpe_down[:3] and tpe_up != tpe_down  # random start-up, then modelled on the results
     with pytest.raises(Exception, match="sampler"):
-        search.SearchConfig(sampler="grid")
+        study.SearchConfig(sampler="grid")
 
 
 def test_warm_start_points_come_first_by_default(tmp_path):
@@ -193,13 +193,13 @@ def test_space_fields_are_conditional_on_the_loss(tmp_path, space):
     from models.losses import LOSSES
 
     ranges = build_ranges("gan", {}, space)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda t: define_by_run("gan", tuple(LOSSES), ranges)(t) or 0.0, n_trials=200)
-    critic_max = {loss: max(t.params["n_critic"] for t in study.trials if t.params["loss"] == loss) for loss in LOSSES}
+    journal_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    journal_study.optimize(lambda t: define_by_run("gan", tuple(LOSSES), ranges)(t) or 0.0, n_trials=200)
+    critic_max = {loss: max(t.params["n_critic"] for t in journal_study.trials if t.params["loss"] == loss) for loss in LOSSES}
     for loss, top in critic_max.items():
         assert top <= (ranges["n_critic"].high if loss in CRITIC_LOSSES else SMALL_N_CRITIC), loss
     assert max(critic_max[loss] for loss in CRITIC_LOSSES) > SMALL_N_CRITIC
-    for t in study.trials:
+    for t in journal_study.trials:
         assert ("clip_value" in t.params) == (t.params["loss"] == "wgan")
         assert ("gp_lambda" in t.params) == (t.params["loss"] == "wgan-gp")
         assert {"d_norm", "lr_d_ratio", "beta2"} <= set(t.params)

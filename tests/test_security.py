@@ -203,7 +203,7 @@ def short_root():
 LOCAL_DRIVER = """
 import os, sys
 import ray
-from tuner.search import SearchConfig, init_ray
+from tuner.study import SearchConfig, init_ray
 init_ray(SearchConfig())
 node = ray._private.worker._global_node
 print(os.environ.get("RAY_AUTH_MODE"), node.gcs_address, file=open(sys.argv[1] + ".tmp", "w"), flush=True)

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from tuner.config import TrainConfig
-from tuner.trainable import CheckpointError, build_trial, gan_step, load_checkpoint, train
+from tuner.checkpoint import CheckpointError, load_checkpoint
+from tuner.loop import train
+from tuner.steps import gan_step
+from tuner.trial import build_trial
 
 TINY = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
 
@@ -109,7 +112,7 @@ def test_real_fashion_training_lowers_domain_fid(fashion_mirror, tmp_path, monke
 def test_evaluations_land_on_the_given_points_with_the_exact_kimg(idx_mnist, tmp_path):
     """eval_every_kimg 0 + eval_at_kimg (a study's ASHA rungs): one evaluation at the first step at or past
     each point and at max_kimg, each reporting the images actually seen (batch 16: ceil(p / 16) * 16)."""
-    from tuner.trainable import eval_points
+    from tuner.loop import eval_points
 
     cfg = TrainConfig(**TINY, loss="hinge", max_kimg=1.0, eval_every_kimg=0.0, eval_at_kimg=(0.25, 0.75))
     assert eval_points(cfg) == [250, 750, 1000]

@@ -12,25 +12,24 @@ being silently ignored (the bug in Ray's own pbt_dcgan_mnist example).
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
 import functools
-import inspect
 import math
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
+from models.gan import D_NORMS
+from models.losses import LOSS_KEYS, LOSSES, OPTIMIZERS
+
 DATASETS = ("mnist", "fashion-mnist")
 FAMILIES = ("gan", "vae", "ae")
 ARCHS = ("conv", "mlp")
-D_NORMS = ("none", "batch", "spectral")
-OPTIMIZERS = ("adam", "rmsprop")
-BACKBONES = ("domain", "inception")
+BACKBONES = ("domain", "inception")  # tuner/backbones.py registers a class under each
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_LOSS = "hinge"
 
 # VAE/AE optimiser defaults: Adam with Kingma & Ba's betas, the usual 1e-3 of VAE tutorials.
 AUTOENCODER_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999}
@@ -157,19 +156,8 @@ class TrainConfig:
         """The same config with every None default filled in from the loss / family defaults."""
         changes: dict[str, Any] = {}
         if self.family == "gan":
-            from models.losses import LOSSES
-
-            loss = LOSSES[self.loss or "hinge"]
-            defaults = {
-                "loss": loss.name,
-                "optimizer": loss.optimizer,
-                "lr": loss.lr,
-                "beta1": loss.betas[0],
-                "beta2": loss.betas[1],
-                "n_critic": loss.n_critic,
-                "clip_value": loss.clip_value,
-                "gp_lambda": loss.gp_lambda,
-            }
+            loss = LOSSES[self.loss or DEFAULT_LOSS]
+            defaults = {"loss": loss.name, **loss.defaults()}
         else:
             defaults = dict(AUTOENCODER_DEFAULTS)
         for key, value in defaults.items():
@@ -193,8 +181,6 @@ def _choice(cfg: Any, field: str, choices: tuple[str, ...]) -> None:
 
 
 def validate(cfg: TrainConfig) -> None:
-    from models.losses import LOSSES
-
     _choice(cfg, "dataset", DATASETS)
     _choice(cfg, "family", FAMILIES)
     _choice(cfg, "arch", ARCHS)
@@ -231,7 +217,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.family == "gan":
         if cfg.loss is not None:
             _require(cfg.loss in LOSSES, "loss", "one of " + ", ".join(LOSSES), cfg.loss)
-        loss = cfg.loss or "hinge"
+        loss = cfg.loss or DEFAULT_LOSS
         if cfg.n_critic is not None:
             _require(cfg.n_critic >= 1, "n_critic", "an integer >= 1", cfg.n_critic)
         if cfg.clip_value is not None:
@@ -313,71 +299,6 @@ def build(cls: type, values: dict[str, Any]) -> Any:
     return cls(**{k: coerce(cls, k, v) for k, v in values.items()})
 
 
-# ------------------------------------------------------------------------------------------
-# command line: flags generated from the dataclass fields and their docstrings
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each dataclass field (as tyro / cleanrl read them)."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        tree = ast.parse(inspect.getsource(klass))
-        body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:]):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)
-            ):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump), exit status 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
-    """Add one flag per field of `cls`; unset flags stay out of the namespace (SUPPRESS)."""
-    group = parser.add_argument_group(title or cls.__name__)
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        kind, optional = field_types(cls)[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = docs.get(f.name, "") + ("" if default is None else f" [default: {default}]")
-        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings ("25% of its memory")
-        if kind is bool:
-            group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
-        elif kind is tuple:
-            group.add_argument(flag(f.name), dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
-        else:
-            group.add_argument(flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
-                               metavar=kind.__name__.upper(), help=help_text)
-
-
-def from_namespace(cls: type, namespace: argparse.Namespace, **overrides: Any) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in vars(namespace).items() if k in names}
-    values.update(overrides)
-    for key, value in values.items():
-        if isinstance(value, list):
-            values[key] = tuple(value)
-    return build(cls, values)
-
-
 def load_config(path: str) -> TrainConfig:
     """Read a config saved as JSON (e.g. OUT/config.json)."""
     import json
@@ -386,19 +307,13 @@ def load_config(path: str) -> TrainConfig:
         return TrainConfig.from_dict(json.load(fh))
 
 
-def glossary(cls: type) -> str:
-    """A markdown table of the fields of `cls` (the README glossary is generated from this)."""
-    rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else ""
-        text = field_docs(cls)[f.name].replace("|", "\\|")
-        rows.append(f"| `{flag(f.name)}` | `{default}` | {text} |")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":  # python -m tuner.config: print the glossary tables
-    from tuner.search import SearchConfig
-
-    print(glossary(TrainConfig))
-    print()
-    print(glossary(SearchConfig))
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
+    """The full config of one trial: base fields overridden by the searched (or grid) parameters.
+    A searched loss brings its own defaults (the loss registry's), not those of the base loss."""
+    params = params.get("cell", params)
+    merged = {**base, **params}
+    if merged.get("family") == "gan" and params.get("loss") not in (None, base.get("loss")):
+        for key in LOSS_KEYS:
+            if key not in params:
+                merged[key] = None
+    return TrainConfig.from_dict(merged).resolved()

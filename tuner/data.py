@@ -15,11 +15,12 @@ import functools
 import gzip
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from torchvision import datasets
+
+from tuner.cli import one_line  # torchvision's download errors span several lines (one per mirror tried)
 
 DATASET_CLASSES = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 SPLITS = ("train", "test")
@@ -114,15 +115,10 @@ def load_split(dataset: str, split: str, mirror: str | None = None) -> tuple[tor
     try:
         ds = cls(str(data_root()), train=split == "train", download=not mirror and not _present(cls))
     except RuntimeError as err:  # torchvision: "Dataset not found..." or a failed download
-        raise DataError(f"{dataset} not found under {data_root()} ({_one_line(err)}). {how_to_get(dataset)}") from err
+        raise DataError(f"{dataset} not found under {data_root()} ({one_line(err)}). {how_to_get(dataset)}") from err
     except OSError as err:  # no network
-        raise DataError(f"{dataset} could not be downloaded ({_one_line(err)}). {how_to_get(dataset)}") from err
+        raise DataError(f"{dataset} could not be downloaded ({one_line(err)}). {how_to_get(dataset)}") from err
     return ds.data.contiguous(), ds.targets.long()
-
-
-def _one_line(err: Exception) -> str:
-    """torchvision's download errors span several lines (one per mirror tried)."""
-    return " ".join(str(err).split())
 
 
 def _present(cls: type) -> bool:

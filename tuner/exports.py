@@ -22,7 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.config import ArgumentParser, ConfigError, TrainConfig
+from tuner.cli import ArgumentParser
+from tuner.config import ConfigError, TrainConfig, trial_config
 
 RAY_COLUMNS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
@@ -66,7 +67,6 @@ def build_frames(exp: str | Path) -> dict[str, Any]:
     exp = Path(exp)
     saved = load_search_config(exp)
     base, max_kimg = saved["base"], saved["base"]["max_kimg"]
-    from tuner.search import trial_config
 
     analysis = tune.ExperimentAnalysis(str(exp))
     rows, histories = [], []

@@ -323,14 +323,10 @@ def _statistics(source: tuple[str, str] | np.ndarray, arg: str, backbone: Backbo
     return mu, sigma, len(source)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse adds the usage block)
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    from tuner.cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m tuner.fid",
         description="FID between two sets of 28×28 grayscale images. Each of A and B is " + SOURCE_HELP + ".",
     )

@@ -10,7 +10,6 @@ another node never retrains the classifier or recomputes the statistics.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from tuner.config import TrainConfig
 from tuner.data import cache_root, load_split, resolve_mirror

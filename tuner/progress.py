@@ -1,7 +1,7 @@
 """Progress of one long run over kimg: a tqdm bar on a terminal, plain lines anywhere else.
 
 `python -m tuner.train` and `python -m analysis.rerun` pass a `KimgProgress` to
-`tuner.trainable.train(progress=...)`, which calls it with the images seen after every step.
+`tuner.loop.train(progress=...)`, which calls it with the images seen after every step.
 
 - On a terminal (stdout is a TTY and TERM is not `dumb`): a tqdm bar in kimg, with the rate in
   img/s; evaluation lines are printed above it (`write`).

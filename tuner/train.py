@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tuner.config import ArgumentParser, ConfigError, TrainConfig, add_arguments, from_namespace
+from tuner.cli import ArgumentParser, add_arguments, from_namespace
+from tuner.config import ConfigError, TrainConfig
 from tuner.paths import cache_folder, output_folder
 
 
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from tuner.data import DataError
-    from tuner.trainable import CheckpointError, train
+    from tuner.checkpoint import CheckpointError
+    from tuner.loop import train
 
     out = Path(args.out)
     resume = out / "checkpoint" if args.resume else None

@@ -28,7 +28,7 @@ from typing import Any
 
 log = logging.getLogger("gentune.watch")
 
-# TensorBoard tag / Optuna artifact role -> file name prefix written by tuner.trainable.evaluate
+# TensorBoard tag / Optuna artifact role -> file name prefix written by tuner.evaluate.Evaluator
 GRID_PREFIXES = {
     "samples": "kimg_",
     "reconstructions": "recon_kimg_",

@@ -1,0 +1,137 @@
+"""The layout: layers, each importing only itself and the layers before it, and no import circle.
+
+Every import statement counts: module level, inside functions, and under TYPE_CHECKING. The layers,
+lowest first, are the ones the README's "Layout" section draws.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("models", "tuner", "analysis")
+
+# lowest first; a module may import modules of its own layer and of the layers before it
+LAYERS: dict[str, tuple[str, ...]] = {
+    "models": ("models",),
+    "config": ("tuner.config", "tuner.cli", "tuner.paths"),
+    "train and metrics": ("tuner.data", "tuner.precision", "tuner.trial", "tuner.steps", "tuner.checkpoint",
+                          "tuner.evaluate", "tuner.loop", "tuner.train", "tuner.progress", "tuner.watch",
+                          "tuner.backbones", "tuner.domain", "tuner.fid", "tuner.diversity", "tuner.metrics_cache"),
+    "study": ("tuner.space", "tuner.optuna_bridge", "tuner.console", "tuner.storage", "tuner.staging",
+              "tuner.worker", "tuner.resume", "tuner.study"),
+    "results": ("tuner.exports", "tuner.search"),
+    "analysis": ("analysis",),
+}
+
+
+def project_modules() -> list[str]:
+    return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                  for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+def layer_of(module: str) -> int:
+    for index, prefixes in enumerate(LAYERS.values()):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS (and to the README's layout)")
+
+
+def source_of(module: str) -> Path:
+    path = ROOT / (module.replace(".", "/") + ".py")
+    return path if path.is_file() else ROOT / module.replace(".", "/") / "__init__.py"
+
+
+def imports_of(module: str, known: set[str], path: Path | None = None) -> set[str]:
+    """The project modules that `module` imports anywhere in its source."""
+    path = path or source_of(module)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from tuner import loop` imports tuner.loop; `from tuner.config import X` imports tuner.config
+            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
+                     for alias in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module and name.split(".")[0] in PACKAGES:
+                found.add(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = set(project_modules())
+    return {m: imports_of(m, known) for m in known}
+
+
+def test_every_module_is_in_a_layer_and_imports_no_layer_above_it():
+    graph = import_graph()
+    upward = [f"{m} ({list(LAYERS)[layer_of(m)]}) imports {n} ({list(LAYERS)[layer_of(n)]})"
+              for m, targets in sorted(graph.items()) for n in sorted(targets) if layer_of(n) > layer_of(m)]
+    assert not upward, "imports that point up a layer:\n" + "\n".join(upward)
+
+
+def test_models_import_nothing_of_tuner_or_analysis_and_tuner_nothing_of_analysis():
+    graph = import_graph()
+    assert not {n for m, t in graph.items() if m.startswith("models") for n in t if not n.startswith("models")}
+    assert not {n for m, t in graph.items() if m.startswith("tuner") for n in t if n.startswith("analysis")}
+
+
+def test_the_import_graph_has_no_circle():
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                circle = path[path.index(target):] + [target]
+                pytest.fail("import circle: " + " -> ".join(circle))
+            if target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_the_checker_sees_every_kind_of_import(tmp_path):
+    # the checker itself must be able to fail: imports hidden in a function and under TYPE_CHECKING count
+    source = tmp_path / "a.py"
+    source.write_text("from typing import TYPE_CHECKING\n"
+                      "import tuner.c as c\n"
+                      "if TYPE_CHECKING:\n    from tuner.b import X\n"
+                      "def f():\n    from tuner import d, e\n    from analysis.f import g\n")
+    known = {"tuner", "tuner.a", "tuner.b", "tuner.c", "tuner.d", "analysis", "analysis.f"}
+    assert imports_of("tuner.a", known, source) == {"tuner.b", "tuner.c", "tuner.d", "tuner", "analysis.f"}
+    graph = import_graph()
+    assert "tuner.config" in graph["tuner.loop"]  # a module-level import
+    assert "tuner.loop" in graph["tuner.worker"]  # `from tuner import loop` inside run_trial
+
+
+def test_every_module_imports_alone():
+    # one fresh interpreter; before each module, every project module is dropped from sys.modules,
+    # so each one is imported with nothing of the project loaded before it
+    modules = [m for m in project_modules() if m != "tuner.search"] + ["tuner.search"]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n"
+        f"    for k in [k for k in sys.modules if k.split('.')[0] in {PACKAGES!r}]:\n"
+        "        del sys.modules[k]\n"
+        "    importlib.import_module(m)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

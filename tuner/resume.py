@@ -1,0 +1,146 @@
+"""Resume: restore everything or nothing (RAY-OPTUNA.md pitfalls 10 and 11).
+
+Before Ray starts, `check_restorable` reads what Tune's restore will read and either repairs it or
+refuses with one line (RestoreFailed, exit 2) leaving every file unchanged. During `Tuner.fit`,
+`RestoreGuard` turns Tune's silent restart after a failed restore into that same error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuner.config import ConfigError
+
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+class RestoreFailed(ConfigError):
+    """Ray Tune could not restore the experiment; nothing has run and nothing was written."""
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    """The file Tune restores from: the largest name matching `pattern` (names carry the session time)."""
+    found = sorted(folder.glob(pattern), key=lambda p: p.name)
+    return found[-1] if found else None
+
+
+def check_restorable(exp: Path, searched: bool) -> set[str]:
+    """Read, before Ray starts, what Tune's restore reads; refuse with one line naming the file, or repair.
+
+    Tune restarts an experiment from scratch when its restore fails (pitfall 10), so every part of a
+    local experiment's state is checked here first:
+    - the newest experiment_state-*.json (every trial's record): missing or unreadable -> refused;
+    - search_gen_state-*.json (Ray's pickle of how many trials the searcher has created, read with
+      Tune's own loader as its restore would): its count is set to the trials in the experiment
+      state when they differ (a driver killed while Tune copied its snapshot files into storage
+      leaves them from two moments); unreadable -> rebuilt from an older one, else refused;
+    - Tune's lock folder in the system temp (pitfall 11): unusable -> refused.
+    The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
+    journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
+    experiment state. `exp` is a local folder: remote storage (s3://) is left to the guard around
+    `fit` (RestoreGuard). `searched`: a study with a searcher (not a grid).
+    """
+
+    def refuse(what: str, why: str) -> RestoreFailed:
+        return RestoreFailed(f"cannot resume {exp}: {what} {why}; nothing was run or changed")
+
+    state_file = _newest(exp, "experiment_state-*.json")
+    if state_file is None:
+        raise refuse("experiment_state-*.json", "is missing (Ray Tune's record of the trials)")
+    try:
+        state = json.loads(state_file.read_bytes())
+        trial_ids = set()
+        for trial_json, _metadata in state["trial_data"]:
+            trial_ids.add(json.loads(trial_json)["trial_id"])
+        state["runner_data"]  # noqa: B018 (Tune's restore reads it first)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise refuse(state_file.name, f"is unreadable ({type(err).__name__}: {err})") from None
+    check_lock_folder(exp)  # before any repair: a refusal changes nothing
+    if searched:
+        repair_search_generator_state(exp, len(state["trial_data"]), refuse)
+    return trial_ids
+
+
+def _load_tune_pickle(path: Path) -> Any:
+    """One of Ray's own state pickles, read with Tune's own loader (as Tune's restore reads it)."""
+    import glob
+
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    return _load_newest_checkpoint(str(path.parent), glob.escape(path.name))
+
+
+def repair_search_generator_state(exp: Path, n_trials: int, refuse) -> None:
+    """Make the newest search_gen_state count exactly the trials of the experiment state."""
+    from ray.tune.utils.util import _atomic_save
+
+    files = sorted(exp.glob("search_gen_state-*.json"), key=lambda p: p.name, reverse=True)
+    if not files:
+        return
+    newest, state, why = files[0], None, None
+    for path in files:
+        try:
+            state = _load_tune_pickle(path)
+            break
+        except Exception as err:  # noqa: BLE001
+            why = why or f"{type(err).__name__}: {err}"
+    if state is None:
+        raise refuse(newest.name, f"is unreadable ({why}), and no older copy is readable")
+    if path == newest and state.get("counter") == n_trials:
+        return
+    old = state.get("counter")
+    state = {**state, "counter": n_trials}
+    if state.get("total_samples") is not None and n_trials < state["total_samples"]:
+        state["finished"] = False
+    if path != newest:
+        newest.rename(newest.with_name(newest.name + ".damaged"))
+        print(f"gentune: {newest.name} is unreadable ({why}); set aside as {newest.name}.damaged and rebuilt "
+              f"from {path.name}", file=sys.stderr, flush=True)
+    _atomic_save(state=state, checkpoint_dir=str(exp), file_name=newest.name, tmp_file_name=f".tmp-{newest.name}")
+    if path == newest:
+        print(f"gentune: {newest.name} counted {old} trials, the experiment state holds {n_trials} (the driver "
+              f"was stopped while Tune copied its snapshot): set to {n_trials}", file=sys.stderr, flush=True)
+
+
+def check_lock_folder(exp: Path) -> None:
+    """Take a lock the way Tune's restore does (TempFileLock in $RAY_TMPDIR, $TMPDIR or /tmp)."""
+    from ray.air._internal.filelock import TempFileLock
+
+    try:
+        with TempFileLock(str(exp / ".gentune-resume-probe"), timeout=10):
+            pass
+    except Exception as err:  # noqa: BLE001
+        import ray._common.utils
+
+        folder = Path(ray._common.utils.get_default_system_temp_dir()) / "_ray_lockfiles"
+        raise RestoreFailed(f"cannot resume {exp}: Ray Tune's lock folder {folder} is not usable "
+                            f"({type(err).__name__}: {err}); allowed a lock folder this account can write: "
+                            "set TMPDIR (or RAY_TMPDIR) to a folder of your own; nothing was run or changed") from None
+
+
+class RestoreGuard(logging.Filter):
+    """Turns Tune's silent restart after a failed restore into an error, before any trial runs.
+
+    Tune logs "Failed to restore the run state." from TuneController.__init__ and then starts the
+    experiment afresh (unless fail_fast, which also changes how failing trials end the run). This
+    filter on Tune's logger raises RestoreFailed at that log call instead: the exception leaves
+    TuneController.__init__ before any trial is created or any state file is written.
+    """
+
+    def __init__(self, exp: str):
+        super().__init__()
+        self.exp = exp
+        self.error: RestoreFailed | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to restore the run state"):
+            cause = record.exc_info[1] if record.exc_info else None
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else "see Ray's log above"
+            self.error = RestoreFailed(f"cannot resume {self.exp}: Ray Tune could not restore the run state "
+                                       f"({why}); nothing was run")
+            raise self.error
+        return True

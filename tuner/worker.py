@@ -1,0 +1,99 @@
+"""The Ray worker: `run_trial` runs one trial of a study (or of a final evaluation) inside a Ray
+Tune function trainable. It installs the metric assets the driver prepared, builds the trial config
+(tuner/config.py:trial_config), trains it (tuner/loop.py:train) with a `report` that hands each
+evaluation and its checkpoint to Tune, and resumes from the checkpoint Tune restores after a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuner.config import trial_config
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, bytes], cpus: float = 1.0,
+              env: dict[str, str] | None = None) -> None:
+    import ray
+    import torch
+    from ray import tune
+
+    from tuner import loop  # looked up at call time: the fault tests wrap loop.train inside the workers
+    from tuner.checkpoint import CheckpointError
+    from tuner.metrics_cache import install_assets
+
+    # The driver's GENTUNE_* settings (data root, mirror, cache) replace whatever the worker
+    # process inherited when Ray started it: a stale mirror must not reach another dataset's trial.
+    env = env or {}
+    for key in [k for k in os.environ if k.startswith("GENTUNE_") and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
+    from tuner.console import quiet_worker_logs
+
+    quiet_worker_logs(env)  # Ray's "Checkpoint successfully created" lines only with --verbose
+    install_assets(assets, base.get("cache_dir"))
+    cfg = trial_config(base, config)
+    torch.set_num_threads(max(1, int(cpus)))
+    out_dir = Path.cwd()  # the trial's working dir; Ray syncs it (samples/, metrics.jsonl) to storage
+
+    node_id = ray.get_runtime_context().get_node_id()  # which Ray node ran each evaluation
+
+    def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        # Ray's progress table shows the first four metrics: put the ones a reader scans first.
+        first = [k for k in ("fid", "kimg", "classes_covered", "img_per_s") if k in record]
+        metrics = {k: record[k] for k in first} | {k: v for k, v in record.items() if k not in first}
+        metrics.setdefault("diverged", False)
+        metrics["node_id"] = node_id
+        metrics.update(images.on_eval(record))  # sample grids -> TensorBoard, and grid_* paths for Optuna
+        if checkpoint_dir is None:
+            tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    from tuner.staging import staging
+    from tuner.watch import TrialImages
+
+    images = TrialImages(out_dir)
+    # Checkpoints are staged outside the working dir (tuner/staging.py says why, and who removes them).
+    with staging(tune.get_context().get_trial_id()) as staged:
+        try:
+            # Resume from the checkpoint Tune restores (its latest). If that one is damaged, every retry
+            # would fail the same way: try the trial's older checkpoints still in storage, newest first
+            # (Tune keeps the best-FID ones besides the latest), then start again from scratch.
+            # train() loads the checkpoint before its first step, so a CheckpointError means nothing was
+            # reported from it.
+            checkpoint = tune.get_checkpoint()
+            candidates = [checkpoint, *older_checkpoints(checkpoint)] if checkpoint is not None else []
+            for i, candidate in enumerate(candidates):
+                resume_from = staged / "resume"
+                shutil.rmtree(resume_from, ignore_errors=True)
+                candidate.to_directory(str(resume_from))
+                try:
+                    loop.train(cfg, out_dir, report=report, resume_from=resume_from, checkpoint_dir=staged / "checkpoint")
+                    return
+                except CheckpointError as err:
+                    instead = f"resuming from the older {candidates[i + 1].path}" if i + 1 < len(candidates) else "restarting the trial from scratch"
+                    print(f"gentune: cannot resume from {candidate.path}: {err}; {instead}", file=sys.stderr, flush=True)
+            loop.train(cfg, out_dir, report=report, resume_from=None, checkpoint_dir=staged / "checkpoint")
+        finally:  # also when ASHA stops the trial: Tune ends it with SystemExit inside report()
+            images.close()
+
+
+def older_checkpoints(checkpoint) -> list:
+    """The trial's checkpoints in storage older than `checkpoint`, newest first (any filesystem
+    Ray supports: local, NFS, S3). Tune names them checkpoint_000000, checkpoint_000001, ..."""
+    import pyarrow.fs
+    from ray import tune
+
+    path = checkpoint.path.rstrip("/")
+    parent, name = path.rsplit("/", 1)
+    try:
+        infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    except OSError:
+        return []
+    older = sorted((info.base_name for info in infos if info.type == pyarrow.fs.FileType.Directory
+                    and info.base_name.startswith("checkpoint_") and info.base_name < name), reverse=True)
+    return [tune.Checkpoint(f"{parent}/{older_name}", filesystem=checkpoint.filesystem) for older_name in older]
