@@ -24,14 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-# Searched parameters drawn on a log axis (the search space samples them log-uniformly).
-LOG_PARAMS = ("lr", "lr_d_ratio", "clip_value", "gp_lambda", "z_dim", "kl_beta")
-# TrainConfig fields a search or a grid may vary (tuner/space.py), in the order the report lists them.
-# optimizer is left out: it follows the loss (its published default), nobody searches it.
-PARAM_CANDIDATES = (
-    "loss", "z_dim", "lr", "lr_d_ratio", "beta1", "beta2", "batch_size", "n_critic", "clip_value", "gp_lambda",
-    "g_width", "d_width", "d_norm", "arch", "kl_beta", "regularize", "dropout",
-)
+from tuner.space import SEARCHABLE as PARAM_CANDIDATES  # what a search or a grid may vary, in report order
+
 CATEGORICAL_PARAMS = ("loss", "d_norm", "optimizer", "arch", "regularize")
 # A generator is flagged as (partly) mode-collapsed when its samples cover fewer than
 # COLLAPSE_CLASSES of the 10 classes (a class is covered at >= 5% of the samples, tuner/diversity.py),
@@ -44,7 +38,6 @@ COLLAPSE_KL = 0.5
 # scored 318.5 with the domain backbone at 1000 samples; the first recognisable garments appear around
 # 160), so low coverage there says "not yet trained", not "collapsed".
 UNTRAINED_FID = 200.0
-STATUSES_ORDER = ("completed", "pruned", "diverged", "errored", "running", "pending")
 
 
 class NotEnoughData(ValueError):

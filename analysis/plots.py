@@ -25,10 +25,10 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from tuner.space import LOG_SCALED as LOG_PARAMS  # the space draws them log-uniformly
 from analysis.frames import (
     COLLAPSE_CLASSES,
     COLLAPSE_KL,
-    LOG_PARAMS,
     NotEnoughData,
     best_evaluations,
     class_hist,

@@ -23,9 +23,9 @@ import pandas as pd
 
 from analysis import fmt
 from tuner.cli import ArgumentParser
+from tuner.schema import STATUSES
 from analysis.answers import answer_all
 from analysis.frames import (
-    STATUSES_ORDER,
     Experiment,
     ExperimentSet,
     NotEnoughData,
@@ -106,7 +106,7 @@ class Report:
                 "datasets": ", ".join(sorted(t["dataset"].dropna().unique())) if len(t) else "n/a",
                 "families": ", ".join(sorted(t["family"].dropna().unique())) if len(t) else "n/a",
                 "trials": fmt.count(len(t)),
-                **{s: fmt.count(counts.get(s, 0)) for s in STATUSES_ORDER},
+                **{s: fmt.count(counts.get(s, 0)) for s in STATUSES},
                 "max kimg": fmt.kimg(e.max_kimg),
                 "FID": fid_setup_text(t) if len(t) else "n/a",
             })

@@ -122,7 +122,7 @@ def fashion_mirror(_fashion_data_root: Path, tmp_path: Path, monkeypatch: pytest
 
 
 # ------------------------------------------------------------------------------------------
-# a tiny study through the real CLI entry point (tests/test_search.py, tests/test_watch.py)
+# a tiny study through the real CLI entry point (tests/test_study.py, tests/test_watch.py)
 
 TINY_STUDY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
               "--fid-samples", "64", "--cpus-per-trial", "1", "--max-concurrent", "2",

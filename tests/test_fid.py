@@ -12,7 +12,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from tuner import fid as fidmod
+from tuner.fid import cli as fid_cli
 from tuner.backbones import get_backbone
 from tuner.data import load_split
 from tuner.fid import (
@@ -186,7 +186,7 @@ def test_fid_of_images_matches_the_pure_steps(idx_mnist):
 
 
 def run_cli(capsys, *argv):
-    code = fidmod.main([str(a) for a in argv])
+    code = fid_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from models import LOSSES, MODELS, build_model, clip_weights_, gradient_penalty, register_model, vae_loss
+from models import LOSSES, MODELS, build_model, register_model, vae_loss
 from models.vae import AutoEncoder, VAE
 from tuner.config import ARCHS, D_NORMS, FAMILIES, TrainConfig
-from tuner.trial import build_models
+from tuner.steps import d_step, g_step
+from tuner.trial import build_models, build_trial
 
 Z_DIM, WIDTH = 4, 8
 
@@ -103,50 +104,35 @@ def test_dcgan_init():
 
 
 # ------------------------------------------------------------------------------------------
-# one training step: each side's step touches only its own parameters
-
-
-def optimizer_for(loss, params):
-    if loss.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=loss.lr)
-    return torch.optim.Adam(params, lr=loss.lr, betas=loss.betas)
+# the trainer's real steps (tuner/steps.py): each side's step changes only its own parameters
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_d_step_then_g_step(name, arch):
-    torch.manual_seed(0)
     loss = LOSSES[name]
-    G, D = build_models(cfg(family="gan", arch=arch, d_norm="batch" if arch == "conv" else "spectral"))
-    opt_d, opt_g = optimizer_for(loss, D.parameters()), optimizer_for(loss, G.parameters())
-    real, z = images(8), torch.randn(8, Z_DIM)
+    config = cfg(family="gan", arch=arch, loss=name, batch_size=8,
+                 d_norm="batch" if arch == "conv" else "spectral").resolved()
+    trial = build_trial(config, torch.device("cpu"))
+    G, D = trial.nets["G"], trial.nets["D"]
 
     g_before, d_before = snapshot(G), snapshot(D)
-    with torch.no_grad():
-        fake = G(z)
-    d_loss = loss.d_loss(D(real), D(fake))
-    if loss.gp_lambda is not None:
-        d_loss = d_loss + loss.gp_lambda * gradient_penalty(D, real, fake)
-    opt_d.zero_grad()
-    d_loss.backward()
-    opt_d.step()
-    if loss.clip_value is not None:
-        clip_weights_(D, loss.clip_value)
+    out = d_step(trial, loss, images(8))
+    assert set(out) == {"loss_d", "d_real", "d_fake"} and all(torch.isfinite(v) for v in out.values())
+    if loss.clip_value is not None:  # wgan: clipped after the step
         assert all(bool((p.abs() <= loss.clip_value).all()) for p in D.parameters())
     assert unchanged(G, g_before)
     assert all(p.grad is None for p in G.parameters())
     assert not unchanged(D, d_before)
+    assert trial.images_seen == 8  # a critic step counts its real batch
 
     d_before = snapshot(D)
-    D.requires_grad_(False)
-    g_loss = loss.g_loss(D(G(z)))
-    opt_g.zero_grad()
-    g_loss.backward()
-    opt_g.step()
-    D.requires_grad_(True)
+    out = g_step(trial, loss)
+    assert set(out) == {"loss_g"} and torch.isfinite(out["loss_g"])
     assert unchanged(D, d_before)
     assert not unchanged(G, g_before)
     assert all(p.grad is not None for p in G.parameters())
+    assert trial.images_seen == 8  # a generator step sees no real images
 
 
 # ------------------------------------------------------------------------------------------

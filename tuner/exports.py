@@ -24,13 +24,13 @@ import pandas as pd
 
 from tuner.cli import ArgumentParser
 from tuner.config import ConfigError, TrainConfig, trial_config
+from tuner.schema import METRIC, MODE, STATUSES
 
 RAY_COLUMNS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
     "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "config",
     "should_checkpoint",
 }
-STATUSES = ("completed", "pruned", "diverged", "errored", "running", "pending")
 
 
 def load_search_config(exp: Path) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def best_record(trials: pd.DataFrame, exp: Path, analysis) -> dict[str, Any] | N
     trial = next(t for t in analysis.trials if t.trial_id == row["trial_id"])
     checkpoint = None
     try:
-        ckpt = analysis.get_best_checkpoint(trial, metric="fid", mode="min")
+        ckpt = analysis.get_best_checkpoint(trial, metric=METRIC, mode=MODE)
         checkpoint = ckpt.path if ckpt is not None else None
     except Exception:  # no checkpoint kept (e.g. a trial that diverged before its first evaluation)
         checkpoint = None

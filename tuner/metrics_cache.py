@@ -22,7 +22,6 @@ def prepare_assets(cfg: TrainConfig) -> dict[str, bytes]:
     from tuner.backbones import get_backbone
     from tuner.fid import real_statistics
 
-    cfg = cfg.resolved()
     mirror = resolve_mirror(cfg.data_mirror)
     for split in ("train", "test"):
         load_split(cfg.dataset, split, mirror)

@@ -80,6 +80,12 @@ CONDITIONAL = {"clip_value": "wgan", "gp_lambda": "wgan-gp"}
 CRITIC_LOSSES = ("wgan", "wgan-gp")
 SMALL_N_CRITIC = 2
 SPACES = ("default", "wide")
+# Every parameter a range or a grid may vary: those drawn on a log axis, and all of them in the order
+# the report lists them (optimizer is left out: it follows the loss, nobody searches it).
+LOG_SCALED = tuple(dict.fromkeys(name for ranges in (WIDE_GAN_RANGES, GAN_RANGES, AUTOENCODER_RANGES)
+                                 for name, r in ranges.items() if r.log))
+SEARCHABLE = ("loss", "z_dim", "lr", "lr_d_ratio", "beta1", "beta2", "batch_size", "n_critic", "clip_value",
+              "gp_lambda", "g_width", "d_width", "d_norm", "arch", "kl_beta", "regularize", "dropout")
 
 # The published reference configurations, enqueued first by default (--no-warm-start turns it off).
 # Each fixes what its paper fixes, read from the loss registry (models/losses.py): the optimiser

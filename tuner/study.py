@@ -22,6 +22,7 @@ from typing import Any
 
 from tuner.cli import ArgumentParser, add_arguments, from_namespace
 from tuner.config import ConfigError, TrainConfig, build
+from tuner.schema import METRIC, MODE, TIME_ATTR
 from tuner.resume import TUNE_CONTROLLER_LOGGER, RestoreFailed, RestoreGuard, check_restorable
 from tuner.worker import run_trial
 
@@ -244,8 +245,8 @@ def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, 
                                                  n_startup_trials=search.n_startup_trials)
     return HonestOptunaSearch(
         space=define_by_run(base.family, losses, ranges, small_n_critic="n_critic" not in overrides),
-        metric="fid",
-        mode="min",
+        metric=METRIC,
+        mode=MODE,
         points_to_evaluate=warm_start_points(losses, ranges) if search.warm_start and base.family == "gan" else None,
         sampler=sampler,
         study_name=search.name,
@@ -286,7 +287,7 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
 
     searcher = make_searcher(search, base, overrides)
     scheduler = ASHAScheduler(
-        time_attr="kimg",
+        time_attr=TIME_ATTR,
         max_t=base.max_kimg,
         grace_period=search.grace_kimg,
         reduction_factor=search.reduction_factor,
@@ -294,8 +295,8 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
-        metric="fid",
-        mode="min",
+        metric=METRIC,
+        mode=MODE,
         num_samples=search.num_samples,
         max_concurrent_trials=search.max_concurrent or None,
         reuse_actors=search.reuse_actors,

@@ -44,20 +44,20 @@ def main(argv: list[str] | None = None) -> int:
         if "eval_every_kimg" not in vars(args) and "max_kimg" in vars(args):
             # the default interval, shortened to fit a budget the user gave
             overrides["eval_every_kimg"] = min(TrainConfig.eval_every_kimg, args.max_kimg)
-        cfg = from_namespace(TrainConfig, args, **overrides).resolved()
+        cfg = from_namespace(TrainConfig, args, **overrides)
         output_folder("out", args.out)
         cache_folder(cfg.cache_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from tuner.data import DataError
-    from tuner.checkpoint import CheckpointError
+    from tuner.checkpoint import CHECKPOINT_NAME, CheckpointError
     from tuner.loop import train
 
     out = Path(args.out)
     resume = out / "checkpoint" if args.resume else None
-    if resume is not None and not (resume / "checkpoint.pt").is_file():
-        print(f"error: --resume: no checkpoint at {resume / 'checkpoint.pt'}", file=sys.stderr)
+    if resume is not None and not (resume / CHECKPOINT_NAME).is_file():
+        print(f"error: --resume: no checkpoint at {resume / CHECKPOINT_NAME}", file=sys.stderr)
         return 2
     print(f"training {cfg.family}/{cfg.arch} on {cfg.dataset} for {cfg.max_kimg} kimg -> {out}", flush=True)
     from tuner.progress import KimgProgress

@@ -1,6 +1,6 @@
 """See a study's samples where you already look: TensorBoard and optuna-dashboard.
 
-Worker side (`TrialImages`, used by tuner/search.py:run_trial): after each evaluation, the sample
+Worker side (`TrialImages`, used by tuner/worker.py:run_trial): after each evaluation, the sample
 grids that the trainer has just written to the trial's working dir (samples/kimg_*.png; VAEs also
 recon_kimg_*.png, interp_kimg_*.png and, with z_dim 2, latent_kimg_*.png) are
 
