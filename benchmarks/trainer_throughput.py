@@ -43,7 +43,7 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 import tuner.loop as trainloop  # noqa: E402
-import tuner.steps as steps  # noqa: E402
+import tuner.steps as trainsteps  # noqa: E402
 import tuner.trial as trials  # noqa: E402
 from tuner.config import TrainConfig  # noqa: E402
 from tuner.data import data_root, load_split, resolve_mirror, training_images  # noqa: E402
@@ -75,7 +75,7 @@ class TimedSampler:
     """tuner.steps.sample_batch with perf_counter around each call (synchronised on CUDA)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.inner = steps.sample_batch
+        self.inner = trainsteps.sample_batch
         self.device = device
         self.seconds = 0.0
 
@@ -98,7 +98,7 @@ class GentuneLoop:
         self.book_seconds = 0.0
 
     def step(self) -> None:
-        out = steps.gan_step(self.trial, self.images)
+        out = trainsteps.gan_step(self.trial, self.images)
         if self.bookkeeping:  # what tuner.loop.train does around every step
             t0 = time.perf_counter()
             for key, value in out.items():
@@ -144,7 +144,7 @@ class DataLoaderLoop:
         return x
 
     def step(self) -> None:
-        steps.gan_step(self.trial, None, next_real=self.next_batch)
+        trainsteps.gan_step(self.trial, None, next_real=self.next_batch)
 
 
 def timed(loop, steps: int, device: torch.device) -> tuple[float, float, float, int]:
@@ -169,7 +169,7 @@ def bench_loss(loss: str, device: torch.device, images: torch.Tensor, args) -> d
     }
     steps = max(1, round(args.images_per_repeat / (cfg.batch_size * cfg.n_critic)))
     # gan_step looks sample_batch up in tuner.steps' namespace: time it there, per loop.
-    original = steps.sample_batch
+    original = trainsteps.sample_batch
     results = {m: {"img_s": [], "data_share": [], "book_share": []} for m in METHODS}
     try:
         for repeat in range(-1, args.repeats):  # repeat -1: warm-up, not recorded
@@ -177,16 +177,16 @@ def bench_loss(loss: str, device: torch.device, images: torch.Tensor, args) -> d
             for name in order:
                 loop = loops[name]
                 if isinstance(loop, GentuneLoop):
-                    steps.sample_batch = loop.sampler
+                    trainsteps.sample_batch = loop.sampler
                 n = args.warmup_steps if repeat < 0 else steps
                 seconds, data_s, book_s, seen = timed(loop, n, device)
-                steps.sample_batch = original
+                trainsteps.sample_batch = original
                 if repeat >= 0:
                     results[name]["img_s"].append(seen / seconds)
                     results[name]["data_share"].append(data_s / seconds)
                     results[name]["book_share"].append(book_s / seconds)
     finally:
-        steps.sample_batch = original
+        trainsteps.sample_batch = original
     return {"steps": steps, "n_critic": cfg.n_critic, **results}
 
 
@@ -203,7 +203,7 @@ def bench_data_path(device: torch.device, images: torch.Tensor, args) -> dict[st
             t0 = time.perf_counter()
             for _ in range(batches):
                 if name == "gentune":
-                    steps.sample_batch(images, cfg.batch_size, gen, "tanh")
+                    trainsteps.sample_batch(images, cfg.batch_size, gen, "tanh")
                 else:
                     loader.next_batch()
             common.sync(device)
@@ -224,12 +224,12 @@ def fractional_trial(rank: int, cfg_dict: dict, seconds: float, warmup_steps: in
     images = training_images(DATASET, device)
     trial = trials.build_trial(cfg, device)
     for _ in range(warmup_steps):
-        steps.gan_step(trial, images)
+        trainsteps.gan_step(trial, images)
     common.sync(device)
     barrier.wait()
     seen0, t0 = trial.images_seen, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        steps.gan_step(trial, images)
+        trainsteps.gan_step(trial, images)
     common.sync(device)
     results.put((rank, (trial.images_seen - seen0) / (time.perf_counter() - t0)))
 

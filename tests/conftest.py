@@ -122,11 +122,13 @@ def fashion_mirror(_fashion_data_root: Path, tmp_path: Path, monkeypatch: pytest
 
 
 # ------------------------------------------------------------------------------------------
-# a tiny study through the real CLI entry point (tests/test_study.py, tests/test_watch.py)
+# a tiny study through the real CLI entry point, shared by the study, watch, analysis and fault tests
 
-TINY_STUDY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-              "--fid-samples", "64", "--cpus-per-trial", "1", "--max-concurrent", "2",
-              "--ranges", "g_width=8,16", "d_width=8,16", "batch_size=16,32"]
+# every trial tiny: the IDX MNIST of idx_mnist, 8-wide nets, 256 training images, 64 FID samples
+TINY_TRIAL = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
+              "--fid-samples", "64", "--cpus-per-trial", "1"]
+# ... and a tiny space: the default one's widths (up to 64) cost seconds per step on a CPU
+TINY_STUDY = [*TINY_TRIAL, "--max-concurrent", "2", "--ranges", "g_width=8,16", "d_width=8,16", "batch_size=16,32"]
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +141,18 @@ def ray_local():
     ray.shutdown()
 
 
-def run_study(tmp_path: Path, name: str, *flags: str) -> Path:
-    """`tuner/search.py` on the tiny MNIST with TINY_STUDY and `flags`; asserts exit 0, returns the folder."""
+def run_study(tmp_path: Path, name: str, *flags: str, base: list[str] = TINY_STUDY) -> Path:
+    """`tuner/search.py` on the tiny MNIST with `base` and `flags`; asserts exit 0, returns the folder."""
     from tuner import search
 
-    assert search.main(["--storage-path", str(tmp_path), "--name", name, *TINY_STUDY, *flags]) == 0
+    assert search.main(["--storage-path", str(tmp_path), "--name", name, *base, *flags]) == 0, f"study {name} failed"
     return tmp_path / name
+
+
+def load_study(exp: Path, name: str):
+    """The Optuna study of an experiment, from its journal."""
+    import optuna
+
+    from tuner.optuna_bridge import make_storage
+
+    return optuna.load_study(study_name=name, storage=make_storage(str(exp / "optuna.journal")))

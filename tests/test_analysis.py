@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_idx_dataset
+from conftest import TINY_TRIAL, run_study, write_idx_dataset
 from PIL import Image
 
 from analysis import fmt
@@ -26,9 +26,7 @@ from analysis.frames import UNTRAINED_FID, NotEnoughData, compute_curve, load_ex
 from analysis.report import main as report_main
 from analysis.report import write_report
 
-TINY = ["--dataset", "mnist", "--max-kimg", "0.5", "--eval-every-kimg", "0.25", "--grace-kimg", "0.25",
-        "--fid-samples", "64", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-        "--cpus-per-trial", "1"]
+TINY = [*TINY_TRIAL, "--max-kimg", "0.5", "--eval-every-kimg", "0.25", "--grace-kimg", "0.25"]
 # The search space's default widths (up to 96) cost seconds per step on a CPU: keep them tiny.
 SMALL_SPACE = ["--ranges", "g_width=8:24", "d_width=8:24", "batch_size=16,32"]
 LAB_PLOTS = ("gan_losses", "gan_fid_by_config", "vae_losses", "vae_fid_by_latent", "gan_vs_vae")
@@ -66,11 +64,7 @@ def env(tmp_path_factory):
 
 
 def run_search(root: Path, name: str, *flags: str) -> Path:
-    from tuner.search import main
-
-    rc = main(["--storage-path", str(root / "exps"), "--name", name, *TINY, *flags])
-    assert rc == 0, f"search {name} failed"
-    return root / "exps" / name
+    return run_study(root / "exps", name, *flags, base=TINY)
 
 
 @pytest.fixture(scope="module")

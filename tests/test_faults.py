@@ -36,11 +36,12 @@ from tuner.config import TrainConfig
 from tuner.optuna_bridge import HonestOptunaSearch, make_storage
 from tuner.checkpoint import CheckpointError, load_checkpoint
 from tuner.loop import train
+
+from conftest import TINY_TRIAL, load_study
 from tuner.trial import build_trial
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-        "--fid-samples", "64", "--cpus-per-trial", "1"]
+TINY = TINY_TRIAL
 TINY_CFG = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
 
 
@@ -69,10 +70,6 @@ def result_rows(exp: Path) -> dict[str, list[dict]]:
         if lines:
             rows[lines[0]["trial_id"]] = lines
     return rows
-
-
-def load_study(exp: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=make_storage(str(exp / "optuna.journal")))
 
 
 def fault_hook(control_dir: str):
@@ -480,12 +477,12 @@ def processes_under(path: Path) -> dict[int, str]:
 class Driver:
     """`python tuner/search.py ...` in its own session, with its own Ray temp dir."""
 
-    def __init__(self, flags: list[str], workdir: Path, tag: str):
+    def __init__(self, flags: list[str], workdir: Path, tag: str, command: tuple[str, ...] = ("tuner/search.py",)):
         self.ray_tmp = Path(tempfile.mkdtemp(prefix=f"gt{tag}", dir="/tmp"))  # short: Ray's socket paths
         env = dict(os.environ, RAY_TMPDIR=str(self.ray_tmp), PYTHONUNBUFFERED="1")  # the session's token auth
         self.log = workdir / f"driver-{tag}.log"
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "tuner/search.py", *flags], cwd=REPO, env=env,
+            self.proc = subprocess.Popen([sys.executable, *command, *flags], cwd=REPO, env=env,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:

@@ -4,10 +4,7 @@ run that a SIGKILL interrupts and the same command continues, protocol-keyed row
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -75,55 +72,22 @@ def test_rows_merge_by_protocol_key_and_never_shrink(tmp_path):
     assert sorted(rows["fid_final"]) == [8.0, 9.0, 10.0]
 
 
-class Proc:
-    """A gentune command in its own session with its own Ray temp dir (as tests/test_faults.py)."""
-
-    def __init__(self, argv: list[str], log: Path):
-        self.ray_tmp = tempfile.mkdtemp(prefix="gtf", dir="/tmp")
-        env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=self.ray_tmp, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=str(REPO))
-        self.log = log
-        with open(log, "w") as fh:
-            self.proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=fh,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self) -> None:
-        from test_faults import processes_under
-
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-        for pid in processes_under(Path(self.ray_tmp)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"timed out; log:\n{self.log.read_text()[-3000:]}")
-
-
 @pytest.mark.slow
 def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_mnist, tmp_path):
-    from test_faults import wait_for
+    from test_faults import Driver, wait_for
 
     store = tmp_path / "store"
-    study = Proc(["tuner/search.py", "--storage-path", str(store), "--name", "s", "--dataset", "mnist",
-                  "--family", "gan", "--losses", "hinge", "--num-samples", "2", "--max-kimg", "0.25",
-                  "--grace-kimg", "0.25", "--fid-samples", "64", "--train-limit", "256", "--cpus-per-trial", "1",
-                  "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--g-ema", "0.9"], tmp_path / "study.log")
+    study = Driver(["--storage-path", str(store), "--name", "s", "--dataset", "mnist",
+                    "--family", "gan", "--losses", "hinge", "--num-samples", "2", "--max-kimg", "0.25",
+                    "--grace-kimg", "0.25", "--fid-samples", "64", "--train-limit", "256", "--cpus-per-trial", "1",
+                    "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--g-ema", "0.9"], tmp_path, "study")
     assert study.wait(300) == 0, study.log.read_text()[-3000:]
     exp = store / "s"
-    argv = ["-m", "analysis.rerun", str(exp), "--top", "1", "--seeds", "2", "--first-seed", "7", "--max-kimg", "0.5",
+    rerun = ("-m", "analysis.rerun")
+    argv = [str(exp), "--top", "1", "--seeds", "2", "--first-seed", "7", "--max-kimg", "0.5",
             "--fid-backbone", "domain", "--fid-samples", "48", "--eval-every-kimg", "0.125", "--max-concurrent", "1",
             "--cpus-per-trial", "1"]
-    first = Proc(argv, tmp_path / "first.log")
+    first = Driver(argv, tmp_path, "first", rerun)
     try:
         ckpt = wait_for(lambda: list((exp / "rerun").glob("final-*/*/checkpoint_000000")), 240,
                         "the first checkpoint", first.proc)
@@ -133,7 +97,7 @@ def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_
     tune_dir = ckpt[0].parent.parent
     assert tune_dir.name.startswith("final-domain-n48-0.5kimg-")
 
-    second = Proc(argv, tmp_path / "second.log")
+    second = Driver(argv, tmp_path, "second", rerun)
     assert second.wait(300) == 0, second.log.read_text()[-3000:]
     log = second.log.read_text()
     assert "continuing the interrupted run" in log and str(tune_dir) in log
@@ -149,7 +113,7 @@ def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_
     assert rows["fid_final"].nunique() == 2  # two seeds, two runs
     assert all('"g_ema": 0.9' in c and '"max_kimg": 0.5' in c for c in rows["config"])
 
-    third = Proc(argv, tmp_path / "third.log")  # everything done: nothing runs, nothing changes
+    third = Driver(argv, tmp_path, "third", rerun)  # everything done: nothing runs, nothing changes
     assert third.wait(120) == 0
     assert "2 runs planned, 2 already in rerun.parquet" in third.log.read_text()
     assert not list(Path(third.ray_tmp).glob("ray/session_2*"))  # no Ray started

@@ -7,17 +7,12 @@ import pandas as pd
 import pytest
 
 from tuner import staging, study
-from tuner.optuna_bridge import make_storage
 
-from conftest import run_study
+from conftest import load_study, run_study
 
 pytestmark = pytest.mark.slow
 
 run_search = run_study
-
-
-def load_study(exp, name):
-    return optuna.load_study(study_name=name, storage=make_storage(str(exp / "optuna.journal")))
 
 
 def test_asha_stops_trials_and_optuna_records_them_as_pruned(idx_mnist, tmp_path, ray_local):

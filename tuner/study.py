@@ -1,13 +1,6 @@
-"""The study driver: flags -> SearchConfig + TrainConfig -> Ray Tune (Optuna's TPE proposes configs,
-ASHA stops weak trials on FID) -> exports and a summary. `tuner/search.py` is its script.
-
-The path of one study:
-  flags -> SearchConfig + TrainConfig (validated before anything starts)
-  -> prepare the metrics once on the driver (domain classifier, real-image statistics)
-  -> Ray Tune: HonestOptunaSearch (TPE, define-by-run space) + ASHA on fid over kimg
-  -> each trial: tuner/worker.py:run_trial -> tuner/loop.py:train -> tune.report at each evaluation
-  -> exports (trials.csv/.parquet, history.parquet, best.json) and a summary.
-"""
+"""The study driver: flags -> SearchConfig + TrainConfig -> Ray Tune, where Optuna's TPE proposes
+configs and ASHA stops weak trials on FID. `tuner/search.py` is its script; USAGE below (the
+`--help` text) draws the path of one study."""
 
 from __future__ import annotations
 
