@@ -4,6 +4,7 @@ journal, tensorboard's own event reader):
 - what `python tuner/search.py` prints: Ray's table and one gentune line per trial event by default,
   Ray's full output with --verbose (subprocess studies: their own local Ray, log_to_driver on)."""
 
+import functools
 import io
 import logging
 import os
@@ -176,4 +177,41 @@ def test_a_failed_upload_is_one_logged_line_and_never_raises(tmp_path, caplog):
     assert [m.filename for m in metas] == ["kimg_0001.png"]
     # the same evaluation reported again (a resumed trial) is not uploaded twice
     assert upload_grids(study, trial._trial_id, str(tmp_path), result, "t1") == 0
+    assert len(optuna.artifacts.get_all_artifact_meta(trial)) == 1
+
+
+def test_a_grid_caught_mid_copy_is_read_again_until_complete(tmp_path, caplog):
+    """Ray rewrites a trial's files on storage at every checkpoint sync: the driver may find an earlier
+    grid empty or cut short. It waits for the complete PNG; one that never completes is one log line."""
+    import threading
+
+    from tuner import watch
+
+    study = optuna.create_study(storage=make_storage(str(tmp_path / "optuna.journal")), study_name="s")
+    trial = study.ask()
+    full = tmp_path / "full.png"
+    Image.new("RGB", (8, 8), (200, 10, 30)).save(full)
+    png = tmp_path / "t1" / "samples" / "kimg_0001.png"
+    png.parent.mkdir(parents=True)
+    png.write_bytes(b"")  # being copied: truncated to zero
+    timer = threading.Timer(0.5, lambda: png.write_bytes(full.read_bytes()))
+    timer.start()
+    try:
+        assert upload_grids(study, trial._trial_id, str(tmp_path), {"grid_samples": "t1/samples/kimg_0001.png"}, "t1") == 1
+    finally:
+        timer.join()
+    (meta,) = optuna.artifacts.get_all_artifact_meta(trial)
+    out = tmp_path / "downloaded.png"
+    optuna.artifacts.download_artifact(artifact_store=watch.artifact_store(watch.artifact_location(str(tmp_path))),
+                                       artifact_id=meta.artifact_id, file_path=str(out))
+    assert out.read_bytes() == full.read_bytes()
+
+    cut = tmp_path / "t1" / "samples" / "kimg_0002.png"
+    cut.write_bytes(full.read_bytes()[:-20])  # never completed
+    with caplog.at_level(logging.WARNING, logger="gentune.watch"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(watch, "read_complete_png", functools.partial(watch.read_complete_png, timeout_s=0.3))
+            assert upload_grids(study, trial._trial_id, str(tmp_path), {"grid_samples": "t1/samples/kimg_0002.png"}, "t1") == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "gentune.watch"]
+    assert "kimg_0002.png" in line and "not a complete PNG" in line
     assert len(optuna.artifacts.get_all_artifact_meta(trial)) == 1

@@ -182,6 +182,27 @@ def read_storage_file(experiment_dir: str, relative: str) -> bytes:
         return fh.read()
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk: the last 8 bytes of every PNG
+
+
+def read_complete_png(experiment_dir: str, relative: str, timeout_s: float = 10.0) -> bytes:
+    """The PNG at `relative`, once it is complete. Ray syncs a trial's whole working dir to storage at
+    every checkpoint, rewriting files already there: the grid of an earlier evaluation can be caught
+    mid-copy (empty or cut short) while the trial reports its next one. A complete PNG starts with
+    its signature and ends with its IEND chunk; anything else is read again until `timeout_s`."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        data = read_storage_file(experiment_dir, relative)
+        if data.startswith(PNG_SIGNATURE) and data.endswith(PNG_END):
+            return data
+        if time.monotonic() > deadline:
+            raise ValueError(f"not a complete PNG after {timeout_s:g} s ({len(data)} bytes)")
+        time.sleep(0.1)
+
+
 def upload_grids(study, trial_number_id: int, experiment_dir: str, result: dict[str, Any], trial_label: str = "") -> int:
     """Upload the grids `result` points at to the Optuna trial (storage id `trial_number_id`).
 
@@ -207,7 +228,7 @@ def upload_grids(study, trial_number_id: int, experiment_dir: str, result: dict[
         if name in have:
             continue
         try:
-            data = read_storage_file(experiment_dir, relative)  # read first: no artifact entry without its file
+            data = read_complete_png(experiment_dir, relative)  # read first: no artifact entry without its file
             _upload_bytes(store, frozen, storage, name, data)
             uploaded += 1
         except Exception as err:
