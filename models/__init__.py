@@ -1,18 +1,22 @@
-"""Models and GAN losses. Importing the package registers every builder and loss."""
+"""Models and GAN losses. `from models import X` imports the modules that define X when it is first
+asked for (and with them torch), so the names in models.names stay cheap for command lines."""
 
-from models import gan, losses, vae  # noqa: F401  (imported for their registrations)
-from models.losses import LOSSES, GANLoss, clip_weights_, gradient_penalty, register_loss
-from models.registry import MODELS, build_model, register_model
-from models.vae import vae_loss
+from __future__ import annotations
 
-__all__ = [
-    "LOSSES",
-    "MODELS",
-    "GANLoss",
-    "build_model",
-    "clip_weights_",
-    "gradient_penalty",
-    "register_loss",
-    "register_model",
-    "vae_loss",
-]
+import importlib
+
+_WHERE = {
+    "LOSSES": "models.losses", "GANLoss": "models.losses", "clip_weights_": "models.losses",
+    "gradient_penalty": "models.losses", "register_loss": "models.losses",
+    "MODELS": "models.registry", "build_model": "models.registry", "register_model": "models.registry",
+    "vae_loss": "models.vae",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    importlib.import_module("models.gan")  # every builder and loss registers itself on import
+    importlib.import_module("models.vae")
+    return getattr(importlib.import_module(_WHERE[name]), name)

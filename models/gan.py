@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from models.names import D_NORMS
 from models.registry import register_model
 
 IMAGE_SHAPE = (1, 28, 28)
-D_NORMS = ("none", "batch", "spectral")
 
 
 def dcgan_init_(module: nn.Module) -> None:

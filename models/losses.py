@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-OPTIMIZERS = ("adam", "rmsprop")
-# The config fields whose default depends on the loss (None in a TrainConfig = the loss's own value).
-LOSS_KEYS = ("optimizer", "lr", "beta1", "beta2", "n_critic", "clip_value", "gp_lambda")
+from models.names import LOSS_KEYS, OPTIMIZERS
+
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,8 @@ class GANLoss:
 
     def defaults(self) -> dict:
         """The loss's published value of every field in LOSS_KEYS."""
-        return {"optimizer": self.optimizer, "lr": self.lr, "beta1": self.betas[0], "beta2": self.betas[1],
-                "n_critic": self.n_critic, "clip_value": self.clip_value, "gp_lambda": self.gp_lambda}
+        values = (self.optimizer, self.lr, self.betas[0], self.betas[1], self.n_critic, self.clip_value, self.gp_lambda)
+        return dict(zip(LOSS_KEYS, values, strict=True))
 
 
 LOSSES: dict[str, GANLoss] = {}

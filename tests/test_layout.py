@@ -153,3 +153,13 @@ def test_each_rule_is_declared_once():
     assert ranged | gridded <= set(space.SEARCHABLE)
     assert set(space.LOG_SCALED) == {name for name, r in {**space.WIDE_GAN_RANGES, **space.GAN_RANGES,
                                                           **space.AUTOENCODER_RANGES}.items() if r.log}
+
+
+def test_command_lines_start_without_torch():
+    # a typo or --help answers at once: the config and study layers import torch only when a config
+    # is built (the loss registry) or a trial runs; ~90 bad-input cases start these commands
+    code = ("import sys\nimport tuner.search, tuner.train, tuner.exports, analysis.rerun\n"
+            "print(sorted(m for m in ('torch', 'ray', 'optuna') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

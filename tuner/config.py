@@ -20,8 +20,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from models.gan import D_NORMS
-from models.losses import LOSS_KEYS, LOSSES, OPTIMIZERS
+from models.names import D_NORMS, LOSS_KEYS, OPTIMIZERS
 
 DATASETS = ("mnist", "fashion-mnist")
 FAMILIES = ("gan", "vae", "ae")
@@ -156,6 +155,8 @@ class TrainConfig:
         """The same config with every None default filled in from the loss / family defaults."""
         changes: dict[str, Any] = {}
         if self.family == "gan":
+            from models.losses import LOSSES
+
             loss = LOSSES[self.loss or DEFAULT_LOSS]
             defaults = {"loss": loss.name, **loss.defaults()}
         else:
@@ -181,6 +182,8 @@ def _choice(cfg: Any, field: str, choices: tuple[str, ...]) -> None:
 
 
 def validate(cfg: TrainConfig) -> None:
+    from models.losses import LOSSES  # torch: imported when a config is built, not for --help
+
     _choice(cfg, "dataset", DATASETS)
     _choice(cfg, "family", FAMILIES)
     _choice(cfg, "arch", ARCHS)

@@ -16,7 +16,6 @@ if __name__ == "__main__":  # run as a script (ray submit): import the package, 
 from tuner import study  # noqa: E402
 from tuner.cli import one_line  # noqa: E402
 from tuner.config import ConfigError  # noqa: E402
-from tuner.exports import summarize, write_exports  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         search, base, overrides = study.parse(argv)
         local = study.run(search, base, overrides)
+        from tuner.exports import summarize, write_exports
+
         frames = write_exports(local, allow_shrink=search.allow_shrink)
         study.upload(search, ["trials.csv", "trials.parquet", "history.parquet", "best.json", "optuna.journal"])
         print(summarize(frames, search.experiment_dir))

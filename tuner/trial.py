@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from models.registry import build_model
+from models import build_model  # imports every builder (they register themselves)
 from tuner.config import TrainConfig
 from tuner.precision import autocast, resolve_precision
 
