@@ -614,8 +614,12 @@ def check_killed_study(exp: Path, name: str, n: int, drivers: list[Driver], done
 
     journal_study = load_study(exp, name)
     assert not [t for t in journal_study.trials if t.state.name == "RUNNING"]
-    # every Optuna trial names its Ray trial from the moment it is asked; the told ones carry a status
-    assert all("ray_trial_id" in t.user_attrs for t in journal_study.trials)
+    # every Optuna trial names its Ray trial right after it is asked (a second journal write: a SIGKILL
+    # between the two leaves an unnamed trial, which the resume marks stale like any asked, unsnapshotted
+    # one); the told ones carry a status
+    unnamed = [t for t in journal_study.trials if "ray_trial_id" not in t.user_attrs]
+    assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") and "status" not in t.user_attrs for t in unnamed)
+    assert len(unnamed) <= len(drivers) - 1  # at most one ask cut short per kill
     told = [t for t in journal_study.trials if "status" in t.user_attrs]
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in told}
     assert len(by_ray_id) == len(told)
@@ -626,7 +630,7 @@ def check_killed_study(exp: Path, name: str, n: int, drivers: list[Driver], done
         assert by_ray_id[row.trial_id].value == pytest.approx(row.fid_final, rel=1e-9)
     others = [t for t in journal_study.trials if "status" not in t.user_attrs]  # asked, never snapshotted: stale
     assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") for t in others)
-    assert not set(trials["trial_id"]) & {t.user_attrs["ray_trial_id"] for t in others}
+    assert not set(trials["trial_id"]) & {t.user_attrs.get("ray_trial_id") for t in others}
     # sample grids as Optuna artifacts survive the kills: never one twice, and every trial holds its final one
     for row in trials.itertuples():
         names = [m.filename for m in optuna.artifacts.get_all_artifact_meta(by_ray_id[row.trial_id], storage=journal_study._storage)]
