@@ -16,8 +16,12 @@ import atexit
 import os
 import secrets
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Token authentication for every Ray this session starts, in-process or in a subprocess
@@ -42,6 +46,7 @@ IDX_N_TRAIN = 512
 IDX_N_TEST = 256
 IDX_CLASSES = 10
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+REPO = Path(__file__).resolve().parents[1]  # the project root (tests/ is one level down)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -156,3 +161,76 @@ def load_study(exp: Path, name: str):
     from tuner.optuna_bridge import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(str(exp / "optuna.journal")))
+
+
+# ------------------------------------------------------------------------------------------
+# drivers as subprocesses (fault, final-evaluation and resume tests)
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.1):
+    """Poll `predicate` until it returns something truthy; fail after `timeout` s (or if `proc` exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"process exited (rc {proc.returncode}) while waiting for {what}")
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def processes_under(path: Path) -> dict[int, str]:
+    """pid -> command line of every live process of a driver run: its command line names `path` (the
+    run's Ray temp dir), or it inherited RAY_TMPDIR=path (Ray's workers rename themselves ray::...)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and (str(path) in cmdline or f"RAY_TMPDIR={path}".encode() in environ):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+class Driver:
+    """`python tuner/search.py ...` in its own session, with its own Ray temp dir."""
+
+    def __init__(self, flags: list[str], workdir: Path, tag: str, command: tuple[str, ...] = ("tuner/search.py",)):
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix=f"gt{tag}", dir="/tmp"))  # short: Ray's socket paths
+        env = dict(os.environ, RAY_TMPDIR=str(self.ray_tmp), PYTHONUNBUFFERED="1")  # the session's token auth
+        self.log = workdir / f"driver-{tag}.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, *command, *flags], cwd=REPO, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL the driver's whole process group, then anything else its Ray left running."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        for pid in processes_under(self.ray_tmp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda: not processes_under(self.ray_tmp), 30, f"the processes of {self.ray_tmp} to end")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"driver did not finish in {timeout} s; log:\n{self.log.read_text()[-3000:]}")
+
+    def started_its_own_ray(self) -> bool:
+        return any((self.ray_tmp / "ray").glob("session_2*"))

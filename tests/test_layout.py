@@ -20,7 +20,7 @@ PACKAGES = ("models", "tuner", "analysis")
 LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("models",),
     "config": ("tuner.config", "tuner.cli", "tuner.paths", "tuner.schema"),
-    "train and metrics": ("tuner.data", "tuner.precision", "tuner.trial", "tuner.steps", "tuner.checkpoint",
+    "train and metrics": ("tuner.data", "tuner.precision", "tuner.families", "tuner.trial", "tuner.steps", "tuner.checkpoint",
                           "tuner.evaluate", "tuner.loop", "tuner.train", "tuner.progress", "tuner.watch",
                           "tuner.backbones", "tuner.domain", "tuner.fid", "tuner.diversity", "tuner.metrics_cache"),
     "study": ("tuner.space", "tuner.optuna_bridge", "tuner.console", "tuner.storage", "tuner.staging",
@@ -153,6 +153,26 @@ def test_each_rule_is_declared_once():
     assert ranged | gridded <= set(space.SEARCHABLE)
     assert set(space.LOG_SCALED) == {name for name, r in {**space.WIDE_GAN_RANGES, **space.GAN_RANGES,
                                                           **space.AUTOENCODER_RANGES}.items() if r.log}
+
+    # the names a config accepts, and one entry per name in each registry that serves them
+    from tuner.backbones import BACKBONE_CLASSES
+    from tuner.families import FAMILY_SPECS
+    from tuner.steps import STEPS
+
+    assert list(FAMILY_SPECS) == list(STEPS) == list(config.FAMILIES)
+    assert sorted(BACKBONE_CLASSES) == sorted(config.BACKBONES)
+
+
+def test_the_tests_mirror_the_package_tree():
+    """tests/<package>/ holds the tests of that package; tests/ itself the project-wide ones (the layout,
+    the README, the cluster files, token authentication, every command line's bad input). pytest imports
+    test files by their file name, so each name is used once."""
+    tests = ROOT / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders == {"models", "tuner", "analysis", "benchmarks"}
+    assert all((ROOT / name).is_dir() for name in folders)
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
 
 
 def test_command_lines_start_without_torch():

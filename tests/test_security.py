@@ -343,7 +343,7 @@ def test_nothing_switches_token_authentication_off():
     root = Path(__file__).resolve().parent.parent
     offenders = []
     for path in [*root.glob("tuner/**/*.py"), *root.glob("analysis/*.py"), *root.glob("benchmarks/*.py"),
-                 *root.glob("tests/*.py"), *root.glob("*.yaml"), *root.glob("docs/*.md"), root / "README.md"]:
+                 *root.glob("tests/**/*.py"), *root.glob("*.yaml"), *root.glob("docs/*.md"), root / "README.md"]:
         text = path.read_text()
         for needle in ("RAY_AUTH_MODE=disabled", 'RAY_AUTH_MODE="disabled"', "RAY_AUTH_MODE='disabled'",
                        '"RAY_AUTH_MODE": "disabled"'):

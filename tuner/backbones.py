@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from tuner import domain
+from tuner.config import BACKBONES
 from tuner.data import cache_root, resolve_mirror
 
 IMAGE_SHAPE = (28, 28)
@@ -85,17 +86,19 @@ class Backbone(abc.ABC):
         return f"<{type(self).__name__} {self.cache_key} on {self.device}>"
 
 
-BACKBONES: dict[str, type[Backbone]] = {}
+BACKBONE_CLASSES: dict[str, type[Backbone]] = {}  # name -> class; the names live in tuner.config.BACKBONES
 
 
 def register_backbone(name: str, cls: type[Backbone]) -> type[Backbone]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"invalid backbone name {name!r}: allowed a non-empty string")
-    if name in BACKBONES:
-        raise ValueError(f"backbone {name!r} is already registered (as {BACKBONES[name].__name__})")
+    if name in BACKBONE_CLASSES:
+        raise ValueError(f"backbone {name!r} is already registered (as {BACKBONE_CLASSES[name].__name__})")
     if not (isinstance(cls, type) and issubclass(cls, Backbone)):
         raise TypeError(f"backbone {name!r}: {cls!r} is not a subclass of Backbone")
-    BACKBONES[name] = cls
+    BACKBONE_CLASSES[name] = cls
+    if name not in BACKBONES:
+        BACKBONES.append(name)  # selectable as fid_backbone from now on
     return cls
 
 
@@ -115,9 +118,9 @@ def get_backbone(name: str, dataset: str | None = None, device: str = "cpu", cac
     Environment defaults ($GENTUNE_CACHE, $GENTUNE_DATA_MIRROR, $GENTUNE_DOMAIN_TRAIN_LIMIT,
     device auto) are resolved before the lookup, so changing them gives a new instance.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"invalid backbone={name!r}: allowed one of {', '.join(BACKBONES)}")
-    cls = BACKBONES[name]
+    if name not in BACKBONE_CLASSES:
+        raise ValueError(f"invalid backbone={name!r}: allowed one of {', '.join(BACKBONE_CLASSES)}")
+    cls = BACKBONE_CLASSES[name]
     device = resolve_device(device)
     if not cls.dataset_specific:
         return _build(name, None, device, None, None, None)
@@ -131,7 +134,7 @@ def get_backbone(name: str, dataset: str | None = None, device: str = "cpu", cac
 def _build(name: str, dataset: str | None, device: str, cache_dir: str | None, mirror: str | None,
            train_limit: int | None) -> Backbone:
     # train_limit is part of the lookup key only; DomainBackbone reads it from the environment.
-    return BACKBONES[name](dataset, device=device, cache_dir=cache_dir, mirror=mirror)
+    return BACKBONE_CLASSES[name](dataset, device=device, cache_dir=cache_dir, mirror=mirror)
 
 
 get_backbone.cache_clear = _build.cache_clear  # type: ignore[attr-defined]

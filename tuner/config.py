@@ -25,7 +25,9 @@ from models.names import D_NORMS, LOSS_KEYS, OPTIMIZERS
 DATASETS = ("mnist", "fashion-mnist")
 FAMILIES = ("gan", "vae", "ae")
 ARCHS = ("conv", "mlp")
-BACKBONES = ("domain", "inception")  # tuner/backbones.py registers a class under each
+BACKBONES = ["domain", "inception"]  # the FID backbone names a config accepts: tuner/backbones.py registers
+# a class under each (BACKBONE_CLASSES), and register_backbone adds the name of a new one here (a list, so
+# every parser and check that holds it sees the new name)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LOSS = "hinge"
@@ -300,6 +302,17 @@ def build(cls: type, values: dict[str, Any]) -> Any:
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: allowed keys are {', '.join(names)}")
     return cls(**{k: coerce(cls, k, v) for k, v in values.items()})
+
+
+def untyped_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The defaults of the fields the user did not type (`given`: field -> typed value), with the
+    default evaluation interval shortened to fit a `max_kimg` the user did type: `--max-kimg 1` alone
+    must not fail on an interval of 2 kimg that nobody asked for. `defaults` overrides TrainConfig's
+    own (a study's defaults differ from one run's)."""
+    out = {k: v for k, v in defaults.items() if k not in given}
+    if "eval_every_kimg" not in given and "max_kimg" in given:
+        out["eval_every_kimg"] = min(out.get("eval_every_kimg", TrainConfig.eval_every_kimg), given["max_kimg"])
+    return out
 
 
 def load_config(path: str) -> TrainConfig:

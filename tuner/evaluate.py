@@ -20,17 +20,17 @@ from tuner.backbones import get_backbone
 from tuner.config import TrainConfig
 from tuner.data import load_split, resolve_mirror
 from tuner.diversity import diversity_metrics
+from tuner.families import EMA_NET, FAMILY_SPECS
 from tuner.fid import feature_statistics, real_reference
-from tuner.trial import EMA_NET, Trial
+from tuner.trial import Trial
 
 EVAL_CHUNK = 500  # evaluation noise is drawn in blocks of this many (it fixes which samples are scored)
 FORWARD_CHUNK = 125  # samples per generator forward pass on a CPU, where 4x125 takes 0.7x the time of 1x500
 HELDOUT_IMAGES = 1000  # test images of the VAE/AE held-out terms
 
 
-def to_uint8(images: torch.Tensor, scale: str) -> torch.Tensor:
-    """Model output -> uint8 (N, 28, 28). scale: 'tanh' ([-1, 1]) or 'unit' ([0, 1])."""
-    unit = (images + 1) / 2 if scale == "tanh" else images
+def to_uint8(unit: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (clamped) -> uint8 (N, 28, 28)."""
     return unit.clamp(0, 1).mul(255).round().to(torch.uint8).reshape(-1, 28, 28).cpu()
 
 
@@ -41,8 +41,9 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
 
 
 @torch.no_grad()
-def generate(trial: Trial, n: int, generator: torch.Generator, net: str = "G") -> torch.Tensor:
-    """n samples as uint8 (n, 28, 28): G(z) for GANs, sigmoid(decode(z)), z ~ N(0, I), for VAEs/AEs."""
+def generate(trial: Trial, n: int, generator: torch.Generator, net: str | None = None) -> torch.Tensor:
+    """n samples as uint8 (n, 28, 28), z ~ N(0, I): G(z) for GANs, sigmoid(decode(z)) for VAEs/AEs.
+    `net`: another net that maps z to images the same way (the EMA generator)."""
     out = []
     per_pass = FORWARD_CHUNK if trial.device.type == "cpu" else EVAL_CHUNK  # a GPU wants the big batch
     for start in range(0, n, EVAL_CHUNK):
@@ -51,10 +52,9 @@ def generate(trial: Trial, n: int, generator: torch.Generator, net: str = "G") -
     return torch.cat(out)
 
 
-def decode(trial: Trial, z: torch.Tensor, net: str = "G") -> torch.Tensor:
-    if trial.cfg.family == "gan":
-        return to_uint8(trial.nets[net](z), "tanh")
-    return to_uint8(torch.sigmoid(trial.nets["model"].decode(z)), "unit")
+def decode(trial: Trial, z: torch.Tensor, net: str | None = None) -> torch.Tensor:
+    family = FAMILY_SPECS[trial.cfg.family]
+    return to_uint8(family.to_unit(trial.nets[net or family.sampler], z))
 
 
 class Evaluator:
@@ -67,7 +67,8 @@ class Evaluator:
         self.domain = get_backbone("domain", cfg.dataset, device=str(device), cache_dir=cfg.cache_dir, mirror=self.mirror)
         # the real side: the first fid_samples test images (a first-time computation is not trial time)
         self.reference = real_reference(cfg.dataset, "test", self.backbone, cfg.fid_samples, self.mirror, cfg.cache_dir)
-        self.test = load_split(cfg.dataset, "test", self.mirror) if cfg.family != "gan" else None
+        self.autoencoder = FAMILY_SPECS[cfg.family].autoencoder
+        self.test = load_split(cfg.dataset, "test", self.mirror) if self.autoencoder else None
 
     def fid(self, samples: torch.Tensor) -> float:
         return self.reference.distance(*feature_statistics(self.backbone.features(samples)))
@@ -94,7 +95,7 @@ class Evaluator:
                 ema_gen = torch.Generator(device=trial.device).manual_seed(cfg.seed + 2)
                 metrics["fid_ema"] = self.fid(generate(trial, cfg.fid_samples, ema_gen, EMA_NET))
                 save_grid(decode(trial, trial.fixed_noise, EMA_NET), out_dir / "samples" / f"ema_kimg_{tag}.png")
-            if cfg.family != "gan":
+            if self.autoencoder:
                 metrics.update(self.heldout_vae_terms(trial))
                 self.save_autoencoder_images(trial, out_dir / "samples", tag)
         finally:
@@ -122,7 +123,7 @@ class Evaluator:
         test, labels = self.test
         x = test[:32].unsqueeze(1).to(trial.device).float() / 255
         mu, _ = model.encode(x)
-        recon = to_uint8(torch.sigmoid(model.decode(mu)), "unit")
+        recon = to_uint8(torch.sigmoid(model.decode(mu)))
         real = test[:32]
         rows = torch.cat([torch.cat([real[i : i + 8], recon[i : i + 8]]) for i in range(0, 32, 8)])
         save_grid(rows, folder / f"recon_kimg_{tag}.png")
@@ -130,7 +131,7 @@ class Evaluator:
         alphas = torch.linspace(0, 1, 10, device=trial.device)
         a, b = mu[:8], mu[8:16]
         path = torch.stack([(1 - t) * a + t * b for t in alphas], dim=1).reshape(-1, cfg.z_dim)
-        save_grid(to_uint8(torch.sigmoid(model.decode(path)), "unit"), folder / f"interp_kimg_{tag}.png", nrow=10)
+        save_grid(to_uint8(torch.sigmoid(model.decode(path))), folder / f"interp_kimg_{tag}.png", nrow=10)
         if cfg.z_dim == 2:
             save_latent_scatter(model, test[:2000], labels[:2000], trial.device, folder / f"latent_kimg_{tag}.png")
 

@@ -11,7 +11,8 @@ import torch
 from models.losses import LOSSES, GANLoss, clip_weights_, gradient_penalty
 from models.vae import vae_loss
 from tuner.data import sample_batch
-from tuner.trial import EMA_NET, Trial
+from tuner.families import EMA_NET
+from tuner.trial import Trial
 
 
 def d_step(trial: Trial, loss: GANLoss, real: torch.Tensor) -> dict[str, torch.Tensor]:

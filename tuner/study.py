@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.cli import ArgumentParser, add_arguments, from_namespace
-from tuner.config import ConfigError, TrainConfig, build
+from tuner.config import ConfigError, TrainConfig, build, untyped_defaults
 from tuner.schema import METRIC, MODE, TIME_ATTR
 from tuner.resume import TUNE_CONTROLLER_LOGGER, RestoreFailed, RestoreGuard, check_restorable
 from tuner.worker import run_trial
@@ -165,12 +165,8 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         search = build(SearchConfig, {**saved["search"], **given_search, "resume": True,
                                       "allow_shrink": given_search.get("allow_shrink", False)})
         return search, TrainConfig.from_dict(saved["base"]), saved.get("space_overrides", {})
-    given = {f.name for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
-    defaults = {k: v for k, v in SEARCH_TRAIN_DEFAULTS.items() if k not in given}
-    if "eval_every_kimg" in defaults and "max_kimg" in given:
-        # --max-kimg 1 alone must not fail on a default the user never typed (eval every 2 kimg)
-        defaults["eval_every_kimg"] = min(defaults["eval_every_kimg"], args.max_kimg)
-    base = from_namespace(TrainConfig, args, **defaults)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
+    base = from_namespace(TrainConfig, args, **untyped_defaults(SEARCH_TRAIN_DEFAULTS, given))
     cache_folder(base.cache_dir)
     if "grace_kimg" not in vars(args) and search.grace_kimg > base.max_kimg:
         # the default, shortened to fit a budget the user gave

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tuner.cli import ArgumentParser, add_arguments, from_namespace
-from tuner.config import ConfigError, TrainConfig
+from tuner.config import ConfigError, TrainConfig, untyped_defaults
 from tuner.paths import cache_folder, output_folder
 
 
@@ -40,11 +40,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        overrides = {}
-        if "eval_every_kimg" not in vars(args) and "max_kimg" in vars(args):
-            # the default interval, shortened to fit a budget the user gave
-            overrides["eval_every_kimg"] = min(TrainConfig.eval_every_kimg, args.max_kimg)
-        cfg = from_namespace(TrainConfig, args, **overrides)
+        given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+        cfg = from_namespace(TrainConfig, args, **untyped_defaults({}, given))
         output_folder("out", args.out)
         cache_folder(cfg.cache_dir)
     except ConfigError as err:

@@ -3,7 +3,6 @@ built from a `TrainConfig`. The one place that maps the config onto the models' 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,10 +10,10 @@ import torch
 
 from models import build_model  # imports every builder (they register themselves)
 from tuner.config import TrainConfig
+from tuner.families import FAMILY_SPECS
 from tuner.precision import autocast, resolve_precision
 
 GRID_SIZE = 64  # fixed noise batch drawn into every sample grid (8 x 8)
-EMA_NET = "G_ema"  # the generator's exponential moving average, a net of its own (no optimiser)
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -62,9 +61,7 @@ class Trial:
 def model_args(cfg: TrainConfig) -> dict[str, Any]:
     """The model builder's arguments (models/registry.py) from a trial config."""
     sizes: dict[str, Any] = {"z_dim": cfg.z_dim, "g_width": cfg.g_width, "d_width": cfg.d_width}
-    if cfg.family == "gan":
-        return sizes | {"d_norm": cfg.d_norm}
-    return sizes | {"regularize": cfg.regularize, "dropout": cfg.dropout}
+    return sizes | FAMILY_SPECS[cfg.family].model_args(cfg)
 
 
 def build_models(cfg: TrainConfig) -> Any:
@@ -74,18 +71,9 @@ def build_models(cfg: TrainConfig) -> Any:
 
 def build_trial(cfg: TrainConfig, device: torch.device) -> Trial:
     torch.manual_seed(cfg.seed)
-    if cfg.family == "gan":
-        g, d = build_models(cfg)
-        nets = {"G": g.to(device), "D": d.to(device)}
-        if cfg.g_ema > 0:
-            # A plain copy of G (no RNG is drawn, so g_ema=0 and g_ema>0 runs train identically). It is
-            # saved and restored with the other nets, so a resumed run continues the same average.
-            nets[EMA_NET] = copy.deepcopy(nets["G"]).requires_grad_(False)
-        opts = {"G": make_optimizer(cfg, nets["G"].parameters()),
-                "D": make_optimizer(cfg, nets["D"].parameters(), lr=cfg.lr * cfg.lr_d_ratio)}
-    else:
-        nets = {"model": build_models(cfg).to(device)}
-        opts = {"model": make_optimizer(cfg, nets["model"].parameters())}
+    family = FAMILY_SPECS[cfg.family]
+    nets = {name: net.to(device) for name, net in family.nets(build_models(cfg), cfg).items()}
+    opts = {name: make_optimizer(cfg, nets[name].parameters(), lr=lr) for name, lr in family.learning_rates(cfg).items()}
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     fixed = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     fixed_noise = torch.randn(GRID_SIZE, cfg.z_dim, generator=fixed, device=device)

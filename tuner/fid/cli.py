@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tuner.backbones import BACKBONES, Backbone, as_uint8_images, get_backbone
+from tuner.backbones import BACKBONE_CLASSES, Backbone, as_uint8_images, get_backbone
+from tuner.config import BACKBONES
 from tuner.data import DATASET_CLASSES, SPLITS, DataError, load_split, resolve_mirror
 from tuner.fid import feature_statistics, frechet_distance, real_statistics
 
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
     src_a = parse_source(args.a, "A", args.limit)
     src_b = parse_source(args.b, "B", args.limit)
     dataset = args.dataset or next((s[0] for s in (src_a, src_b) if isinstance(s, tuple)), None)
-    if BACKBONES[args.backbone].dataset_specific and dataset is None:
+    if BACKBONE_CLASSES[args.backbone].dataset_specific and dataset is None:
         raise UsageError(f"missing --dataset: the {args.backbone} backbone needs one when neither A nor B is a "
                          f"dataset split; allowed one of {', '.join(DATASET_CLASSES)}")
     backbone = get_backbone(args.backbone, dataset, device=args.device, cache_dir=args.cache_dir, mirror=args.mirror)

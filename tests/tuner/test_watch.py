@@ -100,7 +100,7 @@ def check_trial_images(exp: Path, tags: dict[str, str]) -> None:
 # ------------------------------------------------------------------------------------------
 # the console (and, on the same study, the images)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ["--family", "gan", "--losses", "hinge", "--num-samples", "3", "--max-kimg", "0.5", "--eval-every-kimg", "0.25",
          "--grace-kimg", "0.25"]
 

@@ -26,7 +26,7 @@ from tuner.fid import (
     statistics_path,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def random_spd(rng, d):

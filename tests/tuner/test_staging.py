@@ -16,7 +16,7 @@ import pytest
 
 from tuner import staging
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import pytest
 
 from conftest import write_idx_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
         "--fid-samples", "64", "--cpus-per-trial", "1", "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8",
         "batch_size=16,32", "--max-kimg", "0.5", "--eval-every-kimg", "0.25", "--grace-kimg", "0.5"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE_MARK = "(SMOKE: tiny sizes"
 
 # script -> (needs Fashion-MNIST, a line of the table it must print)

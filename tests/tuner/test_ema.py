@@ -7,7 +7,8 @@ import torch
 from tuner.config import ConfigError, TrainConfig
 from tuner.loop import train
 from tuner.steps import gan_step
-from tuner.trial import EMA_NET, build_trial
+from tuner.families import EMA_NET
+from tuner.trial import build_trial
 
 @pytest.fixture(scope="module")
 def _cache(tmp_path_factory):

@@ -17,12 +17,9 @@ import contextlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
 
 import optuna
@@ -37,29 +34,15 @@ from tuner.optuna_bridge import HonestOptunaSearch, make_storage
 from tuner.checkpoint import CheckpointError, load_checkpoint
 from tuner.loop import train
 
-from conftest import TINY_TRIAL, load_study
+from conftest import REPO, TINY_TRIAL, Driver, load_study, processes_under, wait_for
 from tuner.trial import build_trial
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_TRIAL
 TINY_CFG = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
 
 
 # ------------------------------------------------------------------------------------------
 # helpers
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.1):
-    """Poll `predicate` until it returns something truthy; fail after `timeout` s (or if `proc` exits)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"process exited (rc {proc.returncode}) while waiting for {what}")
-        time.sleep(poll)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def result_rows(exp: Path) -> dict[str, list[dict]]:
@@ -455,62 +438,6 @@ def snapshot_statuses(exp: Path) -> dict[str, str]:
     except json.JSONDecodeError:  # being written
         return {}
     return {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in state["trial_data"]}
-
-
-def processes_under(path: Path) -> dict[int, str]:
-    """pid -> command line of every live process of a driver run: its command line names `path` (the
-    run's Ray temp dir), or it inherited RAY_TMPDIR=path (Ray's workers rename themselves ray::...)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline and (str(path) in cmdline or f"RAY_TMPDIR={path}".encode() in environ):
-            found[int(entry.name)] = cmdline
-    return found
-
-
-class Driver:
-    """`python tuner/search.py ...` in its own session, with its own Ray temp dir."""
-
-    def __init__(self, flags: list[str], workdir: Path, tag: str, command: tuple[str, ...] = ("tuner/search.py",)):
-        self.ray_tmp = Path(tempfile.mkdtemp(prefix=f"gt{tag}", dir="/tmp"))  # short: Ray's socket paths
-        env = dict(os.environ, RAY_TMPDIR=str(self.ray_tmp), PYTHONUNBUFFERED="1")  # the session's token auth
-        self.log = workdir / f"driver-{tag}.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, *command, *flags], cwd=REPO, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self) -> None:
-        """SIGKILL the driver's whole process group, then anything else its Ray left running."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-        self.cleanup()
-
-    def cleanup(self) -> None:
-        for pid in processes_under(self.ray_tmp):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        wait_for(lambda: not processes_under(self.ray_tmp), 30, f"the processes of {self.ray_tmp} to end")
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"driver did not finish in {timeout} s; log:\n{self.log.read_text()[-3000:]}")
-
-    def started_its_own_ray(self) -> bool:
-        return any((self.ray_tmp / "ray").glob("session_2*"))
 
 
 @pytest.mark.slow

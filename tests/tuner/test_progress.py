@@ -11,7 +11,7 @@ import pytest
 
 from tuner.progress import KimgProgress, use_bar
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def one_per_tenth(lines: list[str]) -> bool:

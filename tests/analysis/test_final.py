@@ -13,8 +13,8 @@ import pytest
 from analysis.final import FINAL_PROTOCOL, Protocol, merge_rows, resolve
 from analysis.rerun import build_parser
 from analysis.rerun import main as rerun_main
+from conftest import REPO, Driver, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def settings(*argv: str) -> dict:
@@ -74,8 +74,6 @@ def test_rows_merge_by_protocol_key_and_never_shrink(tmp_path):
 
 @pytest.mark.slow
 def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_mnist, tmp_path):
-    from test_faults import Driver, wait_for
-
     store = tmp_path / "store"
     study = Driver(["--storage-path", str(store), "--name", "s", "--dataset", "mnist",
                     "--family", "gan", "--losses", "hinge", "--num-samples", "2", "--max-kimg", "0.25",

@@ -5,13 +5,14 @@ import torch
 from conftest import make_patterns
 from tuner import domain
 from tuner.backbones import (
-    BACKBONES,
+    BACKBONE_CLASSES,
     Backbone,
     DomainBackbone,
     as_uint8_images,
     get_backbone,
     register_backbone,
 )
+from tuner.config import BACKBONES, ConfigError, TrainConfig
 from tuner.data import load_split
 
 
@@ -20,12 +21,13 @@ from tuner.data import load_split
 
 
 def test_registry_rejects_duplicates_and_non_backbones():
-    assert set(BACKBONES) >= {"inception", "domain"}
+    # one name list (tuner.config, what a config accepts) and one class per name (tuner.backbones)
+    assert sorted(BACKBONE_CLASSES) == sorted(BACKBONES) == ["domain", "inception"]
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("domain", DomainBackbone)
     with pytest.raises(TypeError, match="not a subclass of Backbone"):
         register_backbone("not-a-backbone", dict)
-    assert "not-a-backbone" not in BACKBONES
+    assert "not-a-backbone" not in BACKBONE_CLASSES and "not-a-backbone" not in BACKBONES
     with pytest.raises(ValueError, match="allowed one of"):
         get_backbone("resnet", "mnist")
 
@@ -40,15 +42,19 @@ def test_register_and_get_a_custom_backbone():
         def _forward(self, images):
             return images.float().mean(dim=(1, 2, 3)).unsqueeze(1)
 
+    with pytest.raises(ConfigError, match="fid_backbone"):
+        TrainConfig(fid_backbone="test-mean")
     register_backbone("test-mean", Mean)
     try:
+        assert TrainConfig(fid_backbone="test-mean").fid_backbone == "test-mean"  # selectable once registered
         bb = get_backbone("test-mean")
         assert get_backbone("test-mean", "mnist") is bb  # dataset-independent: one instance
         images = torch.tensor([[[0] * 28] * 28, [[255] * 28] * 28], dtype=torch.uint8)
         assert bb.features(images).tolist() == [[0.0], [255.0]]
         assert bb.features(images).dtype == np.float64
     finally:
-        del BACKBONES["test-mean"]
+        del BACKBONE_CLASSES["test-mean"]
+        BACKBONES.remove("test-mean")
         get_backbone.cache_clear()
 
 
