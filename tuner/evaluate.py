@@ -21,7 +21,7 @@ from tuner.config import TrainConfig
 from tuner.data import load_split, resolve_mirror
 from tuner.diversity import diversity_metrics
 from tuner.families import EMA_NET, FAMILY_SPECS
-from tuner.fid import feature_statistics, real_reference
+from tuner.fid import real_reference
 from tuner.trial import Trial
 
 EVAL_CHUNK = 500  # evaluation noise is drawn in blocks of this many (it fixes which samples are scored)
@@ -70,8 +70,6 @@ class Evaluator:
         self.autoencoder = FAMILY_SPECS[cfg.family].autoencoder
         self.test = load_split(cfg.dataset, "test", self.mirror) if self.autoencoder else None
 
-    def fid(self, samples: torch.Tensor) -> float:
-        return self.reference.distance(*feature_statistics(self.backbone.features(samples)))
 
     def evaluate(self, trial: Trial, out_dir: Path, tag: str) -> dict[str, Any]:
         cfg = trial.cfg
@@ -85,7 +83,7 @@ class Evaluator:
             else:
                 features, probabilities = self.backbone.features(samples), self.domain.probabilities(samples)
             metrics: dict[str, Any] = {
-                "fid": self.reference.distance(*feature_statistics(features)),
+                "fid": self.reference.fid(features),
                 "fid_backbone": cfg.fid_backbone,
                 "fid_samples": cfg.fid_samples,
             }
@@ -93,7 +91,7 @@ class Evaluator:
             save_grid(decode(trial, trial.fixed_noise), out_dir / "samples" / f"kimg_{tag}.png")
             if EMA_NET in trial.nets:  # the EMA generator, scored on the same noise, backbone and samples
                 ema_gen = torch.Generator(device=trial.device).manual_seed(cfg.seed + 2)
-                metrics["fid_ema"] = self.fid(generate(trial, cfg.fid_samples, ema_gen, EMA_NET))
+                metrics["fid_ema"] = self.reference.fid(self.backbone.features(generate(trial, cfg.fid_samples, ema_gen, EMA_NET)))
                 save_grid(decode(trial, trial.fixed_noise, EMA_NET), out_dir / "samples" / f"ema_kimg_{tag}.png")
             if self.autoencoder:
                 metrics.update(self.heldout_vae_terms(trial))

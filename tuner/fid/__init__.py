@@ -94,6 +94,10 @@ class Reference:
         diff = self.mu - mu
         return float(diff @ diff + self.trace + np.trace(s) - 2.0 * tr_covmean)
 
+    def fid(self, features: np.ndarray) -> float:
+        """FID of generated images' backbone features (N, dim) against this reference."""
+        return self.distance(*feature_statistics(features))
+
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """|mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2), in float64, without sqrtm.
@@ -212,5 +216,4 @@ def fid_of_features(features: np.ndarray, dataset: str, backbone: Backbone, n_re
                     mirror: str | None = None, cache_dir: str | None = None) -> float:
     """FID of the backbone's features (N, dim) of generated images against the first `n_real`
     images of `dataset:split` (cached statistics, factored once per process)."""
-    reference = real_reference(dataset, split, backbone, n_real, mirror, cache_dir)
-    return reference.distance(*feature_statistics(features))
+    return real_reference(dataset, split, backbone, n_real, mirror, cache_dir).fid(features)
