@@ -34,6 +34,18 @@ PROTOCOL = {
 LOSS_TO_MODEL = {"bce": "NS GAN", "lsgan": "LSGAN", "wgan": "WGAN", "wgan-gp": "WGAN-GP"}
 
 
+def ema_text(emas, seeds: list[int], runs: int) -> str:
+    """The EMA generator's FIDs: mean ± std, naming the seeds when only some runs scored an EMA."""
+    from analysis import fmt
+
+    if not len(emas):
+        return "n/a (no EMA)"
+    text = fmt.fid(emas.mean()) + (f" ± {fmt.fid(emas.std())}" if len(emas) > 1 else "")
+    if len(emas) < runs:
+        text += f" (only seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    return text
+
+
 def model_of(family: str, loss: str | None) -> str | None:
     """Table 2's row for a gentune config, or None when the table has none."""
     if family == "vae":
@@ -77,7 +89,8 @@ def literature_section(name: str, trials, runs) -> str:
         loss = first.get("loss") if isinstance(first.get("loss"), str) else None
         datasets.add(dataset)
         fids = pd.to_numeric(g["fid_final"], errors="coerce")
-        emas = pd.to_numeric(g.get("fid_ema_final", pd.Series(dtype=float)), errors="coerce").dropna()
+        ema_all = pd.to_numeric(g["fid_ema_final"], errors="coerce") if "fid_ema_final" in g else pd.Series(math.nan, g.index)
+        emas, ema_seeds = ema_all.dropna(), sorted(int(s) for s in g.loc[ema_all.notna(), "seed"])
         mean, std = fids.mean(), fids.std()
         model = model_of(family, loss)
         published = TABLE2.get(dataset, {}).get(model) if model else None
@@ -102,7 +115,7 @@ def literature_section(name: str, trials, runs) -> str:
             "precision": ", ".join(sorted({str(p) for p in g["precision"].dropna()})) or "n/a",
             "seeds": ", ".join(str(int(s)) for s in sorted(g["seed"])),
             "FID, last checkpoint (mean ± std)": f"{fmt.fid(mean)} ± {fmt.fid(std)}",
-            "EMA FID (mean ± std)": f"{fmt.fid(emas.mean())} ± {fmt.fid(emas.std())}" if len(emas) else "n/a (no EMA)",
+            "EMA FID (mean ± std)": ema_text(emas, ema_seeds, len(g)),
             "Table 2 model": model or "none",
             "Table 2 FID": (f"{fmt.fid(published[0])} ± {fmt.fid(published[1])}" if published and published[1] is not None
                             else fmt.fid(published[0]) if published else "n/a"),

@@ -7,7 +7,8 @@ Runs `python -m analysis.rerun EXPERIMENT_DIR --top 1 --final` (1000 kimg, Incep
 samples vs 10000 test images, 3 seeds; the same command continues an interrupted run), then writes
 benchmarks/results/final-eval.json (with --smoke: final-eval-smoke.json, never the real file):
 {dataset, fid_backbone, fid_samples, max_kimg, precision, seeds, fids (one per seed, in seed
-order, each the LAST checkpoint's FID), fids_ema (when the config has g_ema > 0), config, trial_id,
+order, each the LAST checkpoint's FID), fids_ema and g_ema (when a run kept an EMA of G: one FID per
+seed, null for a seed run without one), config (the latest run's), trial_id,
 experiment}. Extra flags are passed to analysis.rerun.
 """
 
@@ -46,8 +47,12 @@ def result(exp: Path) -> dict:
         "seeds": [int(s) for s in same["seed"]], "fids": [float(f) for f in same["fid_final"]],
         "scored_checkpoint": "last", "config": json.loads(latest["config"]),
     }
-    if float(latest.get("g_ema") or 0) > 0:
-        out["fids_ema"] = [float(f) for f in same["fid_ema_final"]]
+    decays = pd.to_numeric(same["g_ema"], errors="coerce").fillna(0.0)
+    emas = [float(f) if d > 0 and math.isfinite(f) else None
+            for f, d in zip(pd.to_numeric(same["fid_ema_final"], errors="coerce"), decays)]
+    if any(e is not None for e in emas):
+        out["fids_ema"] = emas  # one per seed, in seed order; null: that seed's run kept no EMA
+        out["g_ema"] = sorted({float(d) for d in decays if d > 0})
     out["precision"] = out["precision"][0] if len(out["precision"]) == 1 else out["precision"]
     return out
 

@@ -151,6 +151,9 @@ def test_literature_section_shows_both_tables_and_ranks_only_comparable_rows():
         assert f"| {model} | {mean:.2f} ± {std:.2f} |" in text
     assert "Lucic et al. 2018" in text and "10000 generated samples vs 10,000 test images" in text
     placements = text.split("Placement:", 1)[1]
+    assert "n/a (no EMA)" in text  # trial b kept no EMA
+    partial = runs.assign(fid_ema_final=[None, None, 23.0, None, None])  # only seed 3 kept one
+    assert "| 23.00 (only seed 3) |" in literature_section("exp", trials, partial)
     assert "wgan-gp z64 #1: FID 22.00 would place 2 of 9" in placements  # only WGAN (21.5) is lower
     assert "(domain, 2000 samples): not ranked against Table 2: domain features, not Inception" in placements
     assert "2000 samples, not 10000" in placements

@@ -55,3 +55,29 @@ def test_benchmark_smoke_run(name: str, request: pytest.FixtureRequest, tmp_path
         rows = [line for line in section.splitlines() if line.startswith(("| cpu | 1 | — |", "| cpu | 2 | — |"))]
         assert len(rows) == 2 and rows[0].endswith("| 1.00x |"), section
         assert "| GPU | 1, 2, 4 | — | not measured: no GPU on this machine |" in section
+
+
+def test_final_eval_result_names_the_seeds_that_kept_an_ema(tmp_path):
+    """A third seed run with --g-ema beside two without: fids keeps every seed, fids_ema is null where
+    a run kept no EMA (never a number it did not measure), and g_ema names the decay."""
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from final_eval import result
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    pd.DataFrame({"trial_id": ["w", "x"], "fid_best": [40.0, 50.0], "status": ["completed"] * 2}).to_parquet(
+        tmp_path / "trials.parquet")
+    base = dict(trial_id="w", dataset="fashion-mnist", fid_backbone="inception", fid_samples=10000, max_kimg=1000.0,
+                precision="bf16")
+    pd.DataFrame([{**base, "seed": 1, "fid_final": 21.0, "fid_ema_final": None, "g_ema": 0.0, "finished_at": 1.0,
+                   "config": '{"g_ema": 0.0}'},
+                  {**base, "seed": 3, "fid_final": 19.0, "fid_ema_final": 17.5, "g_ema": 0.999, "finished_at": 3.0,
+                   "config": '{"g_ema": 0.999}'},
+                  {**base, "seed": 2, "fid_final": 20.0, "fid_ema_final": None, "g_ema": 0.0, "finished_at": 2.0,
+                   "config": '{"g_ema": 0.0}'}]).to_parquet(tmp_path / "rerun.parquet")
+    out = result(tmp_path)
+    assert (out["seeds"], out["fids"]) == ([1, 2, 3], [21.0, 20.0, 19.0])
+    assert out["fids_ema"] == [None, None, 17.5] and out["g_ema"] == [0.999]
+    assert out["precision"] == "bf16" and out["trial_id"] == "w"
