@@ -21,8 +21,10 @@ best-FID-so-far against cumulative kimg with the median and the range over seeds
 Targets, at equal compute: the study's best FID <= 0.4x the grid's in every seed; kimg to reach the
 grid's best <= 0.2x the grid's (median); TPE better than random search (median).
 
-`--grid-exp DIR` reuses a finished grid experiment; `--analyze GRID STUDY... --random RANDOM...`
-analyses finished experiments without running anything.
+`--baseline tpe-independent` replaces random search by TPE that models each parameter alone (Optuna's
+default), to measure what the default's multivariate, grouped TPE adds. `--grid-exp DIR` reuses a
+finished grid experiment; `--analyze GRID STUDY... --random BASELINE...` analyses finished
+experiments without running anything.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ import pandas as pd  # noqa: E402
 
 
 
+BASELINES = {"random": "random search + ASHA", "tpe-independent": "independent TPE + ASHA"}  # --sampler -> label
+
+
 def build_parser():
     p = common.parser(__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="study seeds (TPE's and the trials') [default: 0 1 2]")
@@ -57,7 +62,10 @@ def build_parser():
                    help="extra tuner.search flags for both studies, as one string (the headline run uses none)")
     p.add_argument("--analyze", nargs="+", metavar="EXP", default=None,
                    help="analyse finished experiments instead: GRID_EXP STUDY_EXP... (one per seed); with --random")
-    p.add_argument("--random", nargs="+", metavar="EXP", default=None, help="with --analyze: the random-search experiments")
+    p.add_argument("--random", nargs="+", metavar="EXP", default=None,
+                   help="with --analyze: the baseline's experiments (random search, or --baseline's sampler)")
+    p.add_argument("--baseline", default="random", choices=list(BASELINES),
+                   help="the sampler the default study is compared with, under the same ASHA [default: random]")
     return p
 
 
@@ -200,23 +208,25 @@ def synthetic_history(kind: str, max_kimg: float, every: float, seed: int) -> pd
 # ------------------------------------------------------------------------------------------
 
 
-def seed_rows(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], seeds: list[int], wall: dict) -> tuple[list, dict]:
+def seed_rows(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], seeds: list[int], wall: dict,
+              baseline: str = "random") -> tuple[list, dict]:
     """One table row per (arm, seed) and the per-arm lists of the figures the targets read."""
-    rows, figures = [], {"study": [], "random": []}
+    rows, figures = [], {"study": [], "baseline": []}
     grid_total = float(grid_c["cum_kimg"].iloc[-1])
-    for arm in ("study", "random"):
+    for arm in ("study", "baseline"):
         for seed, curve in zip(seeds, curves[arm]):
             s = summarize(grid_c, curve)
             at_grid = best_at(curve, grid_total)
             figures[arm].append({"seed": seed, "at_grid": at_grid, "ratio": at_grid / s["grid_best"],
                                  "to_match_share": s["match_share"], "best": s["study_best"], "total": s["study_total"]})
-            rows.append([arm, seed, s["study_total"], at_grid, f"{at_grid / s['grid_best']:.2f}x",
+            rows.append(["study" if arm == "study" else baseline, seed, s["study_total"], at_grid, f"{at_grid / s['grid_best']:.2f}x",
                          "never" if s["match_share"] is None else f"{s['to_match']:.0f} ({s['match_share']:.2f})",
                          wall.get((arm, seed), math.nan)])
     return rows, figures
 
 
-def plot_seeds(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], path: Path, backbone: str, n: int) -> None:
+def plot_seeds(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], path: Path, backbone: str, n: int,
+               baseline: str = "random") -> None:
     """Best FID so far vs cumulative kimg: the grid, and the median and range over seeds of each study."""
     import matplotlib
 
@@ -230,8 +240,8 @@ def plot_seeds(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], path
     ax.step(g["cum_kimg"], g["best_fid"], where="post", color="black", label="grid lab1-gan")
     top = max(float(grid_c["cum_kimg"].iloc[-1]), *(float(c["cum_kimg"].iloc[-1]) for cs in curves.values() for c in cs))
     xs = np.linspace(0, top, 200)
-    colors = {"study": "tab:blue", "random": "tab:orange"}
-    labels = {"study": "default study (TPE + ASHA)", "random": "random search + ASHA"}
+    colors = {"study": "tab:blue", "baseline": "tab:orange"}
+    labels = {"study": "default study (TPE + ASHA)", "baseline": BASELINES[baseline]}
     for arm, cs in curves.items():
         if not cs:
             continue
@@ -265,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     # The flags must be valid for the CLI in every mode (the smoke test checks them without running).
     parse(grid_argv(storage, "grid"))
     for seed in seeds:
-        for sampler in ("tpe", "random"):
+        for sampler in ("tpe", args.baseline):
             parse(study_argv(args, storage, f"x{seed}{sampler}", seed, sampler))
 
     notes: list[str] = []
@@ -274,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     with load:
         if args.smoke:
             grid_h = synthetic_history("grid", 8.0, 2.0, 1)
-            hists = {arm: [synthetic_history("study", 8.0, 2.0, 10 * i + k) for k in seeds] for i, arm in enumerate(("study", "random"))}
+            hists = {arm: [synthetic_history("study", 8.0, 2.0, 10 * i + k) for k in seeds] for i, arm in enumerate(("study", "baseline"))}
             out_dir = Path(tempfile.mkdtemp(prefix="gentune-bench-smoke-"))
             notes.append("SMOKE: synthetic histories; no trial was trained. The CLI flags of every run were validated.")
             budget_base = {"max_kimg": 8.0, "fid_samples": 1000, "fid_backbone": "domain"}
@@ -282,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.analyze:
                 grid_exp = Path(args.analyze[0])
-                exps = {"study": [Path(e) for e in args.analyze[1:]], "random": [Path(e) for e in args.random]}
+                exps = {"study": [Path(e) for e in args.analyze[1:]], "baseline": [Path(e) for e in args.random]}
             else:
                 Path(storage).mkdir(parents=True, exist_ok=True)
                 out_logs = common.RESULTS_DIR / f"search_efficiency_{st}"
@@ -294,10 +304,10 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     grid_exp = Path(storage) / "grid"
                     wall["grid", 0] = run_search(grid_argv(storage, "grid"), out_logs / "grid.log")
-                exps = {"study": [], "random": []}
+                exps = {"study": [], "baseline": []}
                 for seed in seeds:
-                    for arm, sampler in (("study", "tpe"), ("random", "random")):
-                        name = f"{arm}-seed{seed}"
+                    for arm, sampler in (("study", "tpe"), ("baseline", args.baseline)):
+                        name = f"{'study' if arm == 'study' else args.baseline}-seed{seed}"
                         wall[arm, seed] = run_search(study_argv(args, storage, name, seed, sampler), out_logs / f"{name}.log")
                         exps[arm].append(Path(storage) / name)
             grid_h = load_history(grid_exp)
@@ -311,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     grid_c = compute_curve(grid_h)
     curves = {arm: [compute_curve(h) for h in hs] for arm, hs in hists.items()}
     grid_total, grid_best = float(grid_c["cum_kimg"].iloc[-1]), float(grid_c["best_fid"].dropna().iloc[-1])
-    rows, fig = seed_rows(grid_c, curves, seeds, wall)
+    rows, fig = seed_rows(grid_c, curves, seeds, wall, args.baseline)
     png = out_dir / f"search_efficiency_{st}.png"
-    plot_seeds(grid_c, curves, png, budget_base["fid_backbone"], budget_base["fid_samples"])
+    plot_seeds(grid_c, curves, png, budget_base["fid_backbone"], budget_base["fid_samples"], args.baseline)
     grid_c.to_csv(out_dir / f"search_efficiency_{st}_grid_curve.csv", index=False)
     for arm, cs in curves.items():
         for seed, c in zip(seeds, cs):
@@ -322,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [f["ratio"] for f in fig["study"]]
     shares = [f["to_match_share"] if f["to_match_share"] is not None else math.inf for f in fig["study"]]
     tpe_med = common.median([f["at_grid"] for f in fig["study"]])
-    rnd_med = common.median([f["at_grid"] for f in fig["random"]])
+    rnd_med = common.median([f["at_grid"] for f in fig["baseline"]])
     ratio_ok = all(r <= 0.4 for r in ratios)
     share_med = common.median(shares)
     share_ok = share_med <= 0.2
@@ -336,11 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         [["study best / grid best, every seed", ", ".join(f"{r:.2f}x" for r in ratios), "≤ 0.40x", common.verdict(ratio_ok)],
          ["kimg to reach the grid's best / grid's kimg, median", "never" if share_med == math.inf else f"{share_med:.2f}",
           "≤ 0.20", common.verdict(share_ok)],
-         ["median best FID: TPE study vs random search", f"{tpe_med:.1f} vs {rnd_med:.1f}", "TPE lower", common.verdict(tpe_ok)]])
+         [f"median best FID: TPE study vs {BASELINES[args.baseline]}", f"{tpe_med:.1f} vs {rnd_med:.1f}",
+          "TPE lower", common.verdict(tpe_ok)]])
     budget = (f"Per-trial budget: the defaults of `python tuner/search.py` ({budget_base['max_kimg']:g} kimg, FID on "
               f"{budget_base['fid_samples']} samples vs as many test images, {budget_base['fid_backbone']} features). "
               f"Grid: lab1-gan (hinge/bce x z_dim 32/64/128, published optimiser settings), FIFO, full budget, scored at "
-              f"its end. Studies: the default study with --seed S, and the same with --sampler random"
+              f"its end. Studies: the default study with --seed S, and the same with --sampler {args.baseline}"
               + (f"; extra flags `{args.study_flags}`" if args.study_flags else "") + ".")
     blocks = [budget, per_seed, targets]
     if best_cfgs:
@@ -349,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                "curves in the `_curve.csv` files beside it).",
                "Compute = cumulative kimg over all evaluations in wall-clock order (each evaluation adds what its trial "
                "trained since its previous one). Wall-clock includes Ray's start and the exports.", *notes]
-    common.publish(common.section("search_efficiency: grid lab1-gan vs default study vs random search, over seeds",
+    common.publish(common.section(f"search_efficiency: grid lab1-gan vs default study vs {BASELINES[args.baseline]}, over seeds",
                                   args.smoke, blocks, load), args)
     return 0
 

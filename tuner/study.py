@@ -35,7 +35,7 @@ The path of one study:
   -> exports (trials.csv/.parquet, history.parquet, best.json) and a summary.
 """
 
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "tpe-independent", "random")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class SearchConfig:
     """Range overrides on the command line, e.g. --ranges lr=1e-5:1e-3 z_dim=16:128."""
     sampler: str = "tpe"
     """How configs are proposed: tpe (Optuna's TPE, multivariate over groups of parameters that occur
-    together) | random (Optuna's RandomSampler, the baseline). ASHA stops weak trials with either."""
+    together) | tpe-independent (TPE modelling each parameter alone, Optuna's default) | random (Optuna's
+    RandomSampler, the baseline). ASHA stops weak trials with each of them."""
     n_startup_trials: int = 5
     """Trials TPE samples at random before it models the results (Optuna's n_startup_trials; warm-start
     points count). With fewer finished-or-pruned trials than this, TPE is random search."""
@@ -228,9 +229,11 @@ def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, 
     else:
         # multivariate + group: TPE models parameters that occur together jointly, and the conditional
         # ones (clip_value, gp_lambda) within their own group, instead of each one independently.
+        # tpe-independent: each parameter on its own (Optuna's default TPE), the comparison for the above.
+        joint = search.sampler == "tpe"
         with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna 5.0
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=base.seed, constant_liar=True, multivariate=True, group=True,
+            sampler = optuna.samplers.TPESampler(seed=base.seed, constant_liar=True, multivariate=joint, group=joint,
                                                  n_startup_trials=search.n_startup_trials)
     return HonestOptunaSearch(
         space=define_by_run(base.family, losses, ranges, small_n_critic="n_critic" not in overrides),

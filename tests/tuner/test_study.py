@@ -163,6 +163,18 @@ def test_random_sampler_ignores_results_and_tpe_does_not(tmp_path):
         study.SearchConfig(sampler="grid")
 
 
+def test_tpe_independent_models_each_parameter_alone(tmp_path):
+    """--sampler tpe-independent: the same seeded start-up as tpe, then proposals modelled on the
+    results, but not the joint model's."""
+    up, down = [float(v) for v in range(10, 130, 10)], [float(v) for v in range(120, 0, -10)]
+    flags = dict(warm_start=False, n_startup_trials=3)
+    alone_up = _proposals(tmp_path, "i1", up, sampler="tpe-independent", **flags)
+    alone_down = _proposals(tmp_path, "i2", down, sampler="tpe-independent", **flags)
+    joint_up = _proposals(tmp_path, "j1", up, **flags)
+    assert alone_up[:3] == alone_down[:3] == joint_up[:3]
+    assert alone_up != alone_down and alone_up[3:] != joint_up[3:]
+
+
 def test_warm_start_points_come_first_by_default(tmp_path):
     from models.losses import LOSSES
 
