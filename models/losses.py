@@ -6,19 +6,22 @@ same table. Scores are the critic's raw outputs, shape (B,), never passed throug
 
 The WGAN extras are not part of any loss: the trainer adds `gp_lambda * gradient_penalty(...)` to
 the wgan-gp critic loss, and calls `clip_weights_` after each wgan critic optimiser step.
+
+Importing this module does not import torch (each function imports it when first called): a config
+is validated against the registry (`TrainConfig`), and a command line that fails on a bad value
+must not pay torch's import, about 1.5 s, to say so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Callable
 
 from models.names import LOSS_KEYS, OPTIMIZERS
 
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,21 @@ def register_loss(loss: GANLoss) -> GANLoss:
 
 
 def bce_d(real: Tensor, fake: Tensor) -> Tensor:
+    import torch.nn.functional as F
+
     return F.softplus(-real).mean() + F.softplus(fake).mean()
 
 
 def bce_g(fake: Tensor) -> Tensor:
+    import torch.nn.functional as F
+
     # Non-saturating generator loss -log D(G(z)), not the minimax log(1 - D(G(z))).
     return F.softplus(-fake).mean()
 
 
 def hinge_d(real: Tensor, fake: Tensor) -> Tensor:
+    import torch.nn.functional as F
+
     return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
 
@@ -137,6 +146,8 @@ def gradient_penalty(
     One eps ~ U(0, 1) per sample, broadcast over the remaining dims, so any (B, ...) shape works.
     The graph is kept (create_graph) so the penalty trains the critic's parameters.
     """
+    import torch
+
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
     device = generator.device if generator is not None else real.device
     eps = torch.rand(shape, generator=generator, device=device, dtype=real.dtype).to(real.device)
@@ -146,8 +157,10 @@ def gradient_penalty(
     return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
 
 
-@torch.no_grad()
 def clip_weights_(module: nn.Module, c: float) -> None:
     """Clamp every parameter of `module` to [-c, c] in place (WGAN's Lipschitz constraint)."""
-    for p in module.parameters():
-        p.clamp_(-c, c)
+    import torch
+
+    with torch.no_grad():
+        for p in module.parameters():
+            p.clamp_(-c, c)

@@ -176,9 +176,13 @@ def test_the_tests_mirror_the_package_tree():
 
 
 def test_command_lines_start_without_torch():
-    # a typo or --help answers at once: the config and study layers import torch only when a config
-    # is built (the loss registry) or a trial runs; ~90 bad-input cases start these commands
+    # a typo, a bad value or --help answers at once: the config and study layers import torch only when
+    # a trial runs (the loss registry imports it in its functions); ~90 bad-input cases start these commands
     code = ("import sys\nimport tuner.search, tuner.train, tuner.exports, analysis.rerun\n"
+            "from tuner.config import ConfigError, TrainConfig\nfrom tuner.study import parse\n"
+            "for loss in ('bce', 'hinge', 'wgan', 'wgan-gp', 'lsgan'):\n    TrainConfig(loss=loss).resolved()\n"
+            "parse(['--losses', 'hinge', 'wgan-gp', '--max-kimg', '8'])\n"
+            "try:\n    TrainConfig(loss='hinge', clip_value=0.1)\nexcept ConfigError:\n    pass\n"
             "print(sorted(m for m in ('torch', 'ray', 'optuna') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
