@@ -130,8 +130,9 @@ def fashion_mirror(_fashion_data_root: Path, tmp_path: Path, monkeypatch: pytest
 # a tiny study through the real CLI entry point, shared by the study, watch, analysis and fault tests
 
 # every trial tiny: the IDX MNIST of idx_mnist, 8-wide nets, 256 training images, 64 FID samples
-TINY_TRIAL = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-              "--fid-samples", "64", "--cpus-per-trial", "1"]
+TINY_MODEL = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
+              "--fid-samples", "64"]  # python -m tuner.train takes these; a study also takes --cpus-per-trial
+TINY_TRIAL = [*TINY_MODEL, "--cpus-per-trial", "1"]
 # ... and a tiny space: the default one's widths (up to 64) cost seconds per step on a CPU
 TINY_STUDY = [*TINY_TRIAL, "--max-concurrent", "2", "--ranges", "g_width=8,16", "d_width=8,16", "batch_size=16,32"]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FASHION_DIR, write_idx_dataset
+from conftest import FASHION_DIR, TINY_MODEL, write_idx_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCH = ["tuner/search.py"]
@@ -35,11 +35,8 @@ FID = ["-m", "tuner.fid"]
 REPORT = ["-m", "analysis.report"]
 # Valid tiny settings first, the bad flag after (argparse keeps the last value): a case that were
 # wrongly accepted would run a short study instead of hanging the suite.
-BASE = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-        "--fid-samples", "64", "--num-samples", "1", "--max-kimg", "0.25", "--eval-every-kimg", "0.25",
-        "--grace-kimg", "0.25"]
-TRAIN_BASE = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-              "--fid-samples", "64", "--max-kimg", "0.25", "--eval-every-kimg", "0.25"]
+TRAIN_BASE = [*TINY_MODEL, "--max-kimg", "0.25", "--eval-every-kimg", "0.25"]
+BASE = [*TRAIN_BASE, "--num-samples", "1", "--grace-kimg", "0.25"]
 FOLDER_ALLOWED = "allowed a folder that can be created and written"
 IS_ROOT = os.geteuid() == 0
 

@@ -41,10 +41,9 @@ import pytest
 import yaml
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, TINY_TRIAL as TINY
+
 LOCAL_YAML = REPO / "cluster-local.yaml"
-TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-        "--fid-samples", "64", "--cpus-per-trial", "1"]
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_TMPDIR", "TMPDIR")
 REFUSED = "InvalidAuthToken"  # what Ray's GCS answers a request without the right token
 

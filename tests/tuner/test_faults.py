@@ -34,7 +34,7 @@ from tuner.optuna_bridge import HonestOptunaSearch, make_storage
 from tuner.checkpoint import CheckpointError, load_checkpoint
 from tuner.loop import train
 
-from conftest import REPO, TINY_TRIAL, Driver, load_study, processes_under, wait_for
+from conftest import REPO, TINY_MODEL, TINY_TRIAL, Driver, load_study, processes_under, wait_for
 from tuner.trial import build_trial
 
 TINY = TINY_TRIAL
@@ -235,8 +235,7 @@ PAYLOAD = "import pickle, os\nclass E:\n    def __reduce__(self):\n        retur
 
 @pytest.mark.slow
 def test_damaged_checkpoint_gives_one_line_error_naming_the_file(idx_mnist, tmp_path):
-    flags = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-             "--fid-samples", "64", "--seed", "1", "--max-kimg", "0.25", "--eval-every-kimg", "0.125"]
+    flags = [*TINY_MODEL, "--seed", "1", "--max-kimg", "0.25", "--eval-every-kimg", "0.125"]
     cfg = TrainConfig(**TINY_CFG, max_kimg=0.125, eval_every_kimg=0.125)
     train(cfg, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoint" / "checkpoint.pt"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_MODEL
 from tuner.progress import KimgProgress, use_bar
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,8 +68,7 @@ def test_plain_lines_every_tenth_and_a_redrawn_bar_on_a_tty(monkeypatch):
 def test_train_cli_prints_plain_progress_lines_when_piped(idx_mnist, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.train", "--dataset", "mnist", "--family", "gan", "--g-width", "8", "--d-width", "8",
-         "--batch-size", "16", "--train-limit", "256", "--fid-samples", "64", "--max-kimg", "0.5",
+        [sys.executable, "-m", "tuner.train", *TINY_MODEL, "--family", "gan", "--max-kimg", "0.5",
          "--eval-every-kimg", "0.25", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm"},  # a terminal type, but stdout is a pipe

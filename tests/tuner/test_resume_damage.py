@@ -24,11 +24,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import write_idx_dataset
+from conftest import TINY_TRIAL, write_idx_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
-        "--fid-samples", "64", "--cpus-per-trial", "1", "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8",
+TINY = [*TINY_TRIAL, "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8",
         "batch_size=16,32", "--max-kimg", "0.5", "--eval-every-kimg", "0.25", "--grace-kimg", "0.5"]
 N = 2  # trials per study
 
