@@ -13,7 +13,7 @@ import pytest
 from analysis.final import FINAL_PROTOCOL, Protocol, merge_rows, resolve
 from analysis.rerun import build_parser
 from analysis.rerun import main as rerun_main
-from conftest import REPO, TINY_TRIAL, Driver, wait_for
+from conftest import REPO, TINY_TRIAL, Driver, run_study, wait_for
 
 
 
@@ -73,13 +73,11 @@ def test_rows_merge_by_protocol_key_and_never_shrink(tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_mnist, tmp_path):
-    store = tmp_path / "store"
-    study = Driver(["--storage-path", str(store), "--name", "s", *TINY_TRIAL, "--family", "gan", "--losses", "hinge",
-                    "--num-samples", "2", "--max-kimg", "0.25", "--grace-kimg", "0.25",
-                    "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--g-ema", "0.9"], tmp_path, "study")
-    assert study.wait(300) == 0, study.log.read_text()[-3000:]
-    exp = store / "s"
+def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_mnist, ray_local, tmp_path):
+    # the study in this process (the module's Ray); each rerun is a driver of its own, killed or not
+    exp = run_study(tmp_path / "store", "s", "--family", "gan", "--losses", "hinge", "--num-samples", "2",
+                    "--max-kimg", "0.25", "--grace-kimg", "0.25", "--ranges", "g_width=8:8", "d_width=8:8",
+                    "batch_size=16,32", "--g-ema", "0.9", base=TINY_TRIAL)
     rerun = ("-m", "analysis.rerun")
     argv = [str(exp), "--top", "1", "--seeds", "2", "--first-seed", "7", "--max-kimg", "0.5",
             "--fid-backbone", "domain", "--fid-samples", "48", "--eval-every-kimg", "0.125", "--max-concurrent", "1",
