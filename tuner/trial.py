@@ -1,5 +1,6 @@
 """A trial's state: its config, device, nets, optimisers, RNG and progress (`Trial`), and how it is
-built from a `TrainConfig`. The one place that maps the config onto the models' arguments."""
+built from a `TrainConfig`. The one place that maps the config onto the models' arguments (the
+family-specific ones, and which nets a family trains, come from `tuner.families`)."""
 
 from __future__ import annotations
 
