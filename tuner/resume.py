@@ -22,6 +22,10 @@ class RestoreFailed(ConfigError):
     """Ray Tune could not restore the experiment; nothing has run and nothing was written."""
 
 
+FINISHED = ("TERMINATED", "ERROR")  # Tune's statuses of a trial it will not run again on restore
+LIMITER_KEY = "name:ConcurrencyLimiter"  # SearchGenerator's entry for the limiter --max-concurrent wraps the searcher in
+
+
 def _newest(folder: Path, pattern: str) -> Path | None:
     """The file Tune restores from: the largest name matching `pattern` (names carry the session time)."""
     found = sorted(folder.glob(pattern), key=lambda p: p.name)
@@ -53,15 +57,20 @@ def check_restorable(exp: Path, searched: bool) -> set[str]:
         raise refuse("experiment_state-*.json", "is missing (Ray Tune's record of the trials)")
     try:
         state = json.loads(state_file.read_bytes())
-        trial_ids = set()
+        trial_ids, unfinished = set(), set()
         for trial_json, _metadata in state["trial_data"]:
-            trial_ids.add(json.loads(trial_json)["trial_id"])
+            record = json.loads(trial_json)
+            trial_ids.add(record["trial_id"])
+            if record.get("status") is None:  # not a record Tune can restore: its restore will say so
+                unfinished = None
+            elif unfinished is not None and record["status"] not in FINISHED:
+                unfinished.add(record["trial_id"])
         state["runner_data"]  # noqa: B018 (Tune's restore reads it first)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise refuse(state_file.name, f"is unreadable ({type(err).__name__}: {err})") from None
     check_lock_folder(exp)  # before any repair: a refusal changes nothing
     if searched:
-        repair_search_generator_state(exp, len(state["trial_data"]), refuse)
+        repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished)
     return trial_ids
 
 
@@ -74,8 +83,12 @@ def _load_tune_pickle(path: Path) -> Any:
     return _load_newest_checkpoint(str(path.parent), glob.escape(path.name))
 
 
-def repair_search_generator_state(exp: Path, n_trials: int, refuse) -> None:
-    """Make the newest search_gen_state count exactly the trials of the experiment state."""
+def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: set[str] | None = None) -> None:
+    """Make the newest search_gen_state agree with the experiment state: its count of trials, and the
+    trials its ConcurrencyLimiter holds live (`unfinished`: the experiment state's trials that Tune
+    will run again). The limiter forwards a trial's completion to the searcher only for a live trial,
+    so a restored trial it did not know would finish without being told to Optuna, and a finished one
+    it still held would keep a concurrency slot for the rest of the run."""
     from ray.tune.utils.util import _atomic_save
 
     files = sorted(exp.glob("search_gen_state-*.json"), key=lambda p: p.name, reverse=True)
@@ -90,10 +103,18 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse) -> None:
             why = why or f"{type(err).__name__}: {err}"
     if state is None:
         raise refuse(newest.name, f"is unreadable ({why}), and no older copy is readable")
-    if path == newest and state.get("counter") == n_trials:
+    limiter = state.get(LIMITER_KEY)
+    live_ok = unfinished is None or limiter is None or set(limiter.get("live_trials", ())) == unfinished
+    if path == newest and state.get("counter") == n_trials and live_ok:
         return
     old = state.get("counter")
     state = {**state, "counter": n_trials}
+    if not live_ok:
+        print(f"gentune: {newest.name} held the trials {sorted(limiter.get('live_trials', ()))} as running, the "
+              f"experiment state {sorted(unfinished)} (the driver was stopped while Tune copied its snapshot): "
+              "set to the experiment state's", file=sys.stderr, flush=True)
+        state[LIMITER_KEY] = {**limiter, "live_trials": set(unfinished), "num_unfinished_live_trials": len(unfinished),
+                              "cached_results": {}}
     if state.get("total_samples") is not None and n_trials < state["total_samples"]:
         state["finished"] = False
     if path != newest:
@@ -101,7 +122,7 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse) -> None:
         print(f"gentune: {newest.name} is unreadable ({why}); set aside as {newest.name}.damaged and rebuilt "
               f"from {path.name}", file=sys.stderr, flush=True)
     _atomic_save(state=state, checkpoint_dir=str(exp), file_name=newest.name, tmp_file_name=f".tmp-{newest.name}")
-    if path == newest:
+    if path == newest and old != n_trials:
         print(f"gentune: {newest.name} counted {old} trials, the experiment state holds {n_trials} (the driver "
               f"was stopped while Tune copied its snapshot): set to {n_trials}", file=sys.stderr, flush=True)
 

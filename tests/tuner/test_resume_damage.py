@@ -232,6 +232,35 @@ def test_torn_snapshot_search_generator_count_is_repaired(finished, work, tmp_pa
 
 
 @pytest.mark.slow
+def test_torn_snapshot_concurrency_limiter_is_set_to_the_experiment_states_running_trials(interrupted, work, tmp_path):
+    # Seen in the driver-kill test: search_gen_state (which holds the ConcurrencyLimiter of
+    # --max-concurrent) was older than the experiment state. Its limiter held a trial that had
+    # finished since (a slot lost for the rest of the run; with --max-concurrent 1, no trial could
+    # start) and lacked a restored running one (the limiter drops the completion of a trial it does
+    # not hold, so that trial was never told to Optuna and was marked stale at the end). Here: the
+    # limiter holds the finished trial, as it did before that trial ended.
+    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
+
+    from tuner.resume import LIMITER_KEY
+
+    exp = copy_study(interrupted, tmp_path)
+    earlier = result_fids(exp)
+    gen = newest(exp, "search_gen_state-*.json")
+    state = _load_newest_checkpoint(str(exp), gen.name)
+    records = [json.loads(t) for t, _ in json.loads(newest(exp, "experiment_state-*.json").read_text())["trial_data"]]
+    running = {r["trial_id"] for r in records if r["status"] not in ("TERMINATED", "ERROR")}
+    done = sorted(r["trial_id"] for r in records if r["status"] == "TERMINATED")
+    assert done and state[LIMITER_KEY]["live_trials"] == running  # a consistent snapshot, before the damage
+    limiter = {**state[LIMITER_KEY], "live_trials": {done[0]}, "num_unfinished_live_trials": 1}
+    _atomic_save({**state, LIMITER_KEY: limiter}, str(exp), gen.name, f"tmp-{gen.name}")
+    proc = resume(exp, work)
+    assert_recovered(proc, earlier, exp)  # with the slot lost, --max-concurrent 1 would start no trial
+    assert f"held the trials ['{done[0]}'] as running, the experiment state {sorted(running)}" in proc.stderr
+    limiter_after = _load_newest_checkpoint(str(exp), gen.name)[LIMITER_KEY]  # the repaired file the resume read
+    assert limiter_after["live_trials"] == running and limiter_after["num_unfinished_live_trials"] == len(running)
+
+
+@pytest.mark.slow
 def test_garbage_search_generator_state_is_rebuilt_from_an_older_copy(finished, work, tmp_path):
     exp = copy_study(finished, tmp_path)
     earlier = result_fids(exp)
