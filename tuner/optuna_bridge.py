@@ -112,6 +112,7 @@ class HonestOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        self.follow_move()
         self.adopt_from_study(self._ot_study)
         mark_stale_trials(self._ot_study, keep={t._trial_id for t in self._ot_trials.values()})
 
@@ -144,7 +145,23 @@ class HonestOptunaSearch(OptunaSearch):
                   "rebuilt from the Optuna journal", file=sys.stderr, flush=True)
             self.rebuild_from_study()
 
+    def follow_move(self) -> None:
+        """Point the restored searcher at the study being resumed: its journal and experiment folder.
+
+        The snapshot (and tuner.pkl) pickle the storage and folder of where the study was started. After the
+        experiment folder was moved or copied, they would record every trial in the old journal (or in
+        another copy's) and upload sample grids there."""
+        if _resumed_paths is None:
+            return
+        journal, self._experiment_dir = _resumed_paths
+        if journal_file(self._storage) == journal:
+            return
+        self._storage = make_storage(journal)
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
+        self._ot_trials = {ray_id: optuna.Trial(self._ot_study, trial._trial_id) for ray_id, trial in self._ot_trials.items()}
+
     def rebuild_from_study(self) -> None:
+        self.follow_move()
         study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
         self._ot_study = study
         self._ot_trials, self._completed_trials = {}, set()
@@ -158,13 +175,22 @@ class HonestOptunaSearch(OptunaSearch):
 
 
 _restored_ray_trials: frozenset[str] = frozenset()
+_resumed_paths: tuple[str, str] | None = None  # (journal, experiment folder) of the study being resumed
 
 
-def expect_restored_trials(trial_ids) -> None:
-    """Tell the searcher restored in this (driver) process which Ray trials Tune restores: the ids in
-    the experiment state. Tune gives the searcher no list of its trials when it restores it."""
-    global _restored_ray_trials
+def expect_restored_trials(trial_ids, journal: str | None = None, experiment_dir: str | None = None) -> None:
+    """Tell the searcher restored in this (driver) process which Ray trials Tune restores (the ids in
+    the experiment state), and where the study being resumed keeps its journal and experiment folder.
+    Tune gives the searcher no list of its trials when it restores it, and its pickle holds the paths
+    of where the study was started."""
+    global _restored_ray_trials, _resumed_paths
     _restored_ray_trials = frozenset(trial_ids)
+    _resumed_paths = (journal, experiment_dir) if journal is not None else None
+
+
+def journal_file(storage) -> str | None:
+    """The file a journal storage (make_storage) writes to."""
+    return getattr(getattr(storage, "_backend", None), "_file_path", None)
 
 
 def mark_stale_trials(study: optuna.Study, keep: set[int] = frozenset()) -> int:

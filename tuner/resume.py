@@ -88,7 +88,9 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
     trials its ConcurrencyLimiter holds live (`unfinished`: the experiment state's trials that Tune
     will run again). The limiter forwards a trial's completion to the searcher only for a live trial,
     so a restored trial it did not know would finish without being told to Optuna, and a finished one
-    it still held would keep a concurrency slot for the rest of the run."""
+    it still held would keep a concurrency slot for the rest of the run. And the folder new trials are
+    written to: `exp`, where the experiment is now. `unfinished` is None when the experiment state
+    holds records Tune cannot restore: its restore will refuse, so only a damaged file is rewritten."""
     from ray.tune.utils.util import _atomic_save
 
     files = sorted(exp.glob("search_gen_state-*.json"), key=lambda p: p.name, reverse=True)
@@ -105,7 +107,10 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
         raise refuse(newest.name, f"is unreadable ({why}), and no older copy is readable")
     limiter = state.get(LIMITER_KEY)
     live_ok = unfinished is None or limiter is None or set(limiter.get("live_trials", ())) == unfinished
-    if path == newest and state.get("counter") == n_trials and live_ok:
+    storage = getattr(state.get("experiment"), "storage", None)
+    moved = unfinished is not None and storage is not None and storage.experiment_fs_path != str(exp)
+    moved_from = storage.experiment_fs_path if moved else None
+    if path == newest and state.get("counter") == n_trials and live_ok and moved_from is None:
         return
     old = state.get("counter")
     state = {**state, "counter": n_trials}
@@ -115,6 +120,14 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
               "set to the experiment state's", file=sys.stderr, flush=True)
         state[LIMITER_KEY] = {**limiter, "live_trials": set(unfinished), "num_unfinished_live_trials": len(unfinished),
                               "cached_results": {}}
+    if moved_from is not None:
+        # Tune's restore points the restored trials at the folder it resumes (TuneController._restore_trials),
+        # but the search generator creates every new trial with the storage of the experiment it pickled:
+        # the new trials would be written to the old folder (into another copy of the study, if one is there)
+        print(f"gentune: the experiment was moved from {moved_from} to {exp}: new trials are written to {exp}",
+              file=sys.stderr, flush=True)
+        storage.storage_fs_path, storage.experiment_dir_name = str(exp.parent), exp.name
+        state["experiment"].spec["storage"] = storage
     if state.get("total_samples") is not None and n_trials < state["total_samples"]:
         state["finished"] = False
     if path != newest:

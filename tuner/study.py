@@ -443,7 +443,8 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
     if search.resume:
         from tuner.optuna_bridge import expect_restored_trials
 
-        expect_restored_trials(set() if is_remote(search) else check_restorable(Path(exp), search.grid is None))
+        expect_restored_trials(set() if is_remote(search) else check_restorable(Path(exp), search.grid is None),
+                               journal=study_path(search), experiment_dir=exp)
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
     assets = prepare_assets(base)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY_TRIAL, write_idx_dataset
+from conftest import TINY_TRIAL, load_study, write_idx_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [*TINY_TRIAL, "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8",
@@ -185,6 +185,12 @@ def assert_recovered(proc: subprocess.CompletedProcess, earlier: dict[str, list[
         if len(results) == 2:  # it had finished: not re-run
             assert fids[trial_id] == pytest.approx(results[-1], rel=1e-9)
             assert result_fids(exp)[trial_id] == results
+    # every trial is in this experiment's own folder and Optuna journal, told with its final FID
+    assert set(result_fids(exp)) == set(trials["trial_id"])
+    told = {t.user_attrs.get("ray_trial_id"): t for t in load_study(exp, exp.name).trials}
+    for trial_id, fid in fids.items():
+        assert trial_id in told, f"{trial_id} is not in {exp}/optuna.journal"
+        assert told[trial_id].state.name == "COMPLETE" and told[trial_id].value == pytest.approx(fid, rel=1e-9)
     return trials
 
 
@@ -202,6 +208,20 @@ def test_garbage_searcher_state_is_rebuilt_from_the_journal(study, work, tmp_pat
     assert_recovered(proc, earlier, exp)
     assert "rebuilt from the Optuna journal" in proc.stderr
     assert "Restarting experiment" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_copied_study_resumes_into_its_own_folder_and_leaves_the_original_alone(interrupted, work, tmp_path):
+    # Tune pickles the folder and journal of where a study started (the search generator's experiment,
+    # the searcher's Optuna storage): a resumed copy wrote its new trials, their Optuna records and
+    # sample grids into the original study.
+    before = digest(interrupted)
+    exp = copy_study(interrupted, tmp_path)
+    earlier = result_fids(exp)
+    proc = resume(exp, work)
+    assert_recovered(proc, earlier, exp)
+    assert f"the experiment was moved from {interrupted} to {exp}" in proc.stderr
+    assert digest(interrupted) == before
 
 
 @pytest.mark.slow
