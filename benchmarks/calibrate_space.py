@@ -109,6 +109,26 @@ def top_ranges(df: pd.DataFrame) -> str:
                          f"better half of those that reached 64 kimg ({len(best)})"], rows)
 
 
+def per_loss_ranges(df: pd.DataFrame, share: float = 0.25) -> str:
+    """Where good configs live for each loss (one column each): the median and span of each parameter
+    over that loss's best `share` of finite trials by FID at the first rung (at least one trial)."""
+    columns, cells = [], {}
+    params = (*NUMERIC, *CATEGORICAL[1:])
+    for loss, g in df[np.isfinite(df["fid_rung1"])].groupby("loss"):
+        top = g.nsmallest(max(1, math.ceil(share * len(g))), "fid_rung1")
+        columns.append(loss)
+        cells[loss] = {"top trials": f"{len(top)} of {len(g)}", "their FID at 8 kimg": f"≤ {common.fmt(top['fid_rung1'].max())}",
+                       "best FID at 64 kimg": common.fmt(g["fid_64"].min())}
+        for p in params:
+            v = top[p].dropna()
+            if p in CATEGORICAL:
+                cells[loss][p] = ", ".join(f"{k}: {n}" for k, n in v.value_counts().items()) or "—"
+            else:
+                cells[loss][p] = f"{common.fmt(v.median())} ({common.fmt(v.min())} – {common.fmt(v.max())})" if len(v) else "—"
+    rows = [[r, *(cells[c][r] for c in columns)] for r in ("top trials", "their FID at 8 kimg", "best FID at 64 kimg", *params)]
+    return common.table(["median (span) of the best trials", *columns], rows)
+
+
 def plots(df: pd.DataFrame, tag: str) -> list[Path]:
     import matplotlib
 
@@ -173,6 +193,7 @@ def main(argv=None) -> int:
         "Experiments: " + ", ".join(str(e) for e in exps) + f" ({len(df)} trials).",
         "Per loss:", per_loss(df),
         "Where the good configs are (numeric: min – max (median); categorical: counts):", top_ranges(df),
+        "Per loss, its best quarter by FID at 8 kimg:", per_loss_ranges(df),
         *(f"![{p.stem}](search-space/{p.name})" for p in pngs),
     ])
     print(text)
