@@ -76,6 +76,26 @@ def newest(exp: Path, pattern: str) -> Path:
     return max(exp.glob(pattern), key=lambda p: p.name)
 
 
+def snapshot_records(exp: Path) -> list[dict]:
+    """Every trial's record in Tune's newest experiment state."""
+    return [json.loads(t) for t, _ in json.loads(newest(exp, "experiment_state-*.json").read_text())["trial_data"]]
+
+
+def search_gen_state(exp: Path) -> dict:
+    """The newest search_gen_state, read with Tune's own loader."""
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    return _load_newest_checkpoint(str(exp), newest(exp, "search_gen_state-*.json").name)
+
+
+def write_search_gen_state(exp: Path, state: dict) -> None:
+    """Replace the newest search_gen_state, written with Tune's own saver (a torn snapshot's damage)."""
+    from ray.tune.utils.util import _atomic_save
+
+    name = newest(exp, "search_gen_state-*.json").name
+    _atomic_save(state, str(exp), name, f"tmp-{name}")
+
+
 # ------------------------------------------------------------------------------------------
 # the two studies (made once per module)
 
@@ -237,15 +257,12 @@ def test_missing_searcher_state_is_rebuilt_from_the_journal(finished, work, tmp_
 def test_torn_snapshot_search_generator_count_is_repaired(finished, work, tmp_path):
     # A driver killed while Tune copies its snapshot into storage can leave search_gen_state from
     # before the newest trial was created (seen in the driver-kill test: 5 trials for --num-samples 4).
-    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
-
     exp = copy_study(finished, tmp_path)
     earlier = result_fids(exp)
-    gen = newest(exp, "search_gen_state-*.json")
-    state = _load_newest_checkpoint(str(exp), gen.name)
-    n_state = len(json.loads(newest(exp, "experiment_state-*.json").read_text())["trial_data"])
+    n_state = len(snapshot_records(exp))
+    state = search_gen_state(exp)
     assert state["counter"] == n_state
-    _atomic_save({**state, "counter": n_state - 1}, str(exp), gen.name, f"tmp-{gen.name}")
+    write_search_gen_state(exp, {**state, "counter": n_state - 1})
     proc = resume(exp, work)
     assert_recovered(proc, earlier, exp)  # exactly N trials, not N + 1
     assert f"counted {n_state - 1} trials, the experiment state holds {n_state}" in proc.stderr
@@ -259,24 +276,21 @@ def test_torn_snapshot_concurrency_limiter_is_set_to_the_experiment_states_runni
     # start) and lacked a restored running one (the limiter drops the completion of a trial it does
     # not hold, so that trial was never told to Optuna and was marked stale at the end). Here: the
     # limiter holds the finished trial, as it did before that trial ended.
-    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
-
-    from tuner.resume import LIMITER_KEY
+    from tuner.resume import FINISHED, LIMITER_KEY
 
     exp = copy_study(interrupted, tmp_path)
     earlier = result_fids(exp)
-    gen = newest(exp, "search_gen_state-*.json")
-    state = _load_newest_checkpoint(str(exp), gen.name)
-    records = [json.loads(t) for t, _ in json.loads(newest(exp, "experiment_state-*.json").read_text())["trial_data"]]
-    running = {r["trial_id"] for r in records if r["status"] not in ("TERMINATED", "ERROR")}
+    state = search_gen_state(exp)
+    records = snapshot_records(exp)
+    running = {r["trial_id"] for r in records if r["status"] not in FINISHED}
     done = sorted(r["trial_id"] for r in records if r["status"] == "TERMINATED")
     assert done and state[LIMITER_KEY]["live_trials"] == running  # a consistent snapshot, before the damage
     limiter = {**state[LIMITER_KEY], "live_trials": {done[0]}, "num_unfinished_live_trials": 1}
-    _atomic_save({**state, LIMITER_KEY: limiter}, str(exp), gen.name, f"tmp-{gen.name}")
+    write_search_gen_state(exp, {**state, LIMITER_KEY: limiter})
     proc = resume(exp, work)
     assert_recovered(proc, earlier, exp)  # with the slot lost, --max-concurrent 1 would start no trial
     assert f"held the trials ['{done[0]}'] as running, the experiment state {sorted(running)}" in proc.stderr
-    limiter_after = _load_newest_checkpoint(str(exp), gen.name)[LIMITER_KEY]  # the repaired file the resume read
+    limiter_after = search_gen_state(exp)[LIMITER_KEY]  # the repaired file the resume read
     assert limiter_after["live_trials"] == running and limiter_after["num_unfinished_live_trials"] == len(running)
 
 
