@@ -71,7 +71,66 @@ def check_restorable(exp: Path, searched: bool) -> set[str]:
     check_lock_folder(exp)  # before any repair: a refusal changes nothing
     if searched:
         repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished)
+    elif unfinished is not None:
+        repair_grid_state(exp)
     return trial_ids
+
+
+def _storages(obj: Any, seen: set[int] | None = None) -> list:
+    """Every Ray Train StorageContext reachable from `obj` (a generator state Tune pickled)."""
+    from ray.train._internal.storage import StorageContext
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, StorageContext):
+        return [obj]
+    if isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        children = list(obj)
+    else:
+        children = list(getattr(obj, "__dict__", {}).values())
+    return [found for child in children for found in _storages(child, seen)]
+
+
+def moved_storage(state: Any, exp: Path) -> str | None:
+    """The experiment folder a generator state creates new trials in, when that is not `exp` (the
+    experiment was moved or copied since): Tune points the trials it restores at the folder it
+    resumes (TuneController._restore_trials), but its search generator and grid generator create
+    each new trial with the storage they pickled, which would put new trials in the old folder (into
+    another copy of the study, if one is there)."""
+    for storage in _storages(state):
+        if storage.experiment_fs_path != str(exp):
+            return storage.experiment_fs_path
+    return None
+
+
+def follow_move(state: Any, moved_from: str, exp: Path) -> None:
+    """Point every storage in a generator state at `exp`, as Tune's restore does for its trials."""
+    print(f"gentune: the experiment was moved from {moved_from} to {exp}: new trials are written to {exp}",
+          file=sys.stderr, flush=True)
+    for storage in _storages(state):
+        storage.storage_fs_path, storage.experiment_dir_name = str(exp.parent), exp.name
+
+
+def repair_grid_state(exp: Path) -> None:
+    """A grid's generator state (basic-variant-state): new trials go to `exp` (moved_storage).
+    Unreadable, it is left to Tune's restore (RestoreGuard)."""
+    from ray.tune.utils.util import _atomic_save
+
+    newest = _newest(exp, "basic-variant-state-*.json")
+    if newest is None:
+        return
+    try:
+        state = _load_tune_pickle(newest)
+    except Exception:  # noqa: BLE001
+        return
+    moved_from = moved_storage(state, exp)
+    if moved_from is not None:
+        follow_move(state, moved_from, exp)
+        _atomic_save(state=state, checkpoint_dir=str(exp), file_name=newest.name, tmp_file_name=f".tmp-{newest.name}")
 
 
 def _load_tune_pickle(path: Path) -> Any:
@@ -107,9 +166,7 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
         raise refuse(newest.name, f"is unreadable ({why}), and no older copy is readable")
     limiter = state.get(LIMITER_KEY)
     live_ok = unfinished is None or limiter is None or set(limiter.get("live_trials", ())) == unfinished
-    storage = getattr(state.get("experiment"), "storage", None)
-    moved = unfinished is not None and storage is not None and storage.experiment_fs_path != str(exp)
-    moved_from = storage.experiment_fs_path if moved else None
+    moved_from = moved_storage(state, exp) if unfinished is not None else None
     if path == newest and state.get("counter") == n_trials and live_ok and moved_from is None:
         return
     old = state.get("counter")
@@ -121,13 +178,7 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
         state[LIMITER_KEY] = {**limiter, "live_trials": set(unfinished), "num_unfinished_live_trials": len(unfinished),
                               "cached_results": {}}
     if moved_from is not None:
-        # Tune's restore points the restored trials at the folder it resumes (TuneController._restore_trials),
-        # but the search generator creates every new trial with the storage of the experiment it pickled:
-        # the new trials would be written to the old folder (into another copy of the study, if one is there)
-        print(f"gentune: the experiment was moved from {moved_from} to {exp}: new trials are written to {exp}",
-              file=sys.stderr, flush=True)
-        storage.storage_fs_path, storage.experiment_dir_name = str(exp.parent), exp.name
-        state["experiment"].spec["storage"] = storage
+        follow_move(state, moved_from, exp)
     if state.get("total_samples") is not None and n_trials < state["total_samples"]:
         state["finished"] = False
     if path != newest:

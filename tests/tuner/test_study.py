@@ -91,7 +91,7 @@ def test_warm_start_trials_have_the_published_configs(idx_mnist, tmp_path, ray_l
     assert len(trials) == 3  # the three reference points, then nothing else (num_samples 3)
 
 
-def test_grid_mode_runs_exactly_the_grid(idx_mnist, tmp_path, ray_local):
+def test_grid_mode_runs_exactly_the_grid(idx_mnist, tmp_path, ray_local, capsys):
     exp = run_search(tmp_path, "grid", "--grid", "lab1-gan", "--max-kimg", "0.25", "--eval-every-kimg", "0.25",
                      "--grace-kimg", "0.25")
     trials = pd.read_parquet(exp / "trials.parquet")
@@ -99,6 +99,22 @@ def test_grid_mode_runs_exactly_the_grid(idx_mnist, tmp_path, ray_local):
     assert cells == sorted((loss, z) for loss in ("hinge", "bce") for z in (32, 64, 128))
     assert (trials["status"] == "completed").all()  # a fixed budget: nothing is stopped early
     assert not (exp / "optuna.journal").exists()
+
+    # moved, then resumed: the grid generator (which creates the trials not yet started) writes them to
+    # the new folder, not to where the grid started
+    import shutil
+
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    from tuner.resume import _storages, check_restorable
+
+    moved = tmp_path / "moved" / "grid"
+    shutil.copytree(exp, moved)
+    check_restorable(moved, searched=False)
+    assert f"the experiment was moved from {exp} to {moved}" in capsys.readouterr().err
+    state = _load_newest_checkpoint(str(moved), "basic-variant-state-*.json")
+    assert {s.experiment_fs_path for s in _storages(state)} == {str(moved)}
+    assert {s.experiment_fs_path for s in _storages(_load_newest_checkpoint(str(exp), "basic-variant-state-*.json"))} == {str(exp)}
 
 
 def test_vae_study_searches_the_vae_space(idx_mnist, tmp_path, ray_local):
