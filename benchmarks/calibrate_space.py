@@ -149,7 +149,7 @@ def plots(df: pd.DataFrame, tag: str) -> list[Path]:
     palette = dict(zip(losses, sns.color_palette("tab10", len(losses))))
     for ax, p in zip(axes.flat, params):
         sub = ok[ok[p].notna()]
-        reached = sub["fid_64"].notna().map({True: "reached 64 kimg", False: "stopped earlier"})
+        reached = sub["fid_64"].notna().map({True: "reached 64 kimg", False: "stopped earlier"}).rename("trained")
         sns.scatterplot(data=sub, x=p, y="fid_rung1", hue="loss", hue_order=losses, palette=palette, style=reached,
                         style_order=["reached 64 kimg", "stopped earlier"], ax=ax, s=22, legend=ax is axes.flat[0])
         if p in LOG:

@@ -47,8 +47,10 @@ def run_config_options(verbose: bool, max_kimg: float) -> dict[str, Any]:
     return options
 
 
-def apply_to_restored(tuner, verbose: bool, max_kimg: float) -> None:
-    """--resume: the console this command asks for, not the one pickled with the experiment."""
+def apply_to_restored(tuner, verbose: bool, max_kimg: float, guards: tuple = ()) -> None:
+    """--resume: the console this command asks for, not the one pickled with the experiment; and
+    `guards` (callbacks) in place of the pickled callbacks of their types, which watch the folder where
+    the experiment started (it may have been moved since)."""
     internal = getattr(tuner, "_local_tuner", None)
     if internal is None:  # Ray client mode: keep the restored settings
         return
@@ -56,8 +58,9 @@ def apply_to_restored(tuner, verbose: bool, max_kimg: float) -> None:
     options = run_config_options(verbose, max_kimg)
     run_config.verbose = options["verbose"]
     run_config.progress_reporter = options.get("progress_reporter")
-    kept = [c for c in (run_config.callbacks or []) if not isinstance(c, EventLines)]
-    run_config.callbacks = options["callbacks"] + kept
+    replaced = (EventLines, *(type(g) for g in guards))
+    kept = [c for c in (run_config.callbacks or []) if not isinstance(c, replaced)]
+    run_config.callbacks = options["callbacks"] + list(guards) + kept
 
 
 @contextlib.contextmanager

@@ -459,7 +459,9 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
                                 f"{err}); nothing was run or changed") from None
         from tuner.console import apply_to_restored
 
-        apply_to_restored(tuner, search.verbose, base.max_kimg)
+        from tuner.storage import StorageGuard
+
+        apply_to_restored(tuner, search.verbose, base.max_kimg, guards=() if is_remote(search) else (StorageGuard(exp),))
     else:
         tuner = build_tuner(search, base, overrides, trainable)
         local = local_dir(search)
