@@ -12,7 +12,9 @@ The analysis writes docs/search-space.md and docs/search-space/*.png:
 - per loss: trials, diverged, FID at the first rung (8 kimg, every trial has it), how many reached
   24 and 64 kimg, the best FID at 64 kimg;
 - per searched parameter: FID at the first rung against the parameter, coloured by loss, with the
-  trials that completed marked; and the range the top quarter of trials (by first-rung FID) span.
+  trials that completed marked; and the range the top quarter of trials (by first-rung FID) span;
+- per loss: the median and span of each parameter over that loss's best quarter;
+- the ten best trials at 64 kimg, with their FIDs at each rung and their configs.
 """
 
 from __future__ import annotations
@@ -129,6 +131,15 @@ def per_loss_ranges(df: pd.DataFrame, share: float = 0.25) -> str:
     return common.table(["median (span) of the best trials", *columns], rows)
 
 
+def best_trials(df: pd.DataFrame, n: int = 10) -> str:
+    """The `n` trials with the lowest FID at 64 kimg (the whole budget): their FIDs along the way and config."""
+    done = df[df["fid_64"].notna()].nsmallest(n, "fid_64")
+    cols = ["loss", "fid_rung1", "fid_24", "fid_64", "classes_64", *(p for p in (*NUMERIC, *CATEGORICAL[1:]) if done[p].notna().any())]
+    rows = [[r[c] if not (isinstance(r[c], float) and math.isnan(r[c])) else "—" for c in cols] for r in done.to_dict("records")]
+    names = {"fid_rung1": "FID at 8 kimg", "fid_24": "at 24", "fid_64": "at 64", "classes_64": "classes at 64"}
+    return common.table([names.get(c, c) for c in cols], rows)
+
+
 def plots(df: pd.DataFrame, tag: str) -> list[Path]:
     import matplotlib
 
@@ -194,6 +205,7 @@ def main(argv=None) -> int:
         "Per loss:", per_loss(df),
         "Where the good configs are (numeric: min – max (median); categorical: counts):", top_ranges(df),
         "Per loss, its best quarter by FID at 8 kimg:", per_loss_ranges(df),
+        "The best trials at 64 kimg:", best_trials(df),
         *(f"![{p.stem}](search-space/{p.name})" for p in pngs),
     ])
     print(text)
