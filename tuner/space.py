@@ -10,6 +10,7 @@ parameters appear only in the trials where they apply.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,14 @@ class Range:
     log: bool = False
     step: int | None = None
     choices: tuple[Any, ...] = ()
+
+    def allows(self, value: Any) -> bool:
+        """Whether `value` is one this range can draw."""
+        if self.kind == "choice":
+            return value in self.choices
+        if not self.low <= value <= self.high:
+            return False
+        return self.kind != "int" or (value - self.low) % (self.step or 1) == 0
 
     def suggest(self, trial, name: str) -> Any:
         if self.kind == "choice":
@@ -233,12 +242,27 @@ def asha_rungs(max_kimg: float, grace_kimg: float, reduction_factor: int) -> lis
     return sorted(r for r in (grace_kimg * reduction_factor ** k for k in range(count)) if r < max_kimg)
 
 
-def warm_start_points(losses: tuple[str, ...], ranges: dict[str, Range] | None = None) -> list[dict[str, Any]]:
-    """The published points of the searched losses, keeping only parameters the space searches."""
+def warm_start_points(losses: tuple[str, ...], ranges: dict[str, Range] | None = None,
+                      narrowed: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
+    """The published points of the searched losses, keeping only parameters the space searches.
+
+    A published value outside a range the user set (`narrowed`: `--ranges d_norm=batch,spectral`
+    leaves out DCGAN's d_norm none), or outside a list of choices, is left to the sampler, which draws
+    it inside the range. Outside a default numeric range it stays: the published configs are
+    evaluated as published (WGAN's lr 5e-5 lies below the default 1e-4 – 1e-3)."""
     points = [published_point(loss) for loss in losses if loss in PUBLISHED]
     if ranges is None:
         return points
-    return [{k: v for k, v in p.items() if k == "loss" or k in ranges} for p in points]
+    kept = []
+    for point in points:
+        outside = [k for k, v in point.items() if k != "loss" and k in ranges and not ranges[k].allows(v)
+                   and (k in narrowed or ranges[k].kind == "choice")]
+        if outside:
+            print(f"gentune: warm start: the published {point['loss']} point's "
+                  + ", ".join(f"{k}={point[k]!r}" for k in outside) + " is outside the searched range; drawn by the sampler",
+                  file=sys.stderr, flush=True)
+        kept.append({k: v for k, v in point.items() if k == "loss" or (k in ranges and k not in outside)})
+    return kept
 
 
 # The reference lab's grid (lab1-report-by-hand.md): hinge/BCE x z 32/64/128 GANs, VAEs with

@@ -153,13 +153,13 @@ def test_tpe_models_results_after_n_startup_trials(tmp_path):
         study.SearchConfig(n_startup_trials=-1)
 
 
-def _proposals(tmp_path, name, feedback, **fields):
+def _proposals(tmp_path, name, feedback, overrides=None, **fields):
     """The first len(feedback) configs a searcher proposes, told `feedback` FIDs as full-budget results."""
     from tuner.config import TrainConfig
 
     base = TrainConfig(max_kimg=1.0, eval_every_kimg=1.0)
     cfg = study.SearchConfig(storage_path=str(tmp_path), name=name, **fields)
-    searcher = study.make_searcher(cfg, base, {})
+    searcher = study.make_searcher(cfg, base, overrides or {})
     out = []
     for i, fid in enumerate(feedback):
         out.append(searcher.suggest(f"t{i}"))
@@ -204,6 +204,18 @@ def test_warm_start_points_come_first_by_default(tmp_path):
     assert first[1]["clip_value"] == 0.01 and first[2]["gp_lambda"] == 10.0 and first[2]["beta2"] == 0.9
     off = _proposals(tmp_path, "nw", [100.0] * 3, warm_start=False)
     assert [p.get("lr") for p in off] != [p["lr"] for p in first[:3]]
+
+
+def test_published_values_outside_a_narrowed_range_are_drawn_inside_it(tmp_path, capsys):
+    # DCGAN's d_norm none, and every published lr, lie outside these ranges: an Optuna categorical
+    # refused the fixed value and ended the study with a traceback
+    first = _proposals(tmp_path, "n", [100.0] * 3, overrides={"d_norm": ["batch", "spectral"], "lr": "3e-4:1e-3"})
+    assert [p["loss"] for p in first] == ["bce", "wgan", "wgan-gp"]  # still the published points, first
+    for proposal in first:
+        assert proposal["d_norm"] in ("batch", "spectral") and 3e-4 <= proposal["lr"] <= 1e-3
+        assert proposal["lr_d_ratio"] == 1.0  # published values inside the ranges stay fixed
+    assert (first[0]["beta1"], first[1]["clip_value"], first[2]["gp_lambda"]) == (0.5, 0.01, 10.0)
+    assert "the published bce point's lr=0.0002, d_norm='none' is outside the searched range" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("space", ["default", "wide"])
