@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import warnings
 
 import optuna
 from optuna.trial import TrialState
@@ -49,7 +50,11 @@ class HonestOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str):
         new = trial_id not in self._ot_trials
-        config = super().suggest(trial_id)
+        with warnings.catch_warnings():
+            # a warm-start point keeps values outside the default ranges on purpose (tuner/space.py:
+            # warm_start_points; WGAN's lr 5e-5): Optuna's warning about each is noise on the console
+            warnings.filterwarnings("ignore", message=r"Fixed parameter .* is out of range", category=UserWarning)
+            config = super().suggest(trial_id)
         if new and trial_id in self._ot_trials:
             # recorded at once, so that the journal alone maps Ray trials to Optuna trials
             # (restore_from_dir rebuilds the searcher's state from it when that state is unreadable)

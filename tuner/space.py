@@ -242,15 +242,29 @@ def asha_rungs(max_kimg: float, grace_kimg: float, reduction_factor: int) -> lis
     return sorted(r for r in (grace_kimg * reduction_factor ** k for k in range(count)) if r < max_kimg)
 
 
+# gentune's own measured point, evaluated before the published ones: the best of 288 random trials in
+# the wide space at the default budget of 64 kimg (docs/search-space.md, "The ten best trials": seed
+# 102, trial 6ba7e5dc, FID 41.7), rounded to three digits. Rounded, it was re-trained with three other
+# seeds: FID 98 / 93 / ... at 24 kimg and 45.2 / ... at 64 kimg (docs/search-space.md, "A calibrated
+# warm-start point"). Its z_dim, lr_d_ratio and d_width lie outside the default ranges and stay, as
+# published values do.
+CALIBRATED: dict[str, dict[str, Any]] = {
+    "lsgan": {"loss": "lsgan", "lr": 5.78e-4, "lr_d_ratio": 0.364, "beta1": 0.13, "beta2": 0.957, "z_dim": 24,
+              "n_critic": 1, "g_width": 32, "d_width": 80, "batch_size": 32, "d_norm": "spectral"},
+}
+
+
 def warm_start_points(losses: tuple[str, ...], ranges: dict[str, Range] | None = None,
                       narrowed: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
-    """The published points of the searched losses, keeping only parameters the space searches.
+    """The warm start of the searched losses: gentune's calibrated point, then the published points,
+    keeping only parameters the space searches.
 
-    A published value outside a range the user set (`narrowed`: `--ranges d_norm=batch,spectral`
-    leaves out DCGAN's d_norm none), or outside a list of choices, is left to the sampler, which draws
-    it inside the range. Outside a default numeric range it stays: the published configs are
-    evaluated as published (WGAN's lr 5e-5 lies below the default 1e-4 – 1e-3)."""
-    points = [published_point(loss) for loss in losses if loss in PUBLISHED]
+    A value outside a range the user set (`narrowed`: `--ranges d_norm=batch,spectral` leaves out
+    DCGAN's d_norm none), or outside a list of choices, is left to the sampler, which draws it inside
+    the range. Outside a default numeric range it stays: the points are evaluated as published or
+    measured (WGAN's lr 5e-5 lies below the default 1e-4 – 1e-3)."""
+    points = [dict(CALIBRATED[loss]) for loss in losses if loss in CALIBRATED]
+    points += [published_point(loss) for loss in losses if loss in PUBLISHED]
     if ranges is None:
         return points
     kept = []
@@ -258,7 +272,8 @@ def warm_start_points(losses: tuple[str, ...], ranges: dict[str, Range] | None =
         outside = [k for k, v in point.items() if k != "loss" and k in ranges and not ranges[k].allows(v)
                    and (k in narrowed or ranges[k].kind == "choice")]
         if outside:
-            print(f"gentune: warm start: the published {point['loss']} point's "
+            kind = "calibrated" if point == CALIBRATED.get(point["loss"]) else "published"
+            print(f"gentune: warm start: the {kind} {point['loss']} point's "
                   + ", ".join(f"{k}={point[k]!r}" for k in outside) + " is outside the searched range; drawn by the sampler",
                   file=sys.stderr, flush=True)
         kept.append({k: v for k, v in point.items() if k == "loss" or (k in ranges and k not in outside)})

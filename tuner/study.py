@@ -66,8 +66,8 @@ class SearchConfig:
     """Trials TPE samples at random before it models the results (Optuna's n_startup_trials; warm-start
     points count). With fewer finished-or-pruned trials than this, TPE is random search."""
     warm_start: bool = True
-    """Evaluate the published reference configs first (DCGAN, WGAN, WGAN-GP) for the searched losses;
-    --no-warm-start turns it off."""
+    """Evaluate known configs first, for the searched losses: gentune's calibrated lsgan point
+    (docs/search-space.md), then the published DCGAN, WGAN and WGAN-GP settings; --no-warm-start turns it off."""
     grid: str | None = None
     """Run a fixed grid instead of a search, with the full budget and no early stopping: lab1 | lab1-gan | lab1-vae."""
     cpus_per_trial: float = 1.0

@@ -1,6 +1,7 @@
 """The search driver on a real Ray runtime and a real Optuna journal, with tiny models and data."""
 
 import json
+import warnings
 
 import optuna
 import pandas as pd
@@ -193,29 +194,42 @@ def test_tpe_independent_models_each_parameter_alone(tmp_path):
 
 def test_warm_start_points_come_first_by_default(tmp_path):
     from models.losses import LOSSES
+    from tuner.space import CALIBRATED
 
-    first = _proposals(tmp_path, "w", [100.0] * 4)
-    assert [p["loss"] for p in first[:3]] == ["bce", "wgan", "wgan-gp"]
-    for proposal in first[:3]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = _proposals(tmp_path, "w", [100.0] * 5)
+    assert not [w for w in caught if "out of range" in str(w.message)]  # kept on purpose: no Optuna warning
+    assert [p["loss"] for p in first[:4]] == ["lsgan", "bce", "wgan", "wgan-gp"]
+    # the calibrated point as measured, every field, also those outside the default ranges (z_dim 24)
+    assert first[0] == CALIBRATED["lsgan"] and first[0]["z_dim"] == 24 and first[0]["d_width"] == 80
+    for proposal in first[1:4]:
         loss = LOSSES[proposal["loss"]]
         assert proposal["lr"] == loss.lr and proposal["n_critic"] == loss.n_critic
         assert proposal["lr_d_ratio"] == 1.0 and proposal["d_norm"] == "none"
-    assert (first[0]["beta1"], first[0]["beta2"]) == (0.5, 0.999)
-    assert first[1]["clip_value"] == 0.01 and first[2]["gp_lambda"] == 10.0 and first[2]["beta2"] == 0.9
-    off = _proposals(tmp_path, "nw", [100.0] * 3, warm_start=False)
-    assert [p.get("lr") for p in off] != [p["lr"] for p in first[:3]]
+    assert (first[1]["beta1"], first[1]["beta2"]) == (0.5, 0.999)
+    assert first[2]["clip_value"] == 0.01 and first[3]["gp_lambda"] == 10.0 and first[3]["beta2"] == 0.9
+    assert first[4]["lr"] not in [p["lr"] for p in first[:4]]  # then the sampler
+    off = _proposals(tmp_path, "nw", [100.0] * 4, warm_start=False)
+    assert [p.get("lr") for p in off] != [p["lr"] for p in first[:4]]
 
 
 def test_published_values_outside_a_narrowed_range_are_drawn_inside_it(tmp_path, capsys):
     # DCGAN's d_norm none, and every published lr, lie outside these ranges: an Optuna categorical
     # refused the fixed value and ended the study with a traceback
-    first = _proposals(tmp_path, "n", [100.0] * 3, overrides={"d_norm": ["batch", "spectral"], "lr": "3e-4:1e-3"})
-    assert [p["loss"] for p in first] == ["bce", "wgan", "wgan-gp"]  # still the published points, first
+    first = _proposals(tmp_path, "n", [100.0] * 4, overrides={"d_norm": ["batch", "spectral"], "lr": "3e-4:1e-3",
+                                                            "z_dim": "32:64"})
+    assert [p["loss"] for p in first] == ["lsgan", "bce", "wgan", "wgan-gp"]  # still the warm-start points, first
     for proposal in first:
         assert proposal["d_norm"] in ("batch", "spectral") and 3e-4 <= proposal["lr"] <= 1e-3
+        assert 32 <= proposal["z_dim"] <= 64
+    for proposal in first[1:]:
         assert proposal["lr_d_ratio"] == 1.0  # published values inside the ranges stay fixed
-    assert (first[0]["beta1"], first[1]["clip_value"], first[2]["gp_lambda"]) == (0.5, 0.01, 10.0)
-    assert "the published bce point's lr=0.0002, d_norm='none' is outside the searched range" in capsys.readouterr().err
+    assert first[0]["lr_d_ratio"] == 0.364 and first[0]["d_width"] == 80  # outside a default range: kept
+    assert (first[1]["beta1"], first[2]["clip_value"], first[3]["gp_lambda"]) == (0.5, 0.01, 10.0)
+    err = capsys.readouterr().err
+    assert "the published bce point's lr=0.0002, d_norm='none' is outside the searched range" in err
+    assert "the calibrated lsgan point's z_dim=24 is outside the searched range" in err
 
 
 @pytest.mark.parametrize("space", ["default", "wide"])
