@@ -245,9 +245,9 @@ def asha_rungs(max_kimg: float, grace_kimg: float, reduction_factor: int) -> lis
 # gentune's own measured point, evaluated before the published ones: the best of 288 random trials in
 # the wide space at the default budget of 64 kimg (docs/search-space.md, "The ten best trials": seed
 # 102, trial 6ba7e5dc, FID 41.7), rounded to three digits. Rounded, it was re-trained with three other
-# seeds: FID 98 / 93 / ... at 24 kimg and 45.2 / ... at 64 kimg (docs/search-space.md, "A calibrated
-# warm-start point"). Its z_dim, lr_d_ratio and d_width lie outside the default ranges and stay, as
-# published values do.
+# seeds: FID 98.1 / 92.8 / 97.4 at 24 kimg and 45.2 / 47.1 / 42.7 at 64 kimg (docs/search-space.md, "A
+# calibrated warm-start point"). Its z_dim, lr_d_ratio and d_width lie outside the default ranges and
+# stay, as published values do.
 CALIBRATED: dict[str, dict[str, Any]] = {
     "lsgan": {"loss": "lsgan", "lr": 5.78e-4, "lr_d_ratio": 0.364, "beta1": 0.13, "beta2": 0.957, "z_dim": 24,
               "n_critic": 1, "g_width": 32, "d_width": 80, "batch_size": 32, "d_norm": "spectral"},
