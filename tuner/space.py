@@ -96,7 +96,8 @@ LOG_SCALED = tuple(dict.fromkeys(name for ranges in (WIDE_GAN_RANGES, GAN_RANGES
 SEARCHABLE = ("loss", "z_dim", "lr", "lr_d_ratio", "beta1", "beta2", "batch_size", "n_critic", "clip_value",
               "gp_lambda", "g_width", "d_width", "d_norm", "arch", "kl_beta", "regularize", "dropout")
 
-# The published reference configurations, enqueued first by default (--no-warm-start turns it off).
+# The published reference configurations, enqueued by default after the calibrated point (CALIBRATED,
+# below; --no-warm-start turns both off).
 # Each fixes what its paper fixes, read from the loss registry (models/losses.py): the optimiser
 # settings, n_critic, clip / lambda, one learning rate for D and G, and no normalisation in D (as
 # DCGAN's discriminator here has none). TPE samples the rest (z_dim, widths, batch size).
