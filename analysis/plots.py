@@ -658,7 +658,8 @@ def plot_seed_spread(exps, ax=None) -> Figure:
         c = curves[e.name][curves[e.name]["best_so_far"].notna()]
         a.step(c["cum_kimg"], c["best_so_far"], where="post", color=color, lw=1.5, label=e.name)
     _log_if_wide(a, pd.Series([v for c in curves.values() for v in c["best_so_far"].dropna()]), ratio=5)
-    a.set(xlabel="cumulative kimg trained (all trials, wall-clock order)", ylabel="best FID so far",
+    a.set(xlabel="cumulative kimg trained (all trials, wall-clock order)",
+          ylabel=fid_axis_label(pd.concat([e.trials for e in exps], ignore_index=True), "best FID so far"),
           title="best FID so far vs compute, over seeds")
     a.legend(fontsize="x-small")
     return _finish(fig, "Best FID vs compute over seeds")

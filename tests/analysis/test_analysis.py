@@ -377,6 +377,7 @@ def test_seeds_of_one_study_are_grouped_and_plotted_as_median_and_range(gan_exp)
     other.name, other.search["search"]["sampler"] = "gan-random", "random"
     groups = seed_groups([first, second, other])
     assert [[e.name for e in members] for members in groups.values()] == [[first.name, "gan-seed1"]]
-    assert plots.plot_seed_spread([first, second, other]).axes
+    fig = plots.plot_seed_spread([first, second, other])
+    assert "best FID so far (domain backbone, 64 samples" in fig.axes[0].get_ylabel()  # says what FID it is
     with pytest.raises(plots.NotEnoughData, match="several seeds"):
         plots.plot_seed_spread([first, other])
