@@ -264,16 +264,15 @@ def warm_start_points(losses: tuple[str, ...], ranges: dict[str, Range] | None =
     DCGAN's d_norm none), or outside a list of choices, is left to the sampler, which draws it inside
     the range. Outside a default numeric range it stays: the points are evaluated as published or
     measured (WGAN's lr 5e-5 lies below the default 1e-4 – 1e-3)."""
-    points = [dict(CALIBRATED[loss]) for loss in losses if loss in CALIBRATED]
-    points += [published_point(loss) for loss in losses if loss in PUBLISHED]
+    points = [("calibrated", dict(CALIBRATED[loss])) for loss in losses if loss in CALIBRATED]
+    points += [("published", published_point(loss)) for loss in losses if loss in PUBLISHED]
     if ranges is None:
-        return points
+        return [point for _, point in points]
     kept = []
-    for point in points:
+    for kind, point in points:
         outside = [k for k, v in point.items() if k != "loss" and k in ranges and not ranges[k].allows(v)
                    and (k in narrowed or ranges[k].kind == "choice")]
         if outside:
-            kind = "calibrated" if point == CALIBRATED.get(point["loss"]) else "published"
             print(f"gentune: warm start: the {kind} {point['loss']} point's "
                   + ", ".join(f"{k}={point[k]!r}" for k in outside) + " is outside the searched range; drawn by the sampler",
                   file=sys.stderr, flush=True)
