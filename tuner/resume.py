@@ -42,7 +42,8 @@ def check_restorable(exp: Path, searched: bool) -> set[str]:
       Tune's own loader as its restore would): its count is set to the trials in the experiment
       state when they differ (a driver killed while Tune copied its snapshot files into storage
       leaves them from two moments); unreadable -> rebuilt from an older one, else refused;
-    - Tune's lock folder in the system temp (pitfall 11): unusable -> refused.
+    - Tune's lock folder in the system temp (pitfall 11): unusable -> refused;
+    - half-copied files of a driver killed during a copy (tuner/storage.py) -> removed.
     The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
     journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
     experiment state. `exp` is a local folder: remote storage (s3://) is left to the guard around
@@ -73,7 +74,21 @@ def check_restorable(exp: Path, searched: bool) -> set[str]:
         repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished)
     elif unfinished is not None:
         repair_grid_state(exp)
+    remove_partial_copies(exp)
     return trial_ids
+
+
+def remove_partial_copies(exp: Path) -> None:
+    """Remove the files a killed driver was copying into storage (never whole; their targets are)."""
+    from tuner.storage import PARTIAL_PREFIX
+
+    partial = sorted(exp.rglob(f"{PARTIAL_PREFIX}*"))
+    for path in partial:
+        path.unlink()
+    if partial:
+        print(f"gentune: removed {len(partial)} half-copied file(s) the stopped driver left "
+              f"({', '.join(str(p.relative_to(exp)) for p in partial[:3])}{', ...' if len(partial) > 3 else ''}); "
+              "the files they were copied over are whole", file=sys.stderr, flush=True)
 
 
 def _storages(obj: Any, seen: set[int] | None = None) -> list:

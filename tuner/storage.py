@@ -5,13 +5,22 @@ their error files, and the driver ends in a traceback (EOFError from an empty er
 guard checks the free space of a local storage folder before every step of Tune's loop and aborts
 the run like a killed driver would, so the last experiment snapshot still lists the unfinished
 trials as running and `--resume` restarts them from their checkpoints once space is freed.
+
+The guard alone cannot keep the snapshot whole: trials fill the disk between two of its checks,
+and Tune copies its snapshot into storage over the previous one, in a background thread. A copy
+that meets a full disk (or a driver killed in the middle of it) left `experiment_state-*.json` cut
+short, and the study could not be resumed. So the driver's copies into a local storage folder go
+through `upload_atomically`: each file is written beside its target and renamed over it, and a
+file in storage is always one whole version of it, the new one or the one before.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
+import pyarrow.fs
 from ray import tune
 
 FULL_BYTES = 256 * 1024  # less than this free: a checkpoint or a snapshot would not fit
@@ -51,3 +60,52 @@ class StorageGuard(tune.Callback):
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if is_full(self.folder):
             raise StorageFull(full_message(self.folder))
+
+
+PARTIAL_PREFIX = ".gentune-partial-"  # a file being copied into storage, renamed over its target when whole
+_ray_upload = None  # Ray's own upload, for remote storage (and excluded patterns), set by install_atomic_uploads
+
+
+def replace_whole(source: Path, target: Path) -> None:
+    """Copy `source` over `target` so that `target` is always whole: the old file or the new one."""
+    partial = target.with_name(PARTIAL_PREFIX + target.name)
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def upload_atomically(local_path: str, fs: pyarrow.fs.FileSystem, fs_path: str, exclude: list | None = None) -> None:
+    """Ray's `_upload_to_fs_path` (a file or a folder's contents into (fs, fs_path)) for a local
+    storage folder, with every file replaced whole (`replace_whole`). Other storage goes to Ray's."""
+    if exclude or not isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return _ray_upload(local_path, fs, fs_path, exclude)
+    source, dest = Path(local_path), Path(fs_path)
+    if source.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return replace_whole(source, dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.rglob("*")):  # parents before their contents
+        target = dest / path.relative_to(source)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        elif path.is_file():
+            try:
+                replace_whole(path, target)
+            except FileNotFoundError:
+                if path.exists():
+                    raise
+                # Tune removed the file while it was copied: skipped, as the next copy would skip it
+
+
+def install_atomic_uploads() -> None:
+    """Send the copies of Tune's syncer in this process (the driver's snapshots, trial results and
+    logs) through `upload_atomically`. Idempotent."""
+    global _ray_upload
+    import ray.train._internal.storage as ray_storage
+
+    if ray_storage._upload_to_fs_path is not upload_atomically:
+        _ray_upload = ray_storage._upload_to_fs_path
+        ray_storage._upload_to_fs_path = upload_atomically

@@ -448,6 +448,9 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
     assets = prepare_assets(base)
 
+    from tuner.storage import install_atomic_uploads
+
+    install_atomic_uploads()  # Tune's snapshot copies: a full disk or a kill never leaves one cut short
     init_ray(search)
     search, base = resolve_gpus(search, base)
     trainable = make_trainable(search, base, assets)

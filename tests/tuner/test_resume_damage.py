@@ -254,6 +254,23 @@ def test_missing_searcher_state_is_rebuilt_from_the_journal(finished, work, tmp_
 
 
 @pytest.mark.slow
+def test_half_copied_files_of_a_driver_killed_during_a_copy_are_removed(interrupted, work, tmp_path):
+    # the driver copies each snapshot file beside its target and renames it over the target when whole
+    # (tuner/storage.py): a kill in the middle leaves the partial copy, never a cut target
+    exp = copy_study(interrupted, tmp_path)
+    earlier = result_fids(exp)
+    state = newest(exp, "experiment_state-*.json")
+    partials = [state.with_name(f".gentune-partial-{state.name}"),
+                next(exp.glob("*/result.json")).with_name(".gentune-partial-result.json")]
+    for path in partials:
+        path.write_bytes(state.read_bytes()[:100])
+    proc = resume(exp, work)
+    assert_recovered(proc, earlier, exp)
+    assert "gentune: removed 2 half-copied file(s) the stopped driver left" in proc.stderr
+    assert not list(exp.rglob(".gentune-partial-*"))
+
+
+@pytest.mark.slow
 def test_torn_snapshot_search_generator_count_is_repaired(finished, work, tmp_path):
     # A driver killed while Tune copies its snapshot into storage can leave search_gen_state from
     # before the newest trial was created (seen in the driver-kill test: 5 trials for --num-samples 4).
