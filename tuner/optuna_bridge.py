@@ -118,7 +118,10 @@ class HonestOptunaSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         self.follow_move()
+        known = {t._trial_id for t in self._ot_trials.values()}
         self.adopt_from_study(self._ot_study)
+        if any(t._trial_id not in known for t in self._ot_study.get_trials(deepcopy=False)):
+            advance_random_streams(self._ot_study.sampler, len(self._ot_study.get_trials(deepcopy=False)))
         mark_stale_trials(self._ot_study, keep={t._trial_id for t in self._ot_trials.values()})
 
     def adopt_from_study(self, study: optuna.Study, only_restored: bool = True) -> None:
@@ -173,6 +176,8 @@ class HonestOptunaSearch(OptunaSearch):
         # without the list of restored Ray trials (remote storage), every named trial is mapped; those
         # Tune does not restore stay RUNNING until the end of the run, then are marked stale
         self.adopt_from_study(study, only_restored=bool(_restored_ray_trials))
+        if study.get_trials(deepcopy=False):  # the sampler is the one built afresh, at its seed
+            advance_random_streams(study.sampler, len(study.get_trials(deepcopy=False)))
         # warm-start points are asked first: drop those the study has already asked
         if self._points_to_evaluate:
             self._points_to_evaluate = self._points_to_evaluate[len(study.trials):]
@@ -196,6 +201,28 @@ def expect_restored_trials(trial_ids, journal: str | None = None, experiment_dir
 def journal_file(storage) -> str | None:
     """The file a journal storage (make_storage) writes to."""
     return getattr(getattr(storage, "_backend", None), "_file_path", None)
+
+
+def advance_random_streams(sampler: optuna.samplers.BaseSampler, n_trials: int) -> None:
+    """Move the sampler's random streams past the draws it made for trials its restored state
+    does not know (asked after the searcher's snapshot, or every trial when the searcher was rebuilt
+    from the journal at its seed). Left as restored, its next draws would repeat theirs: the same
+    config twice (a start-up trial is drawn from the stream alone). Deterministic: each stream is
+    reseeded from its own next draw and the study's trial count."""
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    def streams(obj, seen) -> list[LazyRandomState]:
+        if id(obj) in seen:
+            return []
+        seen.add(id(obj))
+        if isinstance(obj, LazyRandomState):
+            return [obj]
+        if isinstance(obj, optuna.samplers.BaseSampler):
+            return [s for child in vars(obj).values() for s in streams(child, seen)]
+        return []
+
+    for stream in streams(sampler, set()):
+        stream.rng.seed((int(stream.rng.randint(2**31 - 1)) + 1_000_003 * n_trials) % 2**32)
 
 
 def mark_stale_trials(study: optuna.Study, keep: set[int] = frozenset()) -> int:

@@ -87,7 +87,10 @@ def upload_atomically(local_path: str, fs: pyarrow.fs.FileSystem, fs_path: str, 
         dest.parent.mkdir(parents=True, exist_ok=True)
         return replace_whole(source, dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.rglob("*")):  # parents before their contents
+    # parents before their contents, and the experiment's own state files last, one after another:
+    # a driver killed in between leaves them from two moments (tuner/resume.py repairs that), so the
+    # window is kept short (trial folders hold every result and log file)
+    for path in sorted(source.rglob("*"), key=lambda p: (p.parent == source and p.is_file(), str(p))):
         target = dest / path.relative_to(source)
         if path.is_dir():
             target.mkdir(exist_ok=True)

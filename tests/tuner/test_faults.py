@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -224,6 +225,36 @@ def test_restored_searcher_accepts_reruns_of_trials_finished_after_the_snapshot(
     assert states[1].state.name == "COMPLETE" and states[1].value == 40.0
     assert states[2].state.name == "FAIL" and states[2].user_attrs["stale"] is True
     assert not [t for t in journal_study.trials if t.state.name == "RUNNING"]
+
+
+@pytest.mark.parametrize("snapshot", ["older than the journal", "unreadable"])
+def test_restored_searcher_never_repeats_a_config_it_drew_after_its_snapshot(snapshot, tmp_path, monkeypatch):
+    """A driver killed while Tune copies its snapshot can leave the searcher's state older than the
+    experiment state (a trial asked after it is restored by Tune and adopted from the journal), or
+    unreadable (rebuilt from the journal, with the sampler at its seed). Its random stream was then
+    the one that drew those trials: the next start-up trial repeated one of their configs (seen in
+    the driver-kill test: two of four trials with the same config)."""
+    import tuner.optuna_bridge as bridge
+
+    journal = tmp_path / "optuna.journal"
+    searcher = make_searcher(journal)
+    drawn = [searcher.suggest("t0")]
+    searcher.save_to_dir(str(tmp_path), session_str="s")  # the searcher's last snapshot
+    if snapshot == "unreadable":
+        (tmp_path / "searcher-state-s.pkl").write_bytes(b"garbage")
+    drawn.append(searcher.suggest("t1"))  # asked after it; Tune's experiment state has it
+    # -- SIGKILL here; the resumed driver restores both trials --
+    monkeypatch.setattr(bridge, "_restored_ray_trials", frozenset({"t0", "t1"}))
+    shutil.copy(journal, tmp_path / "journal-at-kill")
+    nexts = []
+    for _ in range(2):  # twice, from the same files: the next draw is new, and the same each time
+        shutil.copy(tmp_path / "journal-at-kill", journal)
+        resumed = make_searcher(journal)
+        resumed.restore_from_dir(str(tmp_path))
+        assert set(resumed._ot_trials) == {"t0", "t1"}
+        nexts.append(resumed.suggest("t2"))
+    assert nexts[0] == nexts[1]
+    assert nexts[0] not in drawn, (nexts[0], drawn)
 
 
 # ------------------------------------------------------------------------------------------
