@@ -19,6 +19,8 @@ searcher's snapshot stay RUNNING for ever (pitfall 3); `restore` marks them FAIL
 attribute `stale=True`, so nothing is left RUNNING and the dashboard shows what happened. Trials
 that Tune re-runs from an older checkpoint report evaluations the study already holds (skipped), or
 finished after the snapshot and were told then (their first record stands: Optuna refuses updates).
+A searcher whose snapshot is older than the journal (or unreadable, and rebuilt from it) moves its
+sampler's random streams past the draws it made since, so that no config is drawn twice.
 """
 
 from __future__ import annotations
