@@ -434,8 +434,6 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
     which tuner/search.py writes the exports."""
     from ray import tune
 
-    from tuner.metrics_cache import prepare_assets
-
     exp = search.experiment_dir
     if not search.resume and is_experiment(exp):
         raise ConfigError(f"invalid name={search.name!r}: {exp} already holds an experiment; use --resume or another --name")
@@ -446,6 +444,8 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
         expect_restored_trials(set() if is_remote(search) else check_restorable(Path(exp), search.grid is None),
                                journal=study_path(search), experiment_dir=exp)
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
+    from tuner.metrics_cache import prepare_assets  # (torch: imported after the checks above, which refuse at once)
+
     assets = prepare_assets(base)
 
     from tuner.storage import install_atomic_uploads
