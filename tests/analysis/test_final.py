@@ -161,7 +161,7 @@ def test_literature_section_shows_both_tables_and_ranks_only_comparable_rows():
 @pytest.mark.slow
 def test_inception_metric_runs_in_fp32_under_bf16_training_and_its_statistics_are_cached(idx_mnist, tmp_path,
                                                                                          monkeypatch):
-    """The final evaluation's metric on a tiny scale (50 samples): Inception features are computed
+    """The final evaluation's metric on a tiny scale (16 samples): Inception features are computed
     outside autocast in fp32 while training runs in bf16, the row records bf16, and the test images'
     Inception statistics are computed once, then read from the cache."""
     import torch
@@ -180,16 +180,16 @@ def test_inception_metric_runs_in_fp32_under_bf16_training_and_its_statistics_ar
 
     monkeypatch.setattr(backbones.InceptionBackbone, "_forward", spy)
     cfg = TrainConfig(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, seed=1, loss="hinge",
-                      fid_backbone="inception", fid_samples=50, max_kimg=0.064, eval_every_kimg=0.064,
+                      fid_backbone="inception", fid_samples=16, max_kimg=0.064, eval_every_kimg=0.064,
                       precision="bf16", g_ema=0.9)
     (record,) = train(cfg, tmp_path / "run")
-    assert record["precision"] == "bf16" and record["fid_backbone"] == "inception" and record["fid_samples"] == 50
+    assert record["precision"] == "bf16" and record["fid_backbone"] == "inception" and record["fid_samples"] == 16
     assert record["fid"] > 0 and record["fid_ema"] > 0
     assert calls and all(not autocast and dtype == torch.float32 for autocast, dtype, _ in calls)
-    assert sum(n for *_, n in calls) == 150  # 50 test images once, 50 samples of G, 50 of its EMA
-    stats = list(Path(os.environ["GENTUNE_CACHE"]).glob("stats/mnist-test-inception-*-n50.npz"))
+    assert sum(n for *_, n in calls) == 48  # 16 test images once, 16 samples of G, 16 of its EMA
+    stats = list(Path(os.environ["GENTUNE_CACHE"]).glob("stats/mnist-test-inception-*-n16.npz"))
     assert len(stats) == 1
     calls.clear()
     backbone = backbones.get_backbone("inception", "mnist")
-    mu, sigma = fid.real_statistics("mnist", "test", backbone, 50)
+    mu, sigma = fid.real_statistics("mnist", "test", backbone, 16)
     assert calls == [] and mu.shape == (2048,)  # read from the cache, no Inception pass
