@@ -17,7 +17,7 @@ def test_glossaries_match_the_config_dataclasses():
 
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    command = 'pip install -e ".[dev]" && export GENTUNE_DATA_MIRROR=/usr/share/datasets/fashion-mnist && python -m pytest -q --ignore=tests/tuner/test_faults.py && python -m pytest -q tests/tuner/test_faults.py'
+    command = 'pip install -e ".[dev]" && export GENTUNE_DATA_MIRROR=/usr/share/datasets/fashion-mnist && python -m pytest -q -n 2 --dist loadfile --ignore=tests/tuner/test_faults.py && python -m pytest -q -n 2 tests/tuner/test_faults.py'
     assert f"```bash\n{command}\n```" in readme
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert command in ci_lines
