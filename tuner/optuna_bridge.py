@@ -122,8 +122,9 @@ class HonestOptunaSearch(OptunaSearch):
         self.follow_move()
         known = {t._trial_id for t in self._ot_trials.values()}
         self.adopt_from_study(self._ot_study)
-        if any(t._trial_id not in known for t in self._ot_study.get_trials(deepcopy=False)):
-            advance_random_streams(self._ot_study.sampler, len(self._ot_study.get_trials(deepcopy=False)))
+        trials = self._ot_study.get_trials(deepcopy=False)
+        if any(t._trial_id not in known for t in trials):
+            advance_random_streams(self._ot_study.sampler, len(trials))
         mark_stale_trials(self._ot_study, keep={t._trial_id for t in self._ot_trials.values()})
 
     def adopt_from_study(self, study: optuna.Study, only_restored: bool = True) -> None:
@@ -178,11 +179,12 @@ class HonestOptunaSearch(OptunaSearch):
         # without the list of restored Ray trials (remote storage), every named trial is mapped; those
         # Tune does not restore stay RUNNING until the end of the run, then are marked stale
         self.adopt_from_study(study, only_restored=bool(_restored_ray_trials))
-        if study.get_trials(deepcopy=False):  # the sampler is the one built afresh, at its seed
-            advance_random_streams(study.sampler, len(study.get_trials(deepcopy=False)))
+        trials = study.get_trials(deepcopy=False)
+        if trials:  # the sampler is the one built afresh, at its seed
+            advance_random_streams(study.sampler, len(trials))
         # warm-start points are asked first: drop those the study has already asked
         if self._points_to_evaluate:
-            self._points_to_evaluate = self._points_to_evaluate[len(study.trials):]
+            self._points_to_evaluate = self._points_to_evaluate[len(trials):]
         mark_stale_trials(study, keep={t._trial_id for t in self._ot_trials.values()})
 
 
@@ -213,17 +215,9 @@ def advance_random_streams(sampler: optuna.samplers.BaseSampler, n_trials: int) 
     reseeded from its own next draw and the study's trial count."""
     from optuna.samplers._lazy_random_state import LazyRandomState
 
-    def streams(obj, seen) -> list[LazyRandomState]:
-        if id(obj) in seen:
-            return []
-        seen.add(id(obj))
-        if isinstance(obj, LazyRandomState):
-            return [obj]
-        if isinstance(obj, optuna.samplers.BaseSampler):
-            return [s for child in vars(obj).values() for s in streams(child, seen)]
-        return []
+    from tuner.resume import reachable
 
-    for stream in streams(sampler, set()):
+    for stream in reachable(sampler, LazyRandomState):
         stream.rng.seed((int(stream.rng.randint(2**31 - 1)) + 1_000_003 * n_trials) % 2**32)
 
 

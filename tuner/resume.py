@@ -91,15 +91,14 @@ def remove_partial_copies(exp: Path) -> None:
               "the files they were copied over are whole", file=sys.stderr, flush=True)
 
 
-def _storages(obj: Any, seen: set[int] | None = None) -> list:
-    """Every Ray Train StorageContext reachable from `obj` (a generator state Tune pickled)."""
-    from ray.train._internal.storage import StorageContext
-
+def reachable(obj: Any, cls: type, seen: set[int] | None = None) -> list:
+    """Every instance of `cls` reachable from `obj` through containers and attributes (a state Tune
+    or Optuna pickled), each once; the search stops at an instance."""
     seen = set() if seen is None else seen
     if id(obj) in seen:
         return []
     seen.add(id(obj))
-    if isinstance(obj, StorageContext):
+    if isinstance(obj, cls):
         return [obj]
     if isinstance(obj, dict):
         children = list(obj.values())
@@ -107,7 +106,14 @@ def _storages(obj: Any, seen: set[int] | None = None) -> list:
         children = list(obj)
     else:
         children = list(getattr(obj, "__dict__", {}).values())
-    return [found for child in children for found in _storages(child, seen)]
+    return [found for child in children for found in reachable(child, cls, seen)]
+
+
+def _storages(obj: Any) -> list:
+    """Every Ray Train StorageContext reachable from `obj` (a generator state Tune pickled)."""
+    from ray.train._internal.storage import StorageContext
+
+    return reachable(obj, StorageContext)
 
 
 def moved_storage(state: Any, exp: Path) -> str | None:
