@@ -175,7 +175,9 @@ def read_exports(path: Path) -> dict[str, Any]:
     if (path / "trials.parquet").is_file():
         trials = pd.read_parquet(path / "trials.parquet")
     elif (path / "trials.csv").is_file():
-        trials = pd.read_csv(path / "trials.csv")
+        from tuner.exports import read_trials_csv
+
+        trials = read_trials_csv(path / "trials.csv")
     else:
         raise FileNotFoundError(f"{path} has neither Ray's experiment_state nor trials.parquet / trials.csv")
     history = pd.read_parquet(path / "history.parquet") if (path / "history.parquet").is_file() else _empty_history()

@@ -42,6 +42,7 @@ import yaml
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
 from conftest import REPO, TINY_TRIAL as TINY
+from tuner.exports import read_trials_csv
 
 LOCAL_YAML = REPO / "cluster-local.yaml"
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_TMPDIR", "TMPDIR")
@@ -319,7 +320,7 @@ def test_cluster_from_the_yaml_start_commands_runs_a_study_and_refuses_strangers
             cwd=REPO, env=env_for(head, TMPDIR=str(head / ".gentune-tmp")), capture_output=True, text=True, timeout=300)
         assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
         assert "Connected to Ray cluster" in driver.stdout + driver.stderr  # joined, did not start its own
-        trials = pd.read_csv(store / "sec" / "trials.csv")
+        trials = read_trials_csv(store / "sec" / "trials.csv")
         assert len(trials) == 2 and trials["status"].isin(["completed", "pruned"]).all()
     finally:
         stop_processes(homes)

@@ -33,6 +33,16 @@ RAY_COLUMNS = {
 }
 
 
+# Ray's ids are hex: "3e256774" reads as the number 3e256774 (inf) and "00012345" as 12345 unless
+# pandas is told they are text.
+TEXT_COLUMNS = {"trial_id": str, "node_id": str}
+
+
+def read_trials_csv(path: str | Path) -> pd.DataFrame:
+    """trials.csv as written by write_exports, with the id columns kept as text."""
+    return pd.read_csv(path, dtype=TEXT_COLUMNS)
+
+
 def load_search_config(exp: Path) -> dict[str, Any]:
     return json.loads((exp / "search_config.json").read_text())
 
@@ -143,7 +153,7 @@ def existing_trial_ids(exp: Path) -> tuple[set[str], str | None]:
     A file that cannot be read holds nothing worth keeping: it is replaced."""
     ids: set[str] = set()
     largest, largest_n = None, -1
-    for name, read in (("trials.csv", pd.read_csv), ("trials.parquet", pd.read_parquet)):
+    for name, read in (("trials.csv", read_trials_csv), ("trials.parquet", pd.read_parquet)):
         path = exp / name
         if not path.is_file():
             continue

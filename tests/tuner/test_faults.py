@@ -31,6 +31,7 @@ import torch
 
 from tuner import search, staging, study
 from tuner.config import TrainConfig
+from tuner.exports import read_trials_csv
 from tuner.optuna_bridge import HonestOptunaSearch, make_storage
 from tuner.checkpoint import CheckpointError, load_checkpoint
 from tuner.loop import train
@@ -535,7 +536,7 @@ def explained_on_failure(exp: Path, drivers: list[Driver]):
             path = exp / name
             print(f"-- {name}: {path.stat().st_size if path.exists() else 'absent'} bytes")
             try:
-                print(pd.read_csv(path)[["trial_id", "status", "kimg", "fid_final", "error"]].to_string())
+                print(read_trials_csv(path)[["trial_id", "status", "kimg", "fid_final", "error"]].to_string())
             except Exception as err:  # noqa: BLE001
                 print(f"   unreadable: {err!r}")
         for error in sorted(exp.glob("*/error.txt")):
@@ -553,7 +554,7 @@ def check_killed_study(exp: Path, name: str, n: int, drivers: list[Driver], done
     assert not any(processes_under(d.ray_tmp) for d in drivers)
     assert done_at_kill  # kill point 3 happened after a trial had finished
 
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_trials_csv(exp / "trials.csv")
     assert len(trials) == n and trials["trial_id"].is_unique
     assert not trials.duplicated(subset=["lr", "beta1", "z_dim", "n_critic", "batch_size"]).any()
     assert (trials["status"] == "completed").all()

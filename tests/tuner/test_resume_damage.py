@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_TRIAL, load_study, write_idx_dataset
+from tuner.exports import read_trials_csv
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [*TINY_TRIAL, "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8",
@@ -114,7 +115,7 @@ def finished(work) -> Path:
                           "--max-concurrent", "2"), env_for(work))
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = store / "a"
-    assert len(pd.read_csv(exp / "trials.csv")) == N
+    assert len(read_trials_csv(exp / "trials.csv")) == N
     return exp
 
 
@@ -194,7 +195,7 @@ def assert_refused(proc: subprocess.CompletedProcess, before: dict[str, str], ex
 
 def assert_recovered(proc: subprocess.CompletedProcess, earlier: dict[str, list[float]], exp: Path) -> pd.DataFrame:
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_trials_csv(exp / "trials.csv")
     parquet = pd.read_parquet(exp / "trials.parquet")
     assert len(trials) == N and trials["trial_id"].is_unique
     assert set(parquet["trial_id"]) == set(trials["trial_id"])
@@ -390,7 +391,7 @@ def test_a_restore_tune_rejects_is_refused_instead_of_restarting(finished, work,
 @pytest.mark.slow
 def test_exports_refuse_to_shrink_unless_allowed(finished, work, tmp_path):
     exp = copy_study(finished, tmp_path)
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_trials_csv(exp / "trials.csv")
     extra = trials.iloc[:1].assign(trial_id="gone_00099")  # a trial the experiment no longer holds
     pd.concat([trials, extra]).to_csv(exp / "trials.csv", index=False)
     before = digest(exp)
@@ -401,5 +402,5 @@ def test_exports_refuse_to_shrink_unless_allowed(finished, work, tmp_path):
 
     proc = run([sys.executable, "-m", "tuner.exports", str(exp), "--allow-shrink"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(pd.read_csv(exp / "trials.csv")["trial_id"]) == set(trials["trial_id"])
+    assert set(read_trials_csv(exp / "trials.csv")["trial_id"]) == set(trials["trial_id"])
     assert not list(exp.glob(".*.tmp"))  # no temporary file left behind
