@@ -36,7 +36,6 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import pandas as pd
 import pytest
 import yaml
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
