@@ -38,6 +38,8 @@ def test_benchmark_smoke_run(name: str, request: pytest.FixtureRequest, tmp_path
     report = tmp_path / "report.md"
     monkeypatch.setenv("GENTUNE_BENCH_REPORT", str(report))
     md = ROOT / "BENCHMARKS.md"
+    if name == "search_efficiency":  # its smoke plot goes to a mkdtemp folder, kept for a user to open: here, in tmp_path
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
 
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--smoke"], cwd=tmp_path,
                           env=dict(os.environ), capture_output=True, text=True, timeout=600)
