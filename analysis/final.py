@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import fmt
+from tuner.atomic import write_whole
 from tuner.config import ConfigError, TrainConfig
 from tuner.staging import sweep_after
 
@@ -178,9 +179,7 @@ def merge_rows(path: Path, new: list[dict[str, Any]]) -> pd.DataFrame:
     columns = COLUMNS + [c for c in merged.columns if c not in COLUMNS]
     merged = merged.reindex(columns=columns)
     assert len(merged) >= len(old), "rerun.parquet would shrink"
-    tmp = path.with_name(path.name + ".tmp")
-    merged.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    write_whole(path, lambda tmp: merged.to_parquet(tmp, index=False))
     return merged
 
 

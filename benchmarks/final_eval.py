@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:
         return rc
     out = result(exp)
+    from tuner.atomic import write_whole
+
     path = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / ("final-eval-smoke.json" if args.smoke else "final-eval.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2, allow_nan=True) + "\n")
-    tmp.replace(path)
+    write_whole(path, lambda tmp: tmp.write_text(json.dumps(out, indent=2, allow_nan=True) + "\n"))
     fids = ", ".join(f"{f:.2f}" if math.isfinite(f) else str(f) for f in out["fids"])
     print(f"wrote {path}: FID {fids} ({out['fid_backbone']}, {out['fid_samples']} samples, {out['max_kimg']:g} kimg)")
     return 0

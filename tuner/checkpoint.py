@@ -5,12 +5,12 @@ numbers, strings, dicts and lists only; an unreadable file or another config's r
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from tuner.atomic import write_whole
 from tuner.config import TrainConfig
 from tuner.trial import Trial
 
@@ -43,10 +43,7 @@ def save_checkpoint(trial: Trial, directory: Path) -> Path:
         "history": json.dumps(trial.history),
     }
     path = directory / CHECKPOINT_NAME
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint behind
-    return path
+    return write_whole(path, lambda tmp: torch.save(state, tmp))  # a crash mid-write never leaves a truncated checkpoint
 
 
 def _load_failure(err: Exception) -> str:

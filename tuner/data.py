@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
+from tuner.atomic import write_whole
 from tuner.cli import one_line  # torchvision's download errors span several lines (one per mirror tried)
 
 DATASET_CLASSES = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
@@ -91,9 +92,7 @@ def install_mirror(dataset: str, mirror: str | Path, root: Path | None = None) -
                 f"matches neither torchvision's {gz_md5} nor the known content checksum"
             )
         if not target.is_file() or target.stat().st_size != len(content):
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(content)
-            tmp.replace(target)
+            write_whole(target, lambda tmp: tmp.write_bytes(content))
     return raw
 
 

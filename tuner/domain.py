@@ -18,14 +18,14 @@ import hashlib
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from tuner.atomic import write_whole
 from tuner.data import cache_root, load_split, resolve_mirror
 
 VERSION = 1
@@ -68,17 +68,6 @@ class DomainCNN(nn.Module):
 
 # ------------------------------------------------------------------------------------------
 # cache files: atomic writes and a lock so that concurrent trials train / compute only once
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file next to `path`, then rename it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -246,5 +235,5 @@ def _train_and_save(dataset: str, path: Path, x: torch.Tensor, y: torch.Tensor, 
         print(f"[gentune] WARNING: the {dataset} domain classifier reached only {acc:.4f} test accuracy, "
               f"below its target {target}; its FID and diversity numbers are less trustworthy.",
               file=sys.stderr, flush=True)
-    atomic_write(path, lambda tmp: torch.save({"state_dict": state, "meta": meta}, tmp))
+    write_whole(path, lambda tmp: torch.save({"state_dict": state, "meta": meta}, tmp))
     return state, meta

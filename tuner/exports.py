@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from tuner.atomic import write_whole
 from tuner.cli import ArgumentParser
 from tuner.config import ConfigError, TrainConfig, trial_config
 from tuner.schema import METRIC, MODE, STATUSES
@@ -184,28 +185,11 @@ def write_exports(exp: str | Path, allow_shrink: bool = False) -> dict[str, Any]
             f"refusing to overwrite {exp / holder}: it holds {len(old_ids)} trials, the new export "
             f"{len(new_ids)}, and lacks {len(missing)} of them ({shown}); the files are unchanged; "
             "pass --allow-shrink to replace them anyway")
-    _atomic(exp / "trials.csv", lambda p: frames["trials"].to_csv(p, index=False))
-    _atomic(exp / "trials.parquet", lambda p: frames["trials"].to_parquet(p, index=False))
-    _atomic(exp / "history.parquet", lambda p: frames["history"].to_parquet(p, index=False))
-    _atomic(exp / "best.json", lambda p: Path(p).write_text(json.dumps(frames["best"], indent=2)))
+    write_whole(exp / "trials.csv", lambda p: frames["trials"].to_csv(p, index=False))
+    write_whole(exp / "trials.parquet", lambda p: frames["trials"].to_parquet(p, index=False))
+    write_whole(exp / "history.parquet", lambda p: frames["history"].to_parquet(p, index=False))
+    write_whole(exp / "best.json", lambda p: Path(p).write_text(json.dumps(frames["best"], indent=2)))
     return frames
-
-
-def _atomic(path: Path, write) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
-    import os
-    import tempfile
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def summarize(frames: dict[str, Any], exp: str | Path) -> str:

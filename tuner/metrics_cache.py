@@ -9,8 +9,8 @@ another node never retrains the classifier or recomputes the statistics.
 
 from __future__ import annotations
 
-import os
 
+from tuner.atomic import write_whole
 from tuner.config import TrainConfig
 from tuner.data import cache_root, load_split, resolve_mirror
 
@@ -45,7 +45,4 @@ def install_assets(assets: dict[str, bytes], cache_dir: str | None) -> None:
         target = root / rel
         if target.is_file() and target.stat().st_size == len(data):
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_whole(target, lambda tmp: tmp.write_bytes(data))

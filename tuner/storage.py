@@ -16,12 +16,13 @@ file in storage is always one whole version of it, the new one or the one before
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pyarrow.fs
 from ray import tune
+
+from tuner.atomic import write_whole
 
 FULL_BYTES = 256 * 1024  # less than this free: a checkpoint or a snapshot would not fit
 
@@ -68,13 +69,8 @@ _ray_upload = None  # Ray's own upload, for remote storage (and excluded pattern
 
 def replace_whole(source: Path, target: Path) -> None:
     """Copy `source` over `target` so that `target` is always whole: the old file or the new one."""
-    partial = target.with_name(PARTIAL_PREFIX + target.name)
-    try:
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    # no fsync: Tune copies its snapshot every few seconds, and a killed driver needs none
+    write_whole(target, lambda partial: shutil.copyfile(source, partial), prefix=PARTIAL_PREFIX, fsync=False)
 
 
 def upload_atomically(local_path: str, fs: pyarrow.fs.FileSystem, fs_path: str, exclude: list | None = None) -> None:

@@ -26,7 +26,8 @@ import torch
 
 from tuner.backbones import Backbone, get_backbone
 from tuner.data import cache_root, load_split, resolve_mirror
-from tuner.domain import atomic_write, file_lock
+from tuner.atomic import write_whole
+from tuner.domain import file_lock
 
 
 # ------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def real_statistics(dataset: str, split: str, backbone: Backbone | str, n: int, 
             with open(tmp, "wb") as fh:
                 np.savez(fh, mu=mu, sigma=sigma, n=n, dataset=dataset, split=split, backbone=backbone.cache_key)
 
-        atomic_write(path, write)
+        write_whole(path, write)
     return mu, sigma
 
 
@@ -170,7 +171,7 @@ def real_floor(dataset: str, backbone: Backbone | str, n: int, mirror: str | Non
         pass  # absent or damaged: compute it
     fid = frechet_distance(*real_statistics(dataset, "train", backbone, n, mirror, cache_dir),
                            *real_statistics(dataset, "test", backbone, n, mirror, cache_dir))
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"fid": fid, "dataset": dataset, "n": n,
+    write_whole(path, lambda tmp: tmp.write_text(json.dumps({"fid": fid, "dataset": dataset, "n": n,
                                                               "backbone": backbone.cache_key})))
     return fid
 
