@@ -63,8 +63,8 @@ def kind_order(kinds) -> list[str]:
     return [k for k in KIND_ORDER if k in kinds] + sorted(k for k in kinds if k not in KIND_ORDER)
 
 
-def fid_axis_label(trials: pd.DataFrame, what: str = "FID") -> str:
-    return f"{what} ({fid_setup_text(trials)}; {FID_HELP})"
+def fid_axis_label(trials: pd.DataFrame, what: str = "FID", sep: str = " ") -> str:
+    return f"{what}{sep}({fid_setup_text(trials)}; {FID_HELP})"
 
 
 def _styled(fn):
@@ -615,7 +615,8 @@ def plot_compute(exps, ax=None) -> Figure:
                 b.axvline(totals.loc[totals["experiment"] == exp.name, "full_budget_kimg"].iloc[0], color=color,
                           ls=":", lw=1)
         _log_if_wide(b, curve["best_so_far"], ratio=5)
-        b.set(xlabel="cumulative kimg trained (all trials, wall-clock order)", ylabel="best FID so far",
+        b.set(xlabel="cumulative kimg trained (all trials, wall-clock order)",
+              ylabel=fid_axis_label(pd.concat([e.trials for e in exps], ignore_index=True), "best FID so far", "\n"),
               title="best FID so far vs compute (dotted: full-budget grid)")
         b.legend(fontsize="x-small")
     else:

@@ -66,6 +66,11 @@ def build_parser():
                    help="with --analyze: the baseline's experiments (random search, or --baseline's sampler)")
     p.add_argument("--baseline", default="random", choices=list(BASELINES),
                    help="the sampler the default study is compared with, under the same ASHA [default: random]")
+    p.add_argument("--study-label", default=None,
+                   help="the first arm's name in the table and plot [default: 'default study (TPE + ASHA)', "
+                        "naming --study-flags when given]")
+    p.add_argument("--baseline-label", default=None,
+                   help="the second arm's name [default: the --baseline sampler's, e.g. 'random search + ASHA']")
     return p
 
 
@@ -208,8 +213,15 @@ def synthetic_history(kind: str, max_kimg: float, every: float, seed: int) -> pd
 # ------------------------------------------------------------------------------------------
 
 
+def arm_labels(args) -> dict[str, str]:
+    """What the table, the plot and the targets call each arm: an --analyze of other experiments
+    (a candidate space, another sampler) names them with --study-label / --baseline-label."""
+    study = "default study (TPE + ASHA)" if not args.study_flags else f"study (TPE + ASHA) with `{args.study_flags}`"
+    return {"study": args.study_label or study, "baseline": args.baseline_label or BASELINES[args.baseline]}
+
+
 def seed_rows(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], seeds: list[int], wall: dict,
-              baseline: str = "random") -> tuple[list, dict]:
+              labels: dict[str, str]) -> tuple[list, dict]:
     """One table row per (arm, seed) and the per-arm lists of the figures the targets read."""
     rows, figures = [], {"study": [], "baseline": []}
     grid_total = float(grid_c["cum_kimg"].iloc[-1])
@@ -219,14 +231,14 @@ def seed_rows(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], seeds
             at_grid = best_at(curve, grid_total)
             figures[arm].append({"seed": seed, "at_grid": at_grid, "ratio": at_grid / s["grid_best"],
                                  "to_match_share": s["match_share"], "best": s["study_best"], "total": s["study_total"]})
-            rows.append(["study" if arm == "study" else baseline, seed, s["study_total"], at_grid, f"{at_grid / s['grid_best']:.2f}x",
+            rows.append([labels[arm], seed, s["study_total"], at_grid, f"{at_grid / s['grid_best']:.2f}x",
                          "never" if s["match_share"] is None else f"{s['to_match']:.0f} ({s['match_share']:.2f})",
-                         wall.get((arm, seed), math.nan)])
+                         wall.get((arm, seed), "not recorded")])
     return rows, figures
 
 
 def plot_seeds(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], path: Path, backbone: str, n: int,
-               baseline: str = "random") -> None:
+               labels: dict[str, str]) -> None:
     """Best FID so far vs cumulative kimg: the grid, and the median and range over seeds of each study."""
     import matplotlib
 
@@ -241,7 +253,7 @@ def plot_seeds(grid_c: pd.DataFrame, curves: dict[str, list[pd.DataFrame]], path
     top = max(float(grid_c["cum_kimg"].iloc[-1]), *(float(c["cum_kimg"].iloc[-1]) for cs in curves.values() for c in cs))
     xs = np.linspace(0, top, 200)
     colors = {"study": "tab:blue", "baseline": "tab:orange"}
-    labels = {"study": "default study (TPE + ASHA)", "baseline": BASELINES[baseline]}
+    labels = {arm: text.replace("`", "") for arm, text in labels.items()}  # markdown quotes, not for a plot
     for arm, cs in curves.items():
         if not cs:
             continue
@@ -300,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.grid_exp:
                     grid_exp = Path(args.grid_exp)
                     notes.append(f"The grid was not re-run: its experiment {grid_exp} was reused (--grid-exp).")
-                    wall["grid", 0] = args.grid_wall if args.grid_wall is not None else math.nan
+                    if args.grid_wall is not None:
+                        wall["grid", 0] = args.grid_wall
                 else:
                     grid_exp = Path(storage) / "grid"
                     wall["grid", 0] = run_search(grid_argv(storage, "grid"), out_logs / "grid.log")
@@ -321,9 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     grid_c = compute_curve(grid_h)
     curves = {arm: [compute_curve(h) for h in hs] for arm, hs in hists.items()}
     grid_total, grid_best = float(grid_c["cum_kimg"].iloc[-1]), float(grid_c["best_fid"].dropna().iloc[-1])
-    rows, fig = seed_rows(grid_c, curves, seeds, wall, args.baseline)
+    labels = arm_labels(args)
+    rows, fig = seed_rows(grid_c, curves, seeds, wall, labels)
     png = out_dir / f"search_efficiency_{st}.png"
-    plot_seeds(grid_c, curves, png, budget_base["fid_backbone"], budget_base["fid_samples"], args.baseline)
+    plot_seeds(grid_c, curves, png, budget_base["fid_backbone"], budget_base["fid_samples"], labels)
     grid_c.to_csv(out_dir / f"search_efficiency_{st}_grid_curve.csv", index=False)
     for arm, cs in curves.items():
         for seed, c in zip(seeds, cs):
@@ -340,13 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = common.table(["run", "seed", "total kimg", "best FID at the grid's compute", "vs grid best",
                              "kimg to reach the grid's best (share)", "wall-clock (s)"],
                             [["grid lab1-gan", "—", grid_total, grid_best, "1.00x", f"{grid_total:.0f} (1.00)",
-                              wall.get(("grid", 0), math.nan)], *rows])
+                              wall.get(("grid", 0), "not recorded")], *rows])
     targets = common.table(
         ["target (at the grid's compute)", "measured", "goal", "verdict"],
         [["study best / grid best, every seed", ", ".join(f"{r:.2f}x" for r in ratios), "≤ 0.40x", common.verdict(ratio_ok)],
          ["kimg to reach the grid's best / grid's kimg, median", "never" if share_med == math.inf else f"{share_med:.2f}",
           "≤ 0.20", common.verdict(share_ok)],
-         [f"median best FID: TPE study vs {BASELINES[args.baseline]}", f"{tpe_med:.1f} vs {rnd_med:.1f}",
+         [f"median best FID: {labels['study']} vs {labels['baseline']}", f"{tpe_med:.1f} vs {rnd_med:.1f}",
           "TPE lower", common.verdict(tpe_ok)]])
     budget = (f"Per-trial budget: the defaults of `python tuner/search.py` ({budget_base['max_kimg']:g} kimg, FID on "
               f"{budget_base['fid_samples']} samples vs as many test images, {budget_base['fid_backbone']} features). "
@@ -360,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                "curves in the `_curve.csv` files beside it).",
                "Compute = cumulative kimg over all evaluations in wall-clock order (each evaluation adds what its trial "
                "trained since its previous one). Wall-clock includes Ray's start and the exports.", *notes]
-    common.publish(common.section(f"search_efficiency: grid lab1-gan vs default study vs {BASELINES[args.baseline]}, over seeds",
+    common.publish(common.section(f"search_efficiency: grid lab1-gan vs {labels['study']} vs {labels['baseline']}, over seeds",
                                   args.smoke, blocks, load), args)
     return 0
 

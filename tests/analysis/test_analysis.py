@@ -262,6 +262,10 @@ def test_compute_curve_adds_up_each_trials_kimg(gan_exp, vae_exp):
         evaluated = exp.trials[exp.trials["trial_id"].isin(exp.history["trial_id"])]
         assert c["cum_kimg"].iloc[-1] == pytest.approx(evaluated["kimg"].sum())
         assert c["best_so_far"].min() == pytest.approx(exp.trials["fid_best"].min())
+    from analysis import plots
+
+    fig = plots.plot_compute(list(exps))
+    assert fig.axes[1].get_ylabel().startswith("best FID so far\n(domain backbone, 64 samples")  # says what FID it is
 
 
 @pytest.mark.slow
