@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tuner.atomic import write_whole
 from tuner.backbones import Backbone, get_backbone
 from tuner.data import cache_root, load_split, resolve_mirror
-from tuner.atomic import write_whole
 from tuner.domain import file_lock
 
 
