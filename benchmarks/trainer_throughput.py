@@ -235,15 +235,20 @@ def fractional_trial(rank: int, cfg_dict: dict, seconds: float, warmup_steps: in
 
 
 def bench_fractional(k: int, device_type: str, args) -> list[float]:
-    """img/s of each of k trials stepping at once on one device."""
+    """img/s of each of k hinge trials stepping at once on one device."""
+    cfg = TrainConfig(dataset=DATASET, loss="hinge", batch_size=args.batch_size, g_width=args.width, d_width=args.width)
+    return run_processes(k, cfg, device_type, args.fraction_seconds, args.warmup_steps)
+
+
+def run_processes(k: int, cfg: TrainConfig, device_type: str, seconds: float, warmup_steps: int) -> list[float]:
+    """img/s of each of k trials of `cfg` (seeds 0..k-1), one process each, stepping at once for `seconds`."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     fraction = 1.0 / k if device_type == "cuda" else None
-    cfg = TrainConfig(dataset=DATASET, loss="hinge", batch_size=args.batch_size, g_width=args.width, d_width=args.width,
-                      device=device_type, gpu_memory_fraction=fraction).resolved()
+    cfgs = [cfg.replace(device=device_type, gpu_memory_fraction=fraction, seed=rank).resolved() for rank in range(k)]
     barrier, results = ctx.Barrier(k), ctx.Queue()
-    procs = [ctx.Process(target=fractional_trial, args=(rank, cfg.to_dict(), args.fraction_seconds, args.warmup_steps,
+    procs = [ctx.Process(target=fractional_trial, args=(rank, cfgs[rank].to_dict(), seconds, warmup_steps,
                                                          barrier, results)) for rank in range(k)]
     for proc in procs:
         proc.start()

@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("models",),
     "config": ("tuner.config", "tuner.cli", "tuner.paths", "tuner.schema", "tuner.atomic"),
     "train and metrics": ("tuner.data", "tuner.precision", "tuner.families", "tuner.trial", "tuner.steps", "tuner.checkpoint",
-                          "tuner.evaluate", "tuner.loop", "tuner.train", "tuner.progress", "tuner.watch",
+                          "tuner.evaluate", "tuner.loop", "tuner.fused", "tuner.pack", "tuner.train", "tuner.progress", "tuner.watch",
                           "tuner.backbones", "tuner.domain", "tuner.fid", "tuner.diversity", "tuner.metrics_cache"),
     "study": ("tuner.space", "tuner.optuna_bridge", "tuner.console", "tuner.storage", "tuner.staging",
               "tuner.worker", "tuner.resume", "tuner.study"),

@@ -61,9 +61,9 @@ def next_point(points: list[int], seen: int) -> int | None:
     return next((p for p in points if p > seen), None)
 
 
-def check_divergence(sums: dict[str, torch.Tensor]) -> str | None:
+def check_divergence(sums: dict[str, torch.Tensor | float]) -> str | None:
     for key, value in sums.items():
-        v = value.item()
+        v = float(value)
         if not math.isfinite(v):
             return f"{key} became {v}"
         if abs(v) > LOSS_LIMIT * DIVERGENCE_CHECK_EVERY * 10:

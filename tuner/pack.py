@@ -1,0 +1,309 @@
+"""A fused trial pack: K GAN trials of one shape trained in one process, one fused step at a time.
+
+Each member is a solo `Trial` (tuner/trial.py) built from its own config and seed: its nets start
+from the weights a solo trial of that seed starts from, its random stream (`trial.gen`) draws its
+batches, noise and gradient-penalty mixes in the order the solo steps draw them (tuner/steps.py),
+and its evaluations, sample grids, metrics.jsonl and checkpoints are the solo ones, written to its
+own folder. Only the training step is fused (tuner/fused.py): the members' nets and optimisers
+live as (K, ...) tensors while they train, and go back into the solo objects before a member is
+evaluated or checkpointed.
+
+Members must agree on every setting that decides a tensor's shape or the step's structure
+(`pack_key`); they differ in `MEMBER_FIELDS` (learning rates, betas, clip value, penalty weight,
+EMA decay, seed, budget and evaluation points).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.losses import LOSSES
+from tuner.atomic import write_whole
+from tuner.checkpoint import load_checkpoint, save_checkpoint
+from tuner.config import TrainConfig
+from tuner.data import training_images
+from tuner.evaluate import Evaluator
+from tuner.families import EMA_NET
+from tuner.fused import FusedNet, FusedOptimizer, fuse_optimizer, member_view
+from tuner.loop import DIVERGENCE_CHECK_EVERY, Report, check_divergence, eval_points, kimg_tag, next_point
+from tuner.trial import Trial, build_trial, pick_device
+
+# Settings a pack's members may differ in. Whether clipping, a penalty or an EMA is on at all
+# changes the step, so `pack_key` keeps that much of them.
+MEMBER_FIELDS = ("lr", "lr_d_ratio", "beta1", "beta2", "clip_value", "gp_lambda", "g_ema", "seed",
+                 "max_kimg", "eval_every_kimg", "eval_at_kimg")
+
+
+def pack_key(cfg: TrainConfig) -> tuple:
+    """What members of one pack share: every resolved field but MEMBER_FIELDS, and which of the
+    optional step parts (clipping, gradient penalty, EMA) are on."""
+    cfg = cfg.resolved()
+    shared = tuple(sorted((k, v) for k, v in cfg.to_dict().items() if k not in MEMBER_FIELDS))
+    return shared + (("clip", cfg.clip_value is not None), ("gp", cfg.gp_lambda is not None), ("ema", cfg.g_ema > 0))
+
+
+def check_packable(cfgs: Sequence[TrainConfig]) -> None:
+    if not cfgs:
+        raise ValueError("a pack needs at least one member")
+    if any(cfg.resolved().family != "gan" for cfg in cfgs):
+        raise ValueError("packs train GANs only (family=gan)")
+    keys = {pack_key(cfg) for cfg in cfgs}
+    if len(keys) != 1:
+        a, b = list(keys)[:2]
+        differing = sorted({k for k, v in a if isinstance(k, str)} and {k for (k, v) in set(a) ^ set(b)})
+        raise ValueError(f"pack members must share every shape setting; they differ in {', '.join(differing)}")
+
+
+class FusedGAN:
+    """The fused nets and optimisers of K member trials (built from, and stored back into, the trials)."""
+
+    def __init__(self, trials: Sequence[Trial]) -> None:
+        self.trials = list(trials)
+        self.G = FusedNet([t.nets["G"] for t in trials])
+        self.D = FusedNet([t.nets["D"] for t in trials])
+        self.ema = FusedNet([t.nets[EMA_NET] for t in trials]) if EMA_NET in trials[0].nets else None
+        self.opt_g: FusedOptimizer = fuse_optimizer(self.G, [t.opts["G"] for t in trials])
+        self.opt_d: FusedOptimizer = fuse_optimizer(self.D, [t.opts["D"] for t in trials])
+        cfgs = [t.cfg for t in trials]
+        self.cfg = cfgs[0]  # the shared settings
+        ref = next(self.D.parameters())
+        self.clip = member_view([c.clip_value for c in cfgs], ref).float() if self.cfg.clip_value is not None else None
+        self.gp_lambda = torch.tensor([c.gp_lambda for c in cfgs], device=ref.device) if self.cfg.gp_lambda is not None else None
+        self.ema_weight = [1.0 - c.g_ema for c in cfgs]
+
+    @property
+    def size(self) -> int:
+        return len(self.trials)
+
+    def store(self) -> None:
+        """Write every member's nets and optimiser state back into its solo trial."""
+        for net in (self.G, self.D, self.ema):
+            if net is not None:
+                net.store()
+        self.opt_g.store()
+        self.opt_d.store()
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """K per-member batches (B, ...) -> (B, K, ...)."""
+    return torch.stack(tensors, dim=1)
+
+
+def draw(trials: Sequence[Trial], images: torch.Tensor) -> dict[str, Any]:
+    """Every random number one GAN step takes, drawn from each member's stream in the solo order
+    (per critic step: real batch, noise, penalty mix; then the generator's noise)."""
+    from tuner.data import sample_batch
+
+    cfg = trials[0].cfg
+    critic: list[dict[str, list[torch.Tensor]]] = [{"real": [], "z": [], "eps": []} for _ in range(cfg.n_critic)]
+    z_g = []
+    for t in trials:
+        for c in range(cfg.n_critic):
+            real = sample_batch(images, cfg.batch_size, t.gen, "tanh")
+            critic[c]["real"].append(real)
+            critic[c]["z"].append(torch.randn(cfg.batch_size, cfg.z_dim, generator=t.gen, device=t.device))
+            if cfg.gp_lambda is not None:
+                shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+                critic[c]["eps"].append(torch.rand(shape, generator=t.gen, device=t.gen.device, dtype=real.dtype).to(real.device))
+        z_g.append(torch.randn(cfg.batch_size, cfg.z_dim, generator=t.gen, device=t.device))
+    return {"critic": [{k: _stack(v) if v else None for k, v in c.items()} for c in critic], "z_g": _stack(z_g)}
+
+
+def per_member(fn: Callable[..., torch.Tensor], *scores: torch.Tensor) -> torch.Tensor:
+    """A solo loss (mean over its batch) applied to each member's (B,) scores: (B, K) -> (K,)."""
+    return torch.func.vmap(fn, in_dims=1)(*scores)
+
+
+def gradient_penalty(critic: FusedNet, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """models.losses.gradient_penalty for every member at once: (B, K, ...) -> (K,)."""
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores, x_hat, grad_outputs=torch.ones_like(scores), create_graph=True)
+    return (grad.flatten(2).norm(2, dim=2) - 1).pow(2).mean(0)
+
+
+def fused_gan_step(pack: FusedGAN, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """tuner.steps.gan_step for every member at once; each returned value has one entry per member."""
+    cfg, lead = pack.cfg, pack.trials[0]
+    loss = LOSSES[cfg.loss]
+    draws = draw(pack.trials, images)
+    for c in draws["critic"]:
+        real = c["real"]
+        with torch.no_grad(), lead.autocast():
+            fake = pack.G(c["z"]).float()
+        with lead.autocast():
+            real_scores, fake_scores = pack.D(real).float(), pack.D(fake).float()
+        loss_d = per_member(loss.d_loss, real_scores, fake_scores)
+        if pack.gp_lambda is not None:
+            loss_d = loss_d + pack.gp_lambda * gradient_penalty(pack.D, real, fake, c["eps"])
+        pack.opt_d.zero_grad()
+        loss_d.sum().backward()  # members share no parameter: each gets its own loss's gradient
+        pack.opt_d.step()
+        if pack.clip is not None:
+            with torch.no_grad():  # models.losses.clip_weights_, each member at its own bound
+                for p in pack.D.parameters():
+                    bound = pack.clip.view(-1, *([1] * (p.dim() - 1)))
+                    p.clamp_(-bound, bound)
+        for t in pack.trials:
+            t.images_seen += cfg.batch_size
+        critic = {"loss_d": loss_d.detach(), "d_real": real_scores.detach().mean(0), "d_fake": fake_scores.detach().mean(0)}
+    with lead.autocast():
+        fake_scores_g = pack.D(pack.G(draws["z_g"])).float()
+    loss_g = per_member(loss.g_loss, fake_scores_g)
+    pack.opt_g.zero_grad()
+    loss_g.sum().backward()
+    pack.opt_g.step()
+    if pack.ema is not None:
+        with torch.no_grad():
+            for p_ema, p in zip(pack.ema.parameters(), pack.G.parameters()):
+                p_ema.lerp_(p.detach(), member_view(pack.ema_weight, p).to(p.dtype))
+            for b_ema, b in zip(pack.ema.buffers(), pack.G.buffers()):
+                b_ema.copy_(b)
+    return {"loss_d": critic["loss_d"], "loss_g": loss_g.detach(), "d_real": critic["d_real"], "d_fake": critic["d_fake"]}
+
+
+# ------------------------------------------------------------------------------------------
+# the pack's training loop: tuner.loop.train for K members at once
+
+
+@dataclass
+class Member:
+    """One member's run: its solo trial, where its files go, whom it reports to, and its bookkeeping."""
+
+    trial: Trial
+    out_dir: Path
+    ckpt_dir: Path
+    report: Report | None
+    points: list[int]
+    target: int
+    next_eval: int
+    interval_steps: int = 0
+    interval_images: int = 0
+    interval_train_s: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.trial.history.append(record)
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """What `train_pack` needs of one member (the arguments `tuner.loop.train` takes for one trial)."""
+
+    cfg: TrainConfig
+    out_dir: str | Path
+    report: Report | None = None
+    resume_from: str | Path | None = None
+    checkpoint_dir: str | Path | None = None
+
+
+def train_pack(specs: Sequence[MemberSpec]) -> list[list[dict[str, Any]]]:
+    """Train K member configs of one shape in one fused step; returns each member's evaluation records.
+
+    Every member evaluates, writes metrics.jsonl, sample grids and its checkpoint, and calls its
+    `report`, exactly where a solo run of its config would (tuner/loop.py). A member that finishes or
+    diverges leaves the pack, and the others go on in a smaller one."""
+    cfgs = [s.cfg.resolved() for s in specs]
+    check_packable(cfgs)
+    device = pick_device(cfgs[0])
+    images = training_images(cfgs[0].dataset, device, cfgs[0].data_mirror, cfgs[0].train_limit)
+    evaluator = Evaluator(cfgs[0], device)  # the backbone and real statistics are the members' shared settings
+    members: list[Member] = []
+    for spec, cfg in zip(specs, cfgs):
+        out_dir = Path(spec.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        trial = build_trial(cfg, device)
+        if spec.resume_from is not None:
+            load_checkpoint(trial, Path(spec.resume_from))
+        write_whole(out_dir / "config.json", lambda tmp, cfg=cfg: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
+        history = "".join(json.dumps(r) + "\n" for r in trial.history)  # drop evals after the checkpoint
+        write_whole(out_dir / "metrics.jsonl", lambda tmp, text=history: Path(tmp).write_text(text))
+        points = eval_points(cfg)
+        target = round(cfg.max_kimg * 1000)
+        ckpt_dir = Path(spec.checkpoint_dir) if spec.checkpoint_dir is not None else out_dir / "checkpoint"
+        members.append(Member(trial, out_dir, ckpt_dir, spec.report, points, target,
+                              next_point(points, trial.images_seen) or target))
+    active = [m for m in members if m.trial.images_seen < m.target]
+    while active:
+        active = _train_until_one_leaves(active, images, evaluator)
+    return [m.trial.history for m in members]
+
+
+def _train_until_one_leaves(active: list[Member], images: torch.Tensor, evaluator: Evaluator) -> list[Member]:
+    """Fuse the active members and train them until one of them finishes or diverges; evaluate members
+    at their points on the way. Returns the members still training."""
+    pack = FusedGAN([m.trial for m in active])
+    while True:
+        t0 = time.perf_counter()
+        seen_before = [m.trial.images_seen for m in active]
+        out = {k: v.tolist() for k, v in fused_gan_step(pack, images).items()}  # one host sync per step
+        dt = time.perf_counter() - t0
+        leaving = []
+        for k, (m, before) in enumerate(zip(active, seen_before)):
+            m.trial.step += 1
+            m.trial.elapsed_s += dt
+            m.interval_steps += 1
+            m.interval_train_s += dt
+            m.interval_images += m.trial.images_seen - before
+            for key, values in out.items():
+                m.sums[key] = m.sums.get(key, 0.0) + values[k]
+            at_eval = m.trial.images_seen >= m.next_eval
+            reason = None
+            if at_eval or m.interval_steps % DIVERGENCE_CHECK_EVERY == 0:
+                reason = check_divergence(m.sums)
+            if reason is None and at_eval:
+                pack.store()
+                reason = _evaluate(m, evaluator)
+            if reason is not None:
+                _diverge(m, reason)
+            if reason is not None or m.trial.images_seen >= m.target:
+                leaving.append(m)
+        if leaving:
+            pack.store()
+            return [m for m in active if m not in leaving]
+
+
+def _evaluate(m: Member, evaluator: Evaluator) -> str | None:
+    """tuner.loop.train's evaluation point for one member (its trial already holds the pack's state)."""
+    trial = m.trial
+    t_eval = time.perf_counter()
+    record: dict[str, Any] = {"kimg": trial.kimg, "step": trial.step, "precision": trial.precision}
+    record.update({k: v / m.interval_steps for k, v in m.sums.items()})
+    with torch.random.fork_rng(devices=[trial.device] if trial.device.type == "cuda" else []):
+        record.update(evaluator.evaluate(trial, m.out_dir, kimg_tag(m.next_eval / 1000)))
+    trial.elapsed_s += time.perf_counter() - t_eval
+    record["time_s"] = trial.elapsed_s
+    record["img_per_s"] = m.interval_images / m.interval_train_s
+    if not math.isfinite(record["fid"]):
+        return f"fid became {record['fid']}"
+    m.append(record)
+    save_checkpoint(trial, m.ckpt_dir)
+    if m.report is not None:
+        m.report(record, m.ckpt_dir)
+    m.sums, m.interval_steps, m.interval_images, m.interval_train_s = {}, 0, 0, 0.0
+    m.next_eval = next_point(m.points, trial.images_seen) or m.target
+    return None
+
+
+def _diverge(m: Member, reason: str) -> None:
+    cfg, trial = m.trial.cfg, m.trial
+    record = {"kimg": trial.kimg, "step": trial.step, "precision": trial.precision, "fid": float("inf"),
+              "fid_backbone": cfg.fid_backbone, "fid_samples": cfg.fid_samples, "time_s": trial.elapsed_s,
+              "diverged": True, "diverge_reason": reason}
+    m.append(record)
+    if m.report is not None:
+        m.report(record, None)
