@@ -24,7 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                           "tuner.evaluate", "tuner.loop", "tuner.fused", "tuner.pack", "tuner.train", "tuner.progress", "tuner.watch",
                           "tuner.backbones", "tuner.domain", "tuner.fid", "tuner.diversity", "tuner.metrics_cache"),
     "study": ("tuner.space", "tuner.optuna_bridge", "tuner.console", "tuner.storage", "tuner.staging",
-              "tuner.worker", "tuner.resume", "tuner.study"),
+              "tuner.worker", "tuner.packing", "tuner.resume", "tuner.study"),
     "results": ("tuner.exports", "tuner.search"),
     "analysis": ("analysis",),
 }

@@ -323,6 +323,20 @@ def load_config(path: str) -> TrainConfig:
         return TrainConfig.from_dict(json.load(fh))
 
 
+# Settings the members of one fused trial pack (tuner/pack.py) may differ in. Whether clipping, a
+# gradient penalty or an EMA is on at all changes the training step, so `pack_key` keeps that much of them.
+MEMBER_FIELDS = ("lr", "lr_d_ratio", "beta1", "beta2", "clip_value", "gp_lambda", "g_ema", "seed",
+                 "max_kimg", "eval_every_kimg", "eval_at_kimg")
+
+
+def pack_key(cfg: TrainConfig) -> tuple:
+    """What the members of one pack share: every resolved field but MEMBER_FIELDS, and which of the
+    optional step parts (clipping, gradient penalty, EMA) are on. Configs with equal keys can share a pack."""
+    cfg = cfg.resolved()
+    shared = tuple(sorted((k, v) for k, v in cfg.to_dict().items() if k not in MEMBER_FIELDS))
+    return shared + (("clip", cfg.clip_value is not None), ("gp", cfg.gp_lambda is not None), ("ema", cfg.g_ema > 0))
+
+
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
     """The full config of one trial: base fields overridden by the searched (or grid) parameters.
     A searched loss brings its own defaults (the loss registry's), not those of the base loss."""

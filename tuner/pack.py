@@ -9,7 +9,7 @@ live as (K, ...) tensors while they train, and go back into the solo objects bef
 evaluated or checkpointed.
 
 Members must agree on every setting that decides a tensor's shape or the step's structure
-(`pack_key`); they differ in `MEMBER_FIELDS` (learning rates, betas, clip value, penalty weight,
+(`tuner.config.pack_key`); they differ in `tuner.config.MEMBER_FIELDS` (learning rates, betas, clip value, penalty weight,
 EMA decay, seed, budget and evaluation points).
 """
 
@@ -28,27 +28,13 @@ import torch
 from models.losses import LOSSES
 from tuner.atomic import write_whole
 from tuner.checkpoint import load_checkpoint, save_checkpoint
-from tuner.config import TrainConfig
+from tuner.config import TrainConfig, pack_key
 from tuner.data import training_images
 from tuner.evaluate import Evaluator
 from tuner.families import EMA_NET
 from tuner.fused import FusedNet, FusedOptimizer, fuse_optimizer, member_view
 from tuner.loop import DIVERGENCE_CHECK_EVERY, Report, check_divergence, eval_points, kimg_tag, next_point
 from tuner.trial import Trial, build_trial, pick_device
-
-# Settings a pack's members may differ in. Whether clipping, a penalty or an EMA is on at all
-# changes the step, so `pack_key` keeps that much of them.
-MEMBER_FIELDS = ("lr", "lr_d_ratio", "beta1", "beta2", "clip_value", "gp_lambda", "g_ema", "seed",
-                 "max_kimg", "eval_every_kimg", "eval_at_kimg")
-
-
-def pack_key(cfg: TrainConfig) -> tuple:
-    """What members of one pack share: every resolved field but MEMBER_FIELDS, and which of the
-    optional step parts (clipping, gradient penalty, EMA) are on."""
-    cfg = cfg.resolved()
-    shared = tuple(sorted((k, v) for k, v in cfg.to_dict().items() if k not in MEMBER_FIELDS))
-    return shared + (("clip", cfg.clip_value is not None), ("gp", cfg.gp_lambda is not None), ("ema", cfg.g_ema > 0))
-
 
 def check_packable(cfgs: Sequence[TrainConfig]) -> None:
     if not cfgs:
@@ -58,8 +44,41 @@ def check_packable(cfgs: Sequence[TrainConfig]) -> None:
     keys = {pack_key(cfg) for cfg in cfgs}
     if len(keys) != 1:
         a, b = list(keys)[:2]
-        differing = sorted({k for k, v in a if isinstance(k, str)} and {k for (k, v) in set(a) ^ set(b)})
+        differing = sorted({k for k, _ in set(a) ^ set(b)})
         raise ValueError(f"pack members must share every shape setting; they differ in {', '.join(differing)}")
+
+
+def member_bytes(cfg: TrainConfig) -> int:
+    """An estimate of one member's memory in training: weights, gradients and two optimiser moments
+    (4 fp32 copies; the EMA adds one of G), plus every layer's output for a batch, kept for backward with
+    its gradient (x2), for the three forward passes of a step. An estimate, not a measurement."""
+    from tuner.trial import build_models
+
+    cfg = cfg.resolved()
+    g, d = build_models(cfg)
+    params = sum(p.numel() for p in g.parameters()) * (5 if cfg.g_ema > 0 else 4) + sum(p.numel() for p in d.parameters()) * 4
+    outputs = [0]
+
+    def count(_module, _inputs, output):
+        outputs[0] += output.numel()
+
+    hooks = [m.register_forward_hook(count) for net in (g, d) for m in net.modules() if not list(m.children())]
+    with torch.no_grad():
+        d(g(torch.zeros(1, cfg.z_dim)))
+    for h in hooks:
+        h.remove()
+    return 4 * (params + 3 * 2 * cfg.batch_size * outputs[0])
+
+
+def memory_budget(on_gpu: bool, gpus: float, cpus: float) -> float:
+    """Bytes one pack may use: its share of GPU 0's memory, or its share (cpus / cores) of the free RAM."""
+    import os
+
+    if on_gpu:
+        return torch.cuda.get_device_properties(0).total_memory * min(1.0, gpus or 1.0)
+    with open("/proc/meminfo") as fh:
+        free_kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
+    return free_kib * 1024 * min(1.0, cpus / (os.cpu_count() or 1))
 
 
 class FusedGAN:
@@ -189,6 +208,7 @@ class Member:
     interval_images: int = 0
     interval_train_s: float = 0.0
     sums: dict[str, float] = field(default_factory=dict)
+    done: bool = False  # finished its budget or diverged
 
     @property
     def metrics_path(self) -> Path:
@@ -211,46 +231,84 @@ class MemberSpec:
     checkpoint_dir: str | Path | None = None
 
 
-def train_pack(specs: Sequence[MemberSpec]) -> list[list[dict[str, Any]]]:
-    """Train K member configs of one shape in one fused step; returns each member's evaluation records.
+class PackLoop:
+    """tuner.loop.train for a changing set of members: `add` and `remove` them between steps, `run`
+    trains the current ones in one fused step until one of them leaves or `changed()` says the set is
+    about to change. Every member evaluates, writes metrics.jsonl, sample grids and its checkpoint, and
+    calls its `report`, exactly where a solo run of its config would (tuner/loop.py)."""
 
-    Every member evaluates, writes metrics.jsonl, sample grids and its checkpoint, and calls its
-    `report`, exactly where a solo run of its config would (tuner/loop.py). A member that finishes or
-    diverges leaves the pack, and the others go on in a smaller one."""
-    cfgs = [s.cfg.resolved() for s in specs]
-    check_packable(cfgs)
-    device = pick_device(cfgs[0])
-    images = training_images(cfgs[0].dataset, device, cfgs[0].data_mirror, cfgs[0].train_limit)
-    evaluator = Evaluator(cfgs[0], device)  # the backbone and real statistics are the members' shared settings
-    members: list[Member] = []
-    for spec, cfg in zip(specs, cfgs):
+    def __init__(self, cfg: TrainConfig, hold_after_report: bool = False) -> None:
+        """`cfg`: any member's config; the data, device and metric settings are shared by all members.
+        `hold_after_report`: a member that reported an evaluation waits (out of the fused step) until
+        `release(member)`, as a solo trial waits inside tune.report for the scheduler's decision."""
+        self.cfg = cfg.resolved()
+        self.hold_after_report = hold_after_report
+        self.held: set[str] = set()
+        self.device = pick_device(self.cfg)
+        self.images = training_images(self.cfg.dataset, self.device, self.cfg.data_mirror, self.cfg.train_limit)
+        self.evaluator = Evaluator(self.cfg, self.device)  # the backbone and real statistics, once for all members
+        self.members: dict[str, Member] = {}
+
+    def add(self, member_id: str, spec: MemberSpec) -> Member:
+        """Build the member's solo trial (from its checkpoint, if it resumes) and its files. Raises
+        CheckpointError for an unreadable checkpoint, ValueError for a config of another shape."""
+        cfg = spec.cfg.resolved()
+        check_packable([self.cfg, cfg])
         out_dir = Path(spec.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        trial = build_trial(cfg, device)
+        trial = build_trial(cfg, self.device)
         if spec.resume_from is not None:
             load_checkpoint(trial, Path(spec.resume_from))
-        write_whole(out_dir / "config.json", lambda tmp, cfg=cfg: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
+        write_whole(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
         history = "".join(json.dumps(r) + "\n" for r in trial.history)  # drop evals after the checkpoint
-        write_whole(out_dir / "metrics.jsonl", lambda tmp, text=history: Path(tmp).write_text(text))
+        write_whole(out_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(history))
         points = eval_points(cfg)
         target = round(cfg.max_kimg * 1000)
         ckpt_dir = Path(spec.checkpoint_dir) if spec.checkpoint_dir is not None else out_dir / "checkpoint"
-        members.append(Member(trial, out_dir, ckpt_dir, spec.report, points, target,
-                              next_point(points, trial.images_seen) or target))
-    active = [m for m in members if m.trial.images_seen < m.target]
-    while active:
-        active = _train_until_one_leaves(active, images, evaluator)
-    return [m.trial.history for m in members]
+        member = Member(trial, out_dir, ckpt_dir, spec.report, points, target, next_point(points, trial.images_seen) or target)
+        self.members[member_id] = member
+        return member
 
+    def remove(self, member_id: str) -> None:
+        self.members.pop(member_id, None)
+        self.held.discard(member_id)
 
-def _train_until_one_leaves(active: list[Member], images: torch.Tensor, evaluator: Evaluator) -> list[Member]:
-    """Fuse the active members and train them until one of them finishes or diverges; evaluate members
-    at their points on the way. Returns the members still training."""
-    pack = FusedGAN([m.trial for m in active])
-    while True:
+    def release(self, member_id: str) -> None:
+        self.held.discard(member_id)
+
+    def active(self) -> list[str]:
+        return [i for i in self.members if i not in self.held]
+
+    def run(self, changed: Callable[[], bool] = lambda: False) -> list[str]:
+        """Train the members not held until one finishes, diverges or is held, or `changed()`; returns the
+        members that finished or diverged (and are gone)."""
+        finished = [i for i, m in self.members.items() if m.trial.images_seen >= m.target]
+        ids = [i for i in self.active() if i not in finished]
+        stop: list[int] = []
+        if ids:
+            active = [self.members[i] for i in ids]
+            pack = FusedGAN([m.trial for m in active])
+            try:
+                while not stop and not changed():
+                    stop = self._step(pack, active)
+            finally:
+                pack.store()  # the members' solo trials hold the pack's state whenever it is not running
+        for k in stop:
+            m = self.members[ids[k]]
+            if m.done:
+                finished.append(ids[k])
+            else:
+                self.held.add(ids[k])
+        for i in finished:
+            self.remove(i)
+        return finished
+
+    def _step(self, pack: FusedGAN, active: list[Member]) -> list[int]:
+        """One fused step and each member's bookkeeping; returns the indices of members that finished,
+        diverged, or are held after reporting."""
         t0 = time.perf_counter()
         seen_before = [m.trial.images_seen for m in active]
-        out = {k: v.tolist() for k, v in fused_gan_step(pack, images).items()}  # one host sync per step
+        out = {k: v.tolist() for k, v in fused_gan_step(pack, self.images).items()}  # one host sync per step
         dt = time.perf_counter() - t0
         leaving = []
         for k, (m, before) in enumerate(zip(active, seen_before)):
@@ -267,21 +325,33 @@ def _train_until_one_leaves(active: list[Member], images: torch.Tensor, evaluato
                 reason = check_divergence(m.sums)
             if reason is None and at_eval:
                 pack.store()
-                reason = _evaluate(m, evaluator)
+                reason = _evaluate(m, self.evaluator, pack.size)
             if reason is not None:
                 _diverge(m, reason)
-            if reason is not None or m.trial.images_seen >= m.target:
-                leaving.append(m)
-        if leaving:
-            pack.store()
-            return [m for m in active if m not in leaving]
+            m.done = reason is not None or m.trial.images_seen >= m.target
+            if m.done or (at_eval and self.hold_after_report):
+                leaving.append(k)
+        return leaving
 
 
-def _evaluate(m: Member, evaluator: Evaluator) -> str | None:
-    """tuner.loop.train's evaluation point for one member (its trial already holds the pack's state)."""
+def train_pack(specs: Sequence[MemberSpec]) -> list[list[dict[str, Any]]]:
+    """Train K member configs of one shape in one fused step, from start to end; returns each member's
+    evaluation records. A member that finishes or diverges leaves, and the others go on in a smaller pack."""
+    cfgs = [s.cfg.resolved() for s in specs]
+    check_packable(cfgs)
+    loop = PackLoop(cfgs[0])
+    members = [loop.add(str(i), spec) for i, spec in enumerate(specs)]
+    while loop.members:
+        loop.run()
+    return [m.trial.history for m in members]
+
+
+def _evaluate(m: Member, evaluator: Evaluator, pack_members: int) -> str | None:
+    """tuner.loop.train's evaluation point for one member (its trial already holds the pack's state).
+    The record also says how many members its pack trained at that step (`pack_members`)."""
     trial = m.trial
     t_eval = time.perf_counter()
-    record: dict[str, Any] = {"kimg": trial.kimg, "step": trial.step, "precision": trial.precision}
+    record: dict[str, Any] = {"kimg": trial.kimg, "step": trial.step, "precision": trial.precision, "pack_members": pack_members}
     record.update({k: v / m.interval_steps for k, v in m.sums.items()})
     with torch.random.fork_rng(devices=[trial.device] if trial.device.type == "cuda" else []):
         record.update(evaluator.evaluate(trial, m.out_dir, kimg_tag(m.next_eval / 1000)))

@@ -186,6 +186,17 @@ def build_ranges(family: str, overrides: dict[str, Any] | None = None, space: st
     return ranges
 
 
+def largest_shape(base: TrainConfig, ranges: dict[str, Range]) -> TrainConfig:
+    """The base config at the largest sizes the ranges can draw (z_dim, widths, batch size): what a
+    pack member can cost at most."""
+    sizes = {}
+    for name in ("z_dim", "g_width", "d_width", "batch_size"):
+        rng = ranges.get(name)
+        if rng is not None:
+            sizes[name] = int(max(rng.choices) if rng.kind == "choice" else rng.high)
+    return base.replace(**sizes)
+
+
 def load_space_file(path: str) -> dict[str, Any]:
     import yaml
 

@@ -75,6 +75,12 @@ class SearchConfig:
     gpus_per_trial: float | None = None
     """GPU share per trial, in [0, 1]: 0.25 runs four trials on one GPU, each capped to 25% of its memory.
     Default: 1 if the cluster has a GPU, else 0."""
+    pack: int | None = None
+    """Trials per fused pack (GAN only, docs/packs.md): trials of one shape train K at a time in one process and
+    one fused step, each still a trial of its own (Optuna trial, ASHA decisions, rows, grids, checkpoints).
+    Each member reserves 1/K of --cpus-per-trial and --gpus-per-trial. 1 = every trial alone. Default: 1 on a
+    CPU (a pack is not faster there: BENCHMARKS.md, gpu_packing); on a GPU, the largest power of two up to 64
+    whose members (at the space's largest shape) fit in a trial's share of GPU memory, printed at the start."""
     max_concurrent: int = 0
     """Maximum trials running at once (0 = as many as the resources allow)."""
     reuse_actors: bool = True
@@ -120,6 +126,8 @@ class SearchConfig:
         if self.gpus_per_trial is not None:
             require(0 <= self.gpus_per_trial <= 1, "gpus_per_trial", "a fraction in [0, 1]", self.gpus_per_trial)
         require(self.max_concurrent >= 0, "max_concurrent", "an integer >= 0", self.max_concurrent)
+        require(self.pack is None or self.pack >= 1, "pack", "an integer >= 1", self.pack)
+        require(self.pack in (None, 1) or self.grid is None, "pack", "1 with --grid (a grid trains each cell alone)", self.pack)
         require(self.max_failures >= 0, "max_failures", "an integer >= 0", self.max_failures)
         require(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'", self.name)
 
@@ -183,6 +191,8 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
             raise ConfigError(f"invalid ranges item {item!r}: allowed NAME=LOW:HIGH or NAME=a,b,c")
         key, value = item.split("=", 1)
         overrides[key] = value.split(",") if "," in value else value
+    if (search.pack or 1) > 1 and base.family != "gan":
+        raise ConfigError(f"invalid pack={search.pack}: allowed 1 for family={base.family} (packs train GANs only)")
     if search.grid is None:
         build_ranges(base.family, overrides, search.space)  # validate now, before Ray starts
         # evaluate where ASHA decides: at its rungs (and at max_kimg, always)
@@ -209,6 +219,11 @@ def make_trainable(search: SearchConfig, base: TrainConfig, assets: dict[str, by
     from tuner.console import VERBOSE_ENV
 
     env = {k: v for k, v in os.environ.items() if k.startswith("GENTUNE_")} | ({VERBOSE_ENV: "1"} if search.verbose else {})
+    if (search.pack or 1) > 1:
+        from tuner.packing import make_member_trainable
+
+        return make_member_trainable(base.to_dict(), assets, search.cpus_per_trial, search.gpus_per_trial or 0,
+                                     search.pack, env, search.experiment_dir)
     trainable = tune.with_parameters(run_trial, base=base.to_dict(), assets=assets, cpus=search.cpus_per_trial, env=env)
     return tune.with_resources(trainable, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial or 0})
 
@@ -235,7 +250,14 @@ def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(seed=base.seed, constant_liar=True, multivariate=joint, group=joint,
                                                  n_startup_trials=search.n_startup_trials)
-    return HonestOptunaSearch(
+    kind, extra = HonestOptunaSearch, {}
+    if (search.pack or 1) > 1:
+        from tuner.packing import PackingOptunaSearch, registry_name
+
+        kind, extra = PackingOptunaSearch, {"pack": search.pack, "base": base.to_dict(),
+                                            "registry": registry_name(search.experiment_dir)}
+    return kind(
+        **extra,
         space=define_by_run(base.family, losses, ranges, small_n_critic="n_critic" not in overrides),
         metric=METRIC,
         mode=MODE,
@@ -380,6 +402,54 @@ def resolve_gpus(search: SearchConfig, base: TrainConfig) -> tuple[SearchConfig,
     return search, base
 
 
+def pack_fits(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], on_gpu: bool) -> tuple[int, str]:
+    """How many members of the space's largest shape fit in one pack's memory, and the sizes as words."""
+    from tuner.pack import member_bytes, memory_budget
+    from tuner.space import build_ranges, largest_shape
+
+    need = member_bytes(largest_shape(base, build_ranges(base.family, overrides, search.space)))
+    budget = memory_budget(on_gpu, search.gpus_per_trial or 0, search.cpus_per_trial)
+    words = f"a member of the space's largest shape needs about {need / 2**20:.0f} MiB, a pack has {budget / 2**20:.0f} MiB"
+    return max(1, int(budget // need)), words
+
+
+def check_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> None:
+    """Before Ray starts: --pack above what one pack's memory holds is bad input (GPU memory where this
+    machine has a GPU a study would use, else its free RAM)."""
+    if (search.pack or 1) == 1 or search.grid is not None:
+        return
+    import torch
+
+    on_gpu = (search.gpus_per_trial > 0 if search.gpus_per_trial is not None
+              else base.device != "cpu" and torch.cuda.is_available())
+    if search.address is not None and on_gpu and not torch.cuda.is_available():
+        return  # a cluster driver without a GPU cannot see the nodes' memory
+    fits, words = pack_fits(search, base, overrides, on_gpu)
+    if search.pack > fits:
+        raise ConfigError(f"invalid pack={search.pack}: allowed at most {fits} on this machine ({words})")
+
+
+def resolve_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> SearchConfig:
+    """The pack size: --pack as given, else 1 on a CPU and, on a GPU, the largest power of two up to 64
+    whose members fit in a trial's share of GPU memory. One line says what was chosen and why."""
+    import math
+
+    if search.grid is not None or base.family != "gan":
+        return dataclasses.replace(search, pack=1)
+    on_gpu = (search.gpus_per_trial or 0) > 0
+    if search.pack is not None:
+        pack, why = search.pack, "--pack"
+    elif not on_gpu:
+        pack, why = 1, "the default on a CPU, where a fused pack is not faster (BENCHMARKS.md, gpu_packing)"
+    else:
+        fits, words = pack_fits(search, base, overrides, on_gpu)
+        pack = min(64, 2 ** int(math.log2(fits)))
+        why = f"the default on a GPU: {words}; at most 64"
+    share = f"{search.cpus_per_trial / pack:g} CPU" + (f" and {search.gpus_per_trial / pack:g} GPU" if on_gpu else "")
+    print(f"[gentune] packs: {pack} trial{'s' if pack > 1 else ''} per pack ({why}); each trial reserves {share}", flush=True)
+    return dataclasses.replace(search, pack=pack)
+
+
 def fid_floor(base: TrainConfig) -> dict[str, Any]:
     """The real-vs-real FID floor of the study's metric (train vs test images, same backbone and N)."""
     from tuner.data import resolve_mirror
@@ -444,6 +514,7 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
         expect_restored_trials(set() if is_remote(search) else check_restorable(Path(exp), search.grid is None),
                                journal=study_path(search), experiment_dir=exp)
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
+    check_pack(search, base, overrides)
     from tuner.metrics_cache import prepare_assets  # (torch: imported after the checks above, which refuse at once)
 
     assets = prepare_assets(base)
@@ -453,6 +524,7 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
     install_atomic_uploads()  # Tune's snapshot copies: a full disk or a kill never leaves one cut short
     init_ray(search)
     search, base = resolve_gpus(search, base)
+    search = resolve_pack(search, base, overrides)
     trainable = make_trainable(search, base, assets)
     if search.resume:
         try:

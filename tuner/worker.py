@@ -15,31 +15,39 @@ from typing import Any
 from tuner.config import trial_config
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, bytes], cpus: float = 1.0,
-              env: dict[str, str] | None = None) -> None:
-    import ray
-    import torch
-    from ray import tune
+def apply_env(env: dict[str, str] | None) -> None:
+    """The driver's GENTUNE_* settings (data root, mirror, cache) replace whatever the worker process
+    inherited when Ray started it: a stale mirror must not reach another dataset's trial. Ray's
+    "Checkpoint successfully created" lines only with --verbose."""
+    from tuner.console import quiet_worker_logs
 
-    from tuner import loop  # looked up at call time: the fault tests wrap loop.train inside the workers
-    from tuner.checkpoint import CheckpointError
-    from tuner.metrics_cache import install_assets
-
-    # The driver's GENTUNE_* settings (data root, mirror, cache) replace whatever the worker
-    # process inherited when Ray started it: a stale mirror must not reach another dataset's trial.
     env = env or {}
     for key in [k for k in os.environ if k.startswith("GENTUNE_") and k not in env]:
         del os.environ[key]
     os.environ.update(env)
-    from tuner.console import quiet_worker_logs
+    quiet_worker_logs(env)
 
-    quiet_worker_logs(env)  # Ray's "Checkpoint successfully created" lines only with --verbose
+
+def prepare_worker(base: dict[str, Any], assets: dict[str, bytes], cpus: float, env: dict[str, str] | None) -> None:
+    """What every process that trains does first: apply_env, the metric assets, the torch thread count."""
+    import torch
+
+    from tuner.metrics_cache import install_assets
+
+    apply_env(env)
     install_assets(assets, base.get("cache_dir"))
-    cfg = trial_config(base, config)
     torch.set_num_threads(max(1, int(cpus)))
-    out_dir = Path.cwd()  # the trial's working dir; Ray syncs it (samples/, metrics.jsonl) to storage
+
+
+def make_report(out_dir: Path):
+    """The `report(record, checkpoint_dir)` a trial hands its trainer, and the TrialImages to close."""
+    import ray
+    from ray import tune
+
+    from tuner.watch import TrialImages
 
     node_id = ray.get_runtime_context().get_node_id()  # which Ray node ran each evaluation
+    images = TrialImages(out_dir)
 
     def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
         # Ray's progress table shows the first four metrics: put the ones a reader scans first.
@@ -53,10 +61,23 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
         else:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-    from tuner.staging import staging
-    from tuner.watch import TrialImages
+    return report, images
 
-    images = TrialImages(out_dir)
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, bytes], cpus: float = 1.0,
+              env: dict[str, str] | None = None) -> None:
+    from ray import tune
+
+    from tuner import loop  # looked up at call time: the fault tests wrap loop.train inside the workers
+    from tuner.checkpoint import CheckpointError
+
+    prepare_worker(base, assets, cpus, env)
+    cfg = trial_config(base, config)
+    out_dir = Path.cwd()  # the trial's working dir; Ray syncs it (samples/, metrics.jsonl) to storage
+    report, images = make_report(out_dir)
+
+    from tuner.staging import staging
+
     # Checkpoints are staged outside the working dir (tuner/staging.py says why, and who removes them).
     with staging(tune.get_context().get_trial_id()) as staged:
         try:

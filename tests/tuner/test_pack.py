@@ -20,7 +20,8 @@ import torch
 from tuner.config import TrainConfig
 from tuner.fused import FusedNet, fuse_optimizer
 from tuner.loop import train
-from tuner.pack import FusedGAN, MemberSpec, check_packable, fused_gan_step, pack_key, train_pack
+from tuner.config import pack_key
+from tuner.pack import FusedGAN, MemberSpec, check_packable, fused_gan_step, train_pack
 from tuner.steps import gan_step
 from tuner.trial import build_trial
 
