@@ -286,13 +286,12 @@ class PackLoop:
         ids = [i for i in self.active() if i not in finished]
         stop: list[int] = []
         if ids:
-            active = [self.members[i] for i in ids]
-            pack = FusedGAN([m.trial for m in active])
+            run = FusedRun([self.members[i] for i in ids])
             try:
                 while not stop and not changed():
-                    stop = self._step(pack, active)
+                    stop = self._step(run)
             finally:
-                pack.store()  # the members' solo trials hold the pack's state whenever it is not running
+                run.pack.store()  # the members' solo trials hold the pack's state whenever it is not running
         for k in stop:
             m = self.members[ids[k]]
             if m.done:
@@ -303,35 +302,74 @@ class PackLoop:
             self.remove(i)
         return finished
 
-    def _step(self, pack: FusedGAN, active: list[Member]) -> list[int]:
-        """One fused step and each member's bookkeeping; returns the indices of members that finished,
-        diverged, or are held after reporting."""
-        t0 = time.perf_counter()
-        seen_before = [m.trial.images_seen for m in active]
-        out = {k: v.tolist() for k, v in fused_gan_step(pack, self.images).items()}  # one host sync per step
-        dt = time.perf_counter() - t0
-        leaving = []
-        for k, (m, before) in enumerate(zip(active, seen_before)):
+    def _step(self, run: "FusedRun") -> list[int]:
+        """One fused step; at a member's evaluation point, or every DIVERGENCE_CHECK_EVERY steps, the
+        members' bookkeeping. Returns the indices of members that finished, diverged, or are held."""
+        seen_before = [m.trial.images_seen for m in run.members]
+        run.add(fused_gan_step(run.pack, self.images))  # no host synchronisation here
+        at_eval = []
+        for m, before in zip(run.members, seen_before):
             m.trial.step += 1
-            m.trial.elapsed_s += dt
             m.interval_steps += 1
-            m.interval_train_s += dt
             m.interval_images += m.trial.images_seen - before
-            for key, values in out.items():
-                m.sums[key] = m.sums.get(key, 0.0) + values[k]
-            at_eval = m.trial.images_seen >= m.next_eval
-            reason = None
-            if at_eval or m.interval_steps % DIVERGENCE_CHECK_EVERY == 0:
-                reason = check_divergence(m.sums)
-            if reason is None and at_eval:
-                pack.store()
-                reason = _evaluate(m, self.evaluator, pack.size)
+            at_eval.append(m.trial.images_seen >= m.next_eval)
+        run.steps += 1
+        if not any(at_eval) and run.steps % DIVERGENCE_CHECK_EVERY:
+            return []
+        run.sync()  # the one host synchronisation: loss sums and wall time of the steps since the last one
+        leaving = []
+        for k, m in enumerate(run.members):
+            reason = check_divergence(m.sums)
+            if reason is None and at_eval[k]:
+                run.pack.store()
+                t_eval = time.perf_counter()
+                reason = _evaluate(m, self.evaluator, run.pack.size)
+                run.evaluated(k, time.perf_counter() - t_eval)
             if reason is not None:
                 _diverge(m, reason)
             m.done = reason is not None or m.trial.images_seen >= m.target
-            if m.done or (at_eval and self.hold_after_report):
+            if m.done or (at_eval[k] and self.hold_after_report):
                 leaving.append(k)
         return leaving
+
+
+class FusedRun:
+    """The members of one fused pack while it trains: their loss sums as (K,) tensors on the device,
+    read back (one synchronisation) only at evaluations and divergence checks, and the wall time between
+    such reads, shared out to every member as training time."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+        self.pack = FusedGAN([m.trial for m in members])
+        self.carry = [dict(m.sums) for m in members]  # each member's sums from before this pack
+        self.sums: dict[str, torch.Tensor] = {}
+        self.read: list[dict[str, float]] = [{} for _ in members]  # each member's device sums at its last eval
+        self.steps = 0
+        self._values: tuple[list[str], list[list[float]]] = ([], [])
+        self.t_sync = time.perf_counter()
+
+    def add(self, out: dict[str, torch.Tensor]) -> None:
+        for key, value in out.items():
+            value = value.detach().double()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    def sync(self) -> None:
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []
+        now = time.perf_counter()
+        for k, m in enumerate(self.members):
+            m.sums = {key: self.carry[k].get(key, 0.0) + values[i][k] - self.read[k].get(key, 0.0) for i, key in enumerate(keys)}
+            m.interval_train_s += now - self.t_sync
+            m.trial.elapsed_s += now - self.t_sync
+        self._values = (keys, values)
+        self.t_sync = now
+
+    def evaluated(self, k: int, seconds: float) -> None:
+        """Member k's evaluation reset its sums; the time it took is not training time of the others."""
+        keys, values = self._values
+        self.carry[k] = {}
+        self.read[k] = {key: values[i][k] for i, key in enumerate(keys)}
+        self.t_sync += seconds
 
 
 def train_pack(specs: Sequence[MemberSpec]) -> list[list[dict[str, Any]]]:
