@@ -1,5 +1,5 @@
 """Packs inside a study (`--pack K`): every member stays a trial of its own, packs form and refill, and
-bad --pack values are refused before anything starts. The fused training itself: test_pack.py."""
+the members' files are their own. Bad --pack values: tests/test_bad_input.py. The fused training: test_pack.py."""
 
 from __future__ import annotations
 
@@ -48,16 +48,3 @@ def test_a_packed_study_keeps_every_member_a_trial_of_its_own(idx_mnist, tmp_pat
         assert (folder / "samples").is_dir() and any((folder / "samples").iterdir())
     assert history["pack_members"].max() == 2  # members trained two at a time
     assert "stopped by ASHA" in out
-
-
-def test_pack_flags_are_checked_before_anything_starts(idx_mnist, tmp_path, capsys):
-    from tuner import search
-
-    for flags, words in ((["--pack", "0"], "invalid pack=0: allowed an integer >= 1"),
-                         (["--pack", "2", "--grid", "lab1-gan"], "invalid pack=2: allowed 1 with --grid"),
-                         (["--pack", "2", "--family", "vae"], "invalid pack=2: allowed 1 for family=vae"),
-                         (["--pack", "100000"], "invalid pack=100000: allowed at most ")):
-        assert search.main(["--storage-path", str(tmp_path), "--name", "refused", *TINY_TRIAL, *flags]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
-        assert not (tmp_path / "refused").exists()
