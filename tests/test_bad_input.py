@@ -63,6 +63,8 @@ CASES: dict[str, Case] = {
     "clip-without-wgan": Case(SEARCH, ["--loss", "hinge", "--clip-value", "0.01"], ["clip_value=0.01", "only with loss=wgan"]),
     "vae-latent-0": Case(SEARCH, ["--family", "vae", "--z-dim", "0"], ["z_dim=0", "an integer >= 1"]),
     "gpus-1.5": Case(SEARCH, ["--gpus-per-trial", "1.5"], ["gpus_per_trial=1.5", "a fraction in [0, 1]"]),
+    "time-budget-text": Case(SEARCH, ["--time-budget", "ten minutes"], ["time_budget='ten minutes'", "a duration like 90s, 10m or 1h30m"]),
+    "time-budget-0": Case(SEARCH, ["--time-budget", "0m"], ["time_budget='0m'", "a duration like 90s, 10m or 1h30m"]),
     "pack-0": Case(SEARCH, ["--pack", "0"], ["pack=0", "an integer >= 1"]),
     "pack-grid": Case(SEARCH, ["--pack", "4", "--grid", "lab1-gan"], ["pack=4", "1 with --grid"]),
     "pack-vae": Case(SEARCH, ["--family", "vae", "--pack", "2"], ["pack=2", "1 for family=vae (packs train GANs only)"]),

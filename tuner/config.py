@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -321,6 +322,21 @@ def load_config(path: str) -> TrainConfig:
 
     with open(path) as fh:
         return TrainConfig.from_dict(json.load(fh))
+
+
+DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(field: str, text: str) -> float:
+    """'90s', '10m', '1h30m', '1.5h' or a plain number of seconds -> seconds (> 0). Raises ConfigError."""
+    match = DURATION.match(str(text).strip().lower())
+    seconds = 0.0
+    if match and any(match.groupdict().values()):
+        parts = match.groupdict()
+        seconds = 3600 * float(parts["h"] or 0) + 60 * float(parts["m"] or 0) + float(parts["s"] or 0)
+    if seconds <= 0:
+        raise ConfigError(f"invalid {field}={text!r}: allowed a duration like 90s, 10m or 1h30m")
+    return seconds
 
 
 # Settings the members of one fused trial pack (tuner/pack.py) may differ in. Whether clipping, a

@@ -17,9 +17,11 @@ line per checkpoint); gentune's event lines are printed as well.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import os
+import time
 from typing import Any
 
 from ray import tune
@@ -39,15 +41,17 @@ class TableReporter(CLIReporter):
         return True  # no metric: no "Current best trial" line
 
 
-def run_config_options(verbose: bool, max_kimg: float) -> dict[str, Any]:
+def run_config_options(verbose: bool, max_kimg: float, num_samples: int | None = None,
+                       budget_s: float | None = None) -> dict[str, Any]:
     """The RunConfig arguments (verbose, progress_reporter) and the callback for the chosen console."""
-    options: dict[str, Any] = {"verbose": 1, "callbacks": [EventLines(max_kimg)]}
+    options: dict[str, Any] = {"verbose": 1, "callbacks": [EventLines(max_kimg, num_samples, budget_s)]}
     if not verbose:
         options["progress_reporter"] = TableReporter()
     return options
 
 
-def apply_to_restored(tuner, verbose: bool, max_kimg: float, guards: tuple = ()) -> None:
+def apply_to_restored(tuner, verbose: bool, max_kimg: float, guards: tuple = (), num_samples: int | None = None,
+                      budget_s: float | None = None) -> None:
     """--resume: the console this command asks for, not the one pickled with the experiment; and
     `guards` (callbacks) in place of the pickled callbacks of their types, which watch the folder where
     the experiment started (it may have been moved since)."""
@@ -55,7 +59,7 @@ def apply_to_restored(tuner, verbose: bool, max_kimg: float, guards: tuple = ())
     if internal is None:  # Ray client mode: keep the restored settings
         return
     run_config = internal.get_run_config()
-    options = run_config_options(verbose, max_kimg)
+    options = run_config_options(verbose, max_kimg, num_samples, budget_s)
     run_config.verbose = options["verbose"]
     run_config.progress_reporter = options.get("progress_reporter")
     replaced = (EventLines, *(type(g) for g in guards))
@@ -99,10 +103,35 @@ def _fid(v: float | None, backbone: str) -> str:
 class EventLines(tune.Callback):
     """gentune's one-line trial events on the driver's console."""
 
-    def __init__(self, max_kimg: float) -> None:
+    def __init__(self, max_kimg: float, num_samples: int | None = None, budget_s: float | None = None) -> None:
         self.max_kimg = max_kimg
+        self.num_samples, self.budget_s = num_samples, budget_s
         self._best: dict[str, float] = {}  # trial_id -> its lowest finite FID
         self._study_best: float = math.inf
+        self._start = time.time()
+        self._ended = 0  # trials ended in this run
+
+    def setup(self, **info) -> None:
+        self._start = time.time()
+
+    def _expected_finish(self, trials: list) -> None:
+        """After the 1st, 2nd, 4th, 8th, ... trial to end in this run: when the run is expected to end,
+        from the rate at which trials have ended so far (and the --time-budget, when sooner)."""
+        self._ended += 1
+        if self._ended & (self._ended - 1):
+            return
+        now = time.time()
+        elapsed = now - self._start
+        ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+        left = None if self.num_samples is None else max(0, self.num_samples - ended)
+        finish = now + elapsed / self._ended * left if left is not None else None
+        why = f"{self._ended} trial{'s' if self._ended > 1 else ''} ended in {elapsed / 60:.1f} min"
+        if self.budget_s is not None and (finish is None or finish > self._start + self.budget_s):
+            finish, why = self._start + self.budget_s, why + "; the --time-budget ends it sooner"
+        if finish is None:
+            return
+        when = datetime.datetime.fromtimestamp(finish).astimezone().strftime("%H:%M:%S %Z")
+        self._say(f"expected finish {when}, in about {max(0.0, finish - now) / 60:.1f} min ({why})")
 
     def _say(self, text: str) -> None:
         print(f"[gentune] {text}", flush=True)
@@ -122,6 +151,10 @@ class EventLines(tune.Callback):
             self._best[trial_id] = min(fid, self._best.get(trial_id, math.inf))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._report_trial(trial)
+        self._expected_finish(trials)
+
+    def _report_trial(self, trial) -> None:
         last = dict(trial.last_result or {})
         self._track(trial.trial_id, last)
         kimg = float(last.get("kimg", 0.0))

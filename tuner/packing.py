@@ -51,12 +51,17 @@ def key_name(cfg) -> str:
 class PackRegistry:
     """Which pack server of a study has a free slot of which shape, per node and GPU."""
 
-    def __init__(self, capacity: int, prefix: str) -> None:
+    def __init__(self, capacity: int, prefix: str, base: dict[str, Any], assets: dict[str, bytes], cpus: float,
+                 env: dict[str, str]) -> None:
         self.capacity, self.prefix = capacity, prefix
-        self.servers: dict[str, dict[str, Any]] = {}  # name -> {"place": (key, node, gpu), "members": set}
+        self.server_args = (base, assets, cpus, env)
+        # name -> {"place": (key, node, gpu), "members": set, "handle": the server (owned here: it lives as long
+        # as the study's registry, whichever member created it)}
+        self.servers: dict[str, dict[str, Any]] = {}
         self.count = 0
 
     def place(self, member_id: str, key: str, node: str, gpu: str | None) -> str:
+        """The name of the server the member joins (started here, on the member's node, if there is none)."""
         for name, server in self.servers.items():
             if member_id in server["members"]:
                 return name
@@ -66,7 +71,10 @@ class PackRegistry:
                 return name
         self.count += 1
         name = f"{self.prefix}-{self.count}"
-        self.servers[name] = {"place": (key, node, gpu), "members": {member_id}}
+        handle = PackServer.options(
+            name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+        ).remote(*self.server_args, gpu)
+        self.servers[name] = {"place": (key, node, gpu), "members": {member_id}, "handle": handle}
         return name
 
     def release(self, member_id: str) -> None:
@@ -75,10 +83,7 @@ class PackRegistry:
         for name, server in self.servers.items():
             if member_id in server["members"]:
                 server["members"].discard(member_id)
-                try:
-                    ray.get_actor(name).leave.remote(member_id)
-                except ValueError:  # the server is gone
-                    pass
+                server["handle"].leave.remote(member_id)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1024)
@@ -183,8 +188,7 @@ class PackFailed(RuntimeError):
     """The member's pack server failed; Tune retries the trial from its checkpoint."""
 
 
-def run_member(config: dict[str, Any], base: dict[str, Any], assets: dict[str, bytes], cpus: float = 1.0,
-               env: dict[str, str] | None = None, registry: str = "") -> None:
+def run_member(config: dict[str, Any], base: dict[str, Any], registry: str, env: dict[str, str] | None = None) -> None:
     """A member trial: join a pack server of its shape, report each of its evaluations to Tune."""
     from ray import tune
 
@@ -204,10 +208,7 @@ def run_member(config: dict[str, Any], base: dict[str, Any], assets: dict[str, b
     with staging(trial_id) as staged:
         try:
             name = ray.get(places.place.remote(trial_id, key_name(cfg), node, gpu))
-            server = PackServer.options(
-                name=name, get_if_exists=True,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-            ).remote(base, assets, cpus, env or {}, gpu)
+            server = ray.get_actor(name)
             checkpoint = tune.get_checkpoint()
             resume_from = None
             if checkpoint is not None:
@@ -246,8 +247,9 @@ def make_member_trainable(base: dict[str, Any], assets: dict[str, bytes], cpus: 
 
     registry = registry_name(experiment_dir)
     # the driver holds the handle: a named actor whose last handle goes away is ended
-    _REGISTRIES.append(PackRegistry.options(name=registry, get_if_exists=True).remote(pack, f"{registry}-{os.getpid()}"))
-    trainable = tune.with_parameters(run_member, base=base, assets=assets, cpus=cpus, env=env, registry=registry)
+    _REGISTRIES.append(PackRegistry.options(name=registry, get_if_exists=True).remote(
+        pack, f"{registry}-{os.getpid()}", base, assets, cpus, env))
+    trainable = tune.with_parameters(run_member, base=base, registry=registry, env=env)
     return tune.with_resources(trainable, {"cpu": cpus / pack, "gpu": gpus / pack})
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.cli import ArgumentParser, add_arguments, from_namespace
-from tuner.config import ConfigError, TrainConfig, build, untyped_defaults
+from tuner.config import ConfigError, TrainConfig, build, parse_duration, untyped_defaults
 from tuner.schema import METRIC, MODE, TIME_ATTR
 from tuner.resume import TUNE_CONTROLLER_LOGGER, RestoreFailed, RestoreGuard, check_restorable
 from tuner.worker import run_trial
@@ -75,6 +75,10 @@ class SearchConfig:
     gpus_per_trial: float | None = None
     """GPU share per trial, in [0, 1]: 0.25 runs four trials on one GPU, each capped to 25% of its memory.
     Default: 1 if the cluster has a GPU, else 0."""
+    time_budget: str | None = None
+    """Wall-clock budget of the run, e.g. 90s, 10m or 1h30m: no trial starts after it, running ones stop at
+    it (Ray Tune's time_budget_s), and the exports and summary follow as at any end. Without --num-samples,
+    trials keep coming until the budget is spent. Counted from this run's start (a --resume gets it anew)."""
     pack: int | None = None
     """Trials per fused pack (GAN only, docs/packs.md): trials of one shape train K at a time in one process and
     one fused step, each still a trial of its own (Optuna trial, ASHA decisions, rows, grids, checkpoints).
@@ -127,6 +131,8 @@ class SearchConfig:
             require(0 <= self.gpus_per_trial <= 1, "gpus_per_trial", "a fraction in [0, 1]", self.gpus_per_trial)
         require(self.max_concurrent >= 0, "max_concurrent", "an integer >= 0", self.max_concurrent)
         require(self.pack is None or self.pack >= 1, "pack", "an integer >= 1", self.pack)
+        if self.time_budget is not None:
+            parse_duration("time_budget", self.time_budget)
         require(self.pack in (None, 1) or self.grid is None, "pack", "1 with --grid (a grid trains each cell alone)", self.pack)
         require(self.max_failures >= 0, "max_failures", "an integer >= 0", self.max_failures)
         require(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'", self.name)
@@ -154,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
 # published DCGAN settings), evaluations only at ASHA's rungs and at the end (eval_at_kimg, set
 # in parse), and 1000 samples per FID.
 SEARCH_TRAIN_DEFAULTS = {"max_kimg": 64.0, "eval_every_kimg": 0.0, "fid_samples": 1000}
+BUDGET_SAMPLES = 100_000  # --num-samples under --time-budget when not given: trials until the budget is spent
 
 
 def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, Any]]:
@@ -174,6 +181,8 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         search = build(SearchConfig, {**saved["search"], **given_search, "resume": True,
                                       "allow_shrink": given_search.get("allow_shrink", False)})
         return search, TrainConfig.from_dict(saved["base"]), saved.get("space_overrides", {})
+    if search.time_budget is not None and "num_samples" not in vars(args):
+        search = dataclasses.replace(search, num_samples=BUDGET_SAMPLES)  # the budget ends the study
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
     base = from_namespace(TrainConfig, args, **untyped_defaults(SEARCH_TRAIN_DEFAULTS, given))
     cache_folder(base.cache_dir)
@@ -278,7 +287,9 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
     from tuner.space import GRIDS
     from tuner.storage import StorageGuard
 
-    console = run_config_options(search.verbose, base.max_kimg)  # Ray's table + gentune's event lines
+    budget_s = parse_duration("time_budget", search.time_budget) if search.time_budget else None
+    # Ray's table + gentune's event lines
+    console = run_config_options(search.verbose, base.max_kimg, search.num_samples if not search.grid else None, budget_s)
 
     run_config = tune.RunConfig(
         name=search.name,
@@ -295,7 +306,7 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
     )
     if search.grid:
         tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, max_concurrent_trials=search.max_concurrent or None,
-                                      reuse_actors=search.reuse_actors)
+                                      reuse_actors=search.reuse_actors, time_budget_s=budget_s)
         space = {"cell": tune.grid_search(GRIDS[search.grid])}
         return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
@@ -314,6 +325,7 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
         num_samples=search.num_samples,
         max_concurrent_trials=search.max_concurrent or None,
         reuse_actors=search.reuse_actors,
+        time_budget_s=budget_s,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
@@ -536,7 +548,11 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
 
         from tuner.storage import StorageGuard
 
-        apply_to_restored(tuner, search.verbose, base.max_kimg, guards=() if is_remote(search) else (StorageGuard(exp),))
+        budget_s = parse_duration("time_budget", search.time_budget) if search.time_budget else None
+        apply_to_restored(tuner, search.verbose, base.max_kimg, guards=() if is_remote(search) else (StorageGuard(exp),),
+                          num_samples=search.num_samples if not search.grid else None, budget_s=budget_s)
+        if getattr(tuner, "_local_tuner", None) is not None:  # the budget as this command gives it, from its start
+            tuner._local_tuner._tune_config.time_budget_s = budget_s
     else:
         tuner = build_tuner(search, base, overrides, trainable)
         local = local_dir(search)

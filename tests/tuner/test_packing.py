@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_TRIAL, load_study, run_study
-from tuner.config import TrainConfig, pack_key, trial_config
+from conftest import TINY_TRIAL, load_study, run_study
+from tuner.config import pack_key, trial_config
 from tuner.exports import read_trials_csv
 
 # a space of one shape (one loss, one choice of each size), so every trial joins a pack of it and the
@@ -24,7 +24,7 @@ def pack_study(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_packed_study_keeps_every_member_a_trial_of_its_own(idx_mnist, tmp_path, capsys):
+def test_a_packed_study_keeps_every_member_a_trial_of_its_own(idx_mnist, tmp_path, capsys, ray_local):
     exp = run_study(tmp_path, "packed", "--pack", "2", "--num-samples", "6", "--max-kimg", "0.5", "--grace-kimg", "0.125",
                     "--reduction-factor", "2", base=pack_study(tmp_path))
     out = capsys.readouterr().out
@@ -48,3 +48,4 @@ def test_a_packed_study_keeps_every_member_a_trial_of_its_own(idx_mnist, tmp_pat
         assert (folder / "samples").is_dir() and any((folder / "samples").iterdir())
     assert history["pack_members"].max() == 2  # members trained two at a time
     assert "stopped by ASHA" in out
+

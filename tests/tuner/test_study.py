@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from tuner import staging, study
+from tuner.exports import read_trials_csv
 
 from conftest import load_study, run_study
 
@@ -252,3 +253,23 @@ def test_space_fields_are_conditional_on_the_loss(tmp_path, space):
         assert ("clip_value" in t.params) == (t.params["loss"] == "wgan")
         assert ("gp_lambda" in t.params) == (t.params["loss"] == "wgan-gp")
         assert {"d_norm", "lr_d_ratio", "beta2"} <= set(t.params)
+
+
+def test_a_time_budget_ends_the_study_with_its_exports_and_an_expected_finish(idx_mnist, tmp_path, capsys, ray_local):
+    """--time-budget without --num-samples: trials keep coming until the budget is spent, then the
+    study ends as any study does (exports, summary); the expected finish is printed along the way."""
+    import time
+
+    t0 = time.monotonic()
+    exp = run_study(tmp_path, "budget", "--time-budget", "25s", "--max-kimg", "0.25", "--grace-kimg", "0.125",
+                    "--no-warm-start")
+    took = time.monotonic() - t0
+    out = capsys.readouterr().out
+    trials = read_trials_csv(exp / "trials.csv")
+    assert len(trials) >= 2 and trials["trial_id"].is_unique
+    assert json.loads((exp / "search_config.json").read_text())["search"]["time_budget"] == "25s"
+    assert "expected finish " in out and "the --time-budget ends it sooner" in out
+    assert "== gentune study summary ==" in out
+    study = load_study(exp, "budget")
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert took < 25 + 60  # Ray's start-up and the exports on top of the budget, not 100,000 trials
