@@ -3,11 +3,17 @@
 Two ways gentune starts Ray, each checked on this machine with loopback addresses only:
   (a) a local study: `tuner.search.init_ray` in a subprocess, as `python tuner/search.py` runs it;
   (b) a cluster: a head and a worker started by cluster-local.yaml's own start commands, run with
-      bash, each "machine" with its own $HOME holding the token where the yaml's file_mounts put it
-      (~/.ray/auth_token). Then a tiny study runs on it through `tuner/search.py --address auto`.
+      bash, each "machine" with its own $HOME holding the cluster's token where the yaml's file_mounts
+      put it (~/.gentune/gentune-lab.token). Then a tiny study runs on it through
+      `tuner/search.py --address auto`, in the environment the yaml's ~/.bashrc line gives it.
 For each: a client without a token, or with a wrong one, is refused (raw gRPC to the GCS,
 `ray.init`, `ray status`, and the dashboard's HTTP API where ray[default] is installed), and the
 right token is accepted (the positive control: the refusals are about the token, not a dead port).
+Then every TCP port the processes listen on (`ss -ltnp`) is probed: bound to loopback only, or it
+refuses a request without the token (HTTP 401/403, gRPC UNAUTHENTICATED); no Prometheus metrics
+anywhere. Requests go to 127.0.0.1 only; a socket bound to the node's network address alone is judged
+by its bind address. With ray[default] installed (the dev extras, as on the cluster) this covers
+the dashboard, the agents and the metrics endpoints; with plain ray, Ray starts fewer servers.
 Ray's usage-stats report (a call to usage-stats.ray.io) is turned off: loopback only.
 
 Every Ray process here is started in a subprocess with its own $HOME (under a short /tmp folder:
