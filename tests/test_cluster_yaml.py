@@ -7,12 +7,14 @@ credentials or the network; the autouse fixture below makes any connection attem
 
 Then the project's own rules, which Ray does not check: the security group opens only SSH to the
 outside, no credentials in the files, the project is copied to and installed on every node, the
-dashboard stays on loopback, every node starts Ray with token auth and the one token mounted from
-the launching machine, every node's Ray and shell use a temp folder of the account's own, a head-only
-local cluster keeps `worker_ips: []`, and docs/cluster.md says what `ray up` needs (rsync, tmux, SSH
-config, the token) and uses flags that tuner/search.py has.
-tests/test_security.py runs the start commands for real and checks that Ray refuses a client
-without the token.
+dashboard stays on loopback, Ray's Prometheus endpoints are switched off, every node starts Ray with
+token auth and the cluster's own token (a file made by `python -m tuner.cluster_token`, mode 0600,
+never the account's ~/.ray/auth_token) mounted from the launching machine, every node's Ray and shell
+use a temp folder of the account's own, a node without a GPU installs the CPU build of torch, a
+head-only local cluster keeps `worker_ips: []`, and docs/cluster.md says what `ray up` needs (rsync,
+tmux, SSH config, the token, the launcher's state folder) and uses flags that tuner/search.py has.
+tests/test_security.py runs the start commands for real, checks that Ray refuses a client without
+the token, and probes every port the nodes listen on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import itertools
 import re
 import shlex
 import socket
+import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -288,8 +292,14 @@ def test_every_command_is_valid_bash(path: Path) -> None:
         assert result.returncode == 0, f"{command!r}: {result.stderr}"
 
 
-TOKEN_MOUNT = "~/.ray/auth_token"
+SHARED_TOKEN = "~/.ray/auth_token"  # the account's own token, which every local study uses: never a cluster's
 NODE_TMPDIR = "$HOME/.gentune-tmp"
+METRICS_OFF = {"RAY_enable_metrics_collection": "0", "DASHBOARD_METRIC_PORT": "-1", "AUTOSCALER_METRIC_PORT": "-1"}
+
+
+def token_mount(cfg: dict[str, Any]) -> str:
+    """The cluster's own token file: the same path on the launching machine and on every node."""
+    return f"~/.gentune/{cfg['cluster_name']}.token"
 
 
 def start_commands(cfg: dict[str, Any]) -> dict[str, list[str]]:
@@ -319,7 +329,11 @@ def test_every_node_starts_ray_with_token_auth_and_its_own_tmpdir(path: Path, tm
             assert env.get("RAY_AUTH_MODE") == "token", (key, command)
             assert env.get("TMPDIR") == str(tmp_path / ".gentune-tmp"), (key, command)
             assert (tmp_path / ".gentune-tmp").is_dir(), (key, command)
-            assert "RAY_AUTH_TOKEN" not in env and "RAY_AUTH_TOKEN_PATH" not in env  # the mounted file
+            # the mounted file of the cluster's own, never the token itself in the environment
+            assert env.get("RAY_AUTH_TOKEN_PATH") == str(tmp_path / token_mount(cfg)[2:]), (key, command)
+            assert "RAY_AUTH_TOKEN" not in env
+            # Ray's Prometheus endpoints, which answer without the token, are off (tuner/study.py says how)
+            assert {k: env.get(k) for k in METRICS_OFF} == METRICS_OFF, (key, command)
 
 
 def test_start_command_probe_catches_auth_disabled(tmp_path: Path) -> None:
@@ -329,13 +343,31 @@ def test_start_command_probe_catches_auth_disabled(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", CONFIGS)
-def test_token_file_is_mounted_on_every_node_and_kept_private(path: Path) -> None:
+def test_token_file_is_the_clusters_own_mounted_on_every_node_and_kept_private(path: Path, tmp_path: Path) -> None:
     cfg = validated(raw(path))
+    token = token_mount(cfg)
     # file_mounts apply to the head and (through the head) to every worker; the local side is the
-    # launching machine's token, made with `ray get-auth-token --generate`, never a file in the repo
-    assert cfg["file_mounts"].get(TOKEN_MOUNT) == TOKEN_MOUNT
+    # cluster's own token on the launching machine, never the account's shared one nor a repo file
+    assert cfg["file_mounts"].get(token) == token
+    assert not [(k, v) for k, v in cfg["file_mounts"].items() if SHARED_TOKEN in (k, v) or "auth_token" in k + v]
+    # made the way the docs say, the file is the owner's only; the setup commands keep it so on the nodes
+    home = tmp_path / "home"
+    home.mkdir()
+    made = subprocess.run([sys.executable, "-m", "tuner.cluster_token", token.replace("~", str(home), 1)],
+                          cwd=ROOT, capture_output=True, text=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+    assert made.returncode == 0, made.stderr
+    local = home / token[2:]
+    assert stat.S_IMODE(local.stat().st_mode) == 0o600 and stat.S_IMODE(local.parent.stat().st_mode) == 0o700
+    assert re.fullmatch(r"[0-9a-f]{64}", local.read_text())
+    local.chmod(0o644)  # as a copy might arrive
+    local.parent.chmod(0o755)
     for name, commands in effective_setup(cfg).items():
-        assert f"chmod 600 {TOKEN_MOUNT}" in commands, name
+        chmods = [c for c in commands if "chmod" in c]
+        assert chmods, name
+        for command in chmods:
+            subprocess.run(["bash", "-c", command], check=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+        assert stat.S_IMODE(local.stat().st_mode) == 0o600, name
+        assert stat.S_IMODE(local.parent.stat().st_mode) == 0o700, name
 
 
 @pytest.mark.parametrize("path", CONFIGS)
@@ -353,10 +385,35 @@ def test_setup_puts_token_auth_and_tmpdir_in_bashrc_once(path: Path, tmp_path: P
                 subprocess.run(["bash", "-c", command], check=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
         bashrc = (home / ".bashrc").read_text()
         assert bashrc.count("TMPDIR") == 2 and bashrc.count("\n") == 1, bashrc  # one line, written once
-        proc = subprocess.run(["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE $TMPDIR"], capture_output=True,
-                              text=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
-        assert proc.stdout.split() == ["token", str(home / ".gentune-tmp")]
+        proc = subprocess.run(["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE $TMPDIR $RAY_AUTH_TOKEN_PATH"],
+                              capture_output=True, text=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+        assert proc.stdout.split() == ["token", str(home / ".gentune-tmp"), str(home / token_mount(cfg)[2:])]
         assert (home / ".gentune-tmp").is_dir()
+
+
+def torch_install_of(cfg: dict[str, Any], gpu: bool, tmp_path: Path) -> list[list[str]]:
+    """The `pip install` commands the setup commands run for torch on a node with or without a GPU:
+    `pip` and `nvidia-smi` are bash functions that record their arguments."""
+    log = tmp_path / f"pip-{gpu}.log"
+    log.unlink(missing_ok=True)
+    stubs = (f'pip() {{ echo "$@" >> {log}; }}; nvidia-smi() {{ return {0 if gpu else 9}; }}; '
+             'python3() { :; }; sudo() { :; }; ')
+    for command in cfg["setup_commands"]:
+        if "torch" in command:
+            subprocess.run(["bash", "-c", stubs + command], check=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_torch_build_follows_the_node(path: Path, tmp_path: Path) -> None:
+    # PyPI's Linux torch is the CUDA build (~6.6 GB with its NVIDIA libraries): a node without a GPU
+    # (the AWS head, a CPU lab machine) gets the CPU build from PyTorch's own index
+    cfg = validated(raw(path))
+    assert torch_install_of(cfg, gpu=True, tmp_path=tmp_path) == [["install", "torch", "torchvision"]]
+    assert torch_install_of(cfg, gpu=False, tmp_path=tmp_path) == [
+        ["install", "torch", "torchvision", "--index-url", "https://download.pytorch.org/whl/cpu"]]
+    words = [shlex.split(c) if "torch" not in c else ["torch"] for c in cfg["setup_commands"]]
+    assert words.index(["torch"]) < words.index(["pip", "install", "-e", PROJECT_MOUNT]), "torch before the project"
 
 
 def test_local_head_only_cluster_needs_worker_ips_present() -> None:
@@ -398,9 +455,23 @@ def test_docs_say_what_the_launcher_needs() -> None:
     text = DOCS.read_text()
     for needle in ("rsync", "FileNotFoundError", "tmux", "ray exec cluster-local.yaml 'tmux kill-server'",
                    "~/.ssh/config", "worker_ips: []", "TMPDIR", "~/.gentune-tmp", "/tmp/_ray_lockfiles",
-                   "ray get-auth-token --generate", "~/.ray/auth_token", "RAY_AUTH_MODE=token", "Rotate the token"):
+                   "python -m tuner.cluster_token ~/.gentune/gentune-lab.token", "~/.gentune/gentune.token",
+                   "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH", "Rotate the token", "Revoke",
+                   # the launcher's state folder, the same for every command, and the symptom without it
+                   "export TMPDIR=$HOME/.gentune-tmp", "cluster-gentune-lab.state", "Head node of cluster (gentune-lab) not found!",
+                   # ports: metrics off, what listens where, the node address
+                   "RAY_enable_metrics_collection=0", "44227", "44217", "10001", "6379", "--node-ip-address",
+                   # the CPU build of torch, and the first study's wait for the domain classifier
+                   "https://download.pytorch.org/whl/cpu", "domain classifier"):
         assert needle in text, needle
     assert "disabled" not in text
+
+
+def test_the_yamls_and_the_docs_name_the_same_launcher_state_folder() -> None:
+    # `ray up` and every later command must see the same $TMPDIR ("Head node ... not found!" otherwise)
+    line = "export TMPDIR=$HOME/.gentune-tmp; mkdir -p $TMPDIR"
+    for path in (AWS, LOCAL, DOCS):
+        assert line in path.read_text(), path.name
 
 
 def test_docs_name_the_config_files_and_placeholders() -> None:

@@ -19,7 +19,7 @@ PACKAGES = ("models", "tuner", "analysis")
 # lowest first; a module may import modules of its own layer and of the layers before it
 LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("models",),
-    "config": ("tuner.config", "tuner.cli", "tuner.paths", "tuner.schema", "tuner.atomic"),
+    "config": ("tuner.config", "tuner.cli", "tuner.paths", "tuner.schema", "tuner.atomic", "tuner.cluster_token"),
     "train and metrics": ("tuner.data", "tuner.precision", "tuner.families", "tuner.trial", "tuner.steps", "tuner.checkpoint",
                           "tuner.evaluate", "tuner.loop", "tuner.fused", "tuner.pack", "tuner.train", "tuner.progress", "tuner.watch",
                           "tuner.backbones", "tuner.domain", "tuner.fid", "tuner.diversity", "tuner.metrics_cache"),

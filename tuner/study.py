@@ -395,8 +395,28 @@ def init_ray(search: SearchConfig) -> None:
         ray.init(address=search.address, log_to_driver=True)
     else:
         # address="local": a stale /tmp/ray/ray_current_cluster must not redirect us (pitfall 8);
-        # the dashboard, if installed, listens on loopback only.
+        # the dashboard, if installed, listens on loopback only, and so do no Prometheus endpoints.
+        metrics_off_unless_asked()
         ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
+
+
+# Ray's Prometheus endpoints answer anyone, without the token, on every interface: Ray (2.60) never
+# binds a local study to loopback (it replaces 127.0.0.1 by the machine's network address), and
+# binds these servers to 0.0.0.0 unless that address is loopback. With ray[default] installed, a
+# local study would start three: the agent's metrics export port (`RAY_enable_metrics_collection=0`
+# makes the raylet start the agent with --disable-metrics-collection), and the dashboard's
+# (DASHBOARD_METRIC_PORT, 44227) and autoscaler monitor's (AUTOSCALER_METRIC_PORT, 44217), which
+# have no switch: an out-of-range port makes their start fail, and Ray logs that and carries on.
+# The cluster yamls set the same three variables in every `ray start`. Whoever sets
+# RAY_enable_metrics_collection themselves has asked for metrics, or set them off: left as it is.
+METRICS_OFF = {"RAY_enable_metrics_collection": "0", "DASHBOARD_METRIC_PORT": "-1", "AUTOSCALER_METRIC_PORT": "-1"}
+
+
+def metrics_off_unless_asked() -> None:
+    """Switch Ray's Prometheus endpoints off for the Ray this process starts (its processes inherit
+    the environment), unless $RAY_enable_metrics_collection is set."""
+    if "RAY_enable_metrics_collection" not in os.environ:
+        os.environ.update(METRICS_OFF)
 
 
 def resolve_gpus(search: SearchConfig, base: TrainConfig) -> tuple[SearchConfig, TrainConfig]:
