@@ -524,6 +524,54 @@ def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(id
         check_killed_study(exp, name, n, drivers, done_at_kill)
 
 
+@pytest.mark.slow
+def test_driver_of_a_packed_study_killed_resumes_every_member_from_its_checkpoint(idx_mnist, tmp_path):
+    """--pack 2 in a space of one shape: the driver is SIGKILLed once a member has a checkpoint, then
+    resumed; every member trial resumes from its checkpoint in a new pack and the study ends complete."""
+    name, n = "packed", 4
+    exp = tmp_path / "store" / name
+    space = tmp_path / "one-shape.yaml"
+    space.write_text("{g_width: [8], d_width: [8], batch_size: [16], z_dim: [8], n_critic: [1], d_norm: [none]}")
+    flags = ["--storage-path", str(tmp_path / "store"), "--name", name, *TINY, "--losses", "hinge", "--space-file",
+             str(space), "--no-warm-start", "--pack", "2", "--num-samples", str(n), "--max-kimg", "0.75",
+             "--eval-every-kimg", "0.25", "--grace-kimg", "0.75"]
+    resume = ["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"]
+    def reported_in_snapshot() -> dict[str, float]:  # trial -> kimg of its last result (and checkpoint) Tune snapshotted
+        newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.name, default=None)
+        try:
+            state = json.loads(newest.read_text()) if newest else {"trial_data": []}
+        except json.JSONDecodeError:  # being written
+            return {}
+        return {json.loads(t)["trial_id"]: json.loads(m)["last_result"]["kimg"] for t, m in state["trial_data"]
+                if "kimg" in json.loads(m)["last_result"]}
+
+    drivers = [Driver(flags, tmp_path, "0")]
+    try:
+        wait_for(reported_in_snapshot, 240, "a member's evaluation in Tune's snapshot", drivers[0].proc)
+        drivers[0].kill()
+        checkpointed = reported_in_snapshot()
+        drivers.append(Driver(resume, tmp_path, "1"))
+        assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-3000:]
+    finally:
+        for driver in drivers:
+            driver.kill()
+    with explained_on_failure(exp, drivers):
+        trials = read_trials_csv(exp / "trials.csv")
+        assert len(trials) == n and trials["trial_id"].is_unique and (trials["status"] == "completed").all()
+        history = pd.read_parquet(exp / "history.parquet")
+        assert not history.duplicated(subset=["trial_id", "kimg"]).any()
+        assert (history.groupby("trial_id")["kimg"].max() >= 0.75).all()
+        assert history["pack_members"].max() == 2
+        rows = result_rows(exp)
+        for trial_id, kimg in checkpointed.items():  # it went on from that checkpoint: no evaluation up to it twice
+            reported = [r["kimg"] for r in rows[trial_id]]
+            assert sorted(reported) == sorted(set(reported)) and kimg in reported, (trial_id, reported)
+        journal_study = load_study(exp, name)
+        assert not [t for t in journal_study.trials if t.state.name == "RUNNING"]
+        told = {t.user_attrs["ray_trial_id"]: t for t in journal_study.trials if "status" in t.user_attrs}
+        assert set(told) == set(trials["trial_id"]) and all(t.state.name == "COMPLETE" for t in told.values())
+
+
 @contextlib.contextmanager
 def explained_on_failure(exp: Path, drivers: list[Driver]):
     """On a failed check, print what is needed to tell why: each trial's status and error, the
