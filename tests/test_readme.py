@@ -4,15 +4,34 @@ from pathlib import Path
 
 from tuner.cli import glossary
 from tuner.config import TrainConfig
-from tuner.study import SearchConfig
+from tuner.study import SEARCH_TRAIN_DEFAULTS, SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_glossaries_match_the_config_dataclasses():
     readme = (ROOT / "README.md").read_text()
-    assert glossary(TrainConfig) in readme
+    assert glossary(TrainConfig, ("a study", SEARCH_TRAIN_DEFAULTS)) in readme
     assert glossary(SearchConfig) in readme
+
+
+def test_a_study_runs_with_the_defaults_its_help_and_the_glossary_state():
+    """`tuner/search.py --help` and the README show a study's own trial defaults (64 kimg, 1000 FID
+    samples), which are the values a study with no flags runs with."""
+    import subprocess
+    import sys
+
+    from tuner.study import parse
+
+    out = subprocess.run([sys.executable, "tuner/search.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120).stdout
+    _, base, _ = parse([])
+    readme = (ROOT / "README.md").read_text()
+    for name, value in SEARCH_TRAIN_DEFAULTS.items():
+        assert getattr(base, name) == value
+        block = out.split("\n  --" + name.replace("_", "-") + " ", 1)[1].split("\n  --", 1)[0]  # its help entry
+        assert f"[default: {value}]" in " ".join(block.split()), (name, block)
+        assert f"(a study: `{value}`)" in readme
 
 
 def test_ci_runs_exactly_the_readme_test_command():

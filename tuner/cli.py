@@ -51,13 +51,16 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
-    """Add one flag per field of `cls`; unset flags stay out of the namespace (SUPPRESS)."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None = None,
+                  defaults: dict[str, Any] | None = None) -> None:
+    """Add one flag per field of `cls`; unset flags stay out of the namespace (SUPPRESS). `defaults`: the
+    values this command uses in place of some of the dataclass's defaults (shown as the default)."""
     group = parser.add_argument_group(title or cls.__name__)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         kind, optional = field_types(cls)[f.name]
         default = f.default if f.default is not dataclasses.MISSING else None
+        default = (defaults or {}).get(f.name, default)
         help_text = docs.get(f.name, "") + ("" if default is None else f" [default: {default}]")
         help_text = help_text.replace("%", "%%")  # argparse %-formats help strings ("25% of its memory")
         if kind is bool:
@@ -80,11 +83,14 @@ def from_namespace(cls: type, namespace: argparse.Namespace, **overrides: Any) -
     return build(cls, values)
 
 
-def glossary(cls: type) -> str:
-    """A markdown table of the fields of `cls` (the README glossary is generated from this)."""
+def glossary(cls: type, other: tuple[str, dict[str, Any]] | None = None) -> str:
+    """A markdown table of the fields of `cls` (the README glossary is generated from this). `other`:
+    (a command, the defaults it uses instead), shown beside the dataclass's own."""
     rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else ""
+        default = f"`{f.default}`" if f.default is not dataclasses.MISSING else "``"
+        if other is not None and f.name in other[1]:
+            default += f" ({other[0]}: `{other[1][f.name]}`)"
         text = field_docs(cls)[f.name].replace("|", "\\|")
-        rows.append(f"| `{flag(f.name)}` | `{default}` | {text} |")
+        rows.append(f"| `{flag(f.name)}` | {default} | {text} |")
     return "\n".join(rows)

@@ -152,7 +152,8 @@ def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="tuner/search.py", description=USAGE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p, SearchConfig, "study (tuner.study.SearchConfig)")
-    add_arguments(p, TrainConfig, "base trial config (tuner.config.TrainConfig); searched fields are overridden")
+    add_arguments(p, TrainConfig, "base trial config (tuner.config.TrainConfig); searched fields are overridden",
+                  defaults=SEARCH_TRAIN_DEFAULTS)
     return p
 
 
