@@ -25,6 +25,8 @@ from typing import Any
 from ray import tune
 from ray.tune import CLIReporter
 
+from tuner.schema import CHECKPOINT_KIMG, is_checkpoint_only
+
 VERBOSE_ENV = "GENTUNE_VERBOSE"  # passed to the workers: "1" keeps Ray's per-checkpoint log lines
 TABLE_METRICS = {"kimg": "kimg", "fid": "fid (last)", "classes_covered": "classes", "img_per_s": "img/s"}
 
@@ -86,6 +88,12 @@ def quiet_worker_logs(env: dict[str, str]) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(level)
 
 
+def reached_kimg(result: dict | None) -> float:
+    """How far a trial got: its last result's kimg, or a checkpoint's between evaluations."""
+    result = result or {}
+    return float(result.get(CHECKPOINT_KIMG, 0.0) if is_checkpoint_only(result) else result.get("kimg", 0.0))
+
+
 def _value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
@@ -117,6 +125,8 @@ class EventLines(tune.Callback):
         self._track(trial.trial_id, result)
 
     def _track(self, trial_id: str, result: dict | None) -> None:
+        if is_checkpoint_only(result):  # a checkpoint between evaluations: no FID
+            return
         fid = (result or {}).get("fid")
         if isinstance(fid, (int, float)) and math.isfinite(fid):
             self._best[trial_id] = min(fid, self._best.get(trial_id, math.inf))
@@ -140,9 +150,9 @@ class EventLines(tune.Callback):
             self._say(f"trial {trial.trial_id} stopped by ASHA at {kimg:.2f} kimg: {fids}")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        kimg = float((trial.last_result or {}).get("kimg", 0.0))
+        kimg = reached_kimg(trial.last_result)
         self._say(f"trial {trial.trial_id} errored at {kimg:.2f} kimg (see {trial.error_file or 'its folder'})")
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        kimg = float((trial.last_result or {}).get("kimg", 0.0))
+        kimg = reached_kimg(trial.last_result)
         self._say(f"trial {trial.trial_id} failed at {kimg:.2f} kimg; retrying from its last checkpoint")
