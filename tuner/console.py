@@ -2,7 +2,8 @@
 
 By default (`verbose=False`):
 - Ray's status table (its legacy CLIReporter: RAY_AIR_NEW_OUTPUT=0 while the study runs, verbose=1),
-  at most every 30 s and at the end. Its FID column is labelled `fid (last)`: the trial's last
+  at most every 30 s and at the end. A trial between evaluations whose latest report is a checkpoint
+  shows that checkpoint's kimg with its last evaluation's FID. Its FID column is labelled `fid (last)`: the trial's last
   reported FID. Ray's own "Current best trial" line is left out, because it ranks trials by that
   last FID while gentune's summary ranks them by their lowest one.
 - One line per event from `EventLines`, prefixed `[gentune]`: a trial started (with its searched
@@ -32,13 +33,48 @@ TABLE_METRICS = {"kimg": "kimg", "fid": "fid (last)", "classes_covered": "classe
 
 
 class TableReporter(CLIReporter):
-    """Ray's status table, without the "Current best trial" line (ranked by the last FID)."""
+    """Ray's status table, without the "Current best trial" line (ranked by the last FID).
+
+    A trial whose latest report is a checkpoint between evaluations (tuner/schema.py) is shown with
+    its last evaluation's metrics and the checkpoint's kimg, never with the checkpoint's NaN FID."""
 
     def __init__(self) -> None:
         super().__init__(metric_columns=dict(TABLE_METRICS), max_report_frequency=30, max_progress_rows=20)
+        self._evaluations: dict[str, dict] = {}  # trial id -> its last evaluation seen
 
     def set_search_properties(self, metric: str | None, mode: str | None) -> bool:
         return True  # no metric: no "Current best trial" line
+
+    def _remember(self, trials) -> None:
+        for trial in trials:
+            if trial.last_result and not is_checkpoint_only(trial.last_result):
+                self._evaluations[trial.trial_id] = trial.last_result
+
+    def should_report(self, trials, done: bool = False) -> bool:
+        self._remember(trials)  # called at every step of Tune's loop: no evaluation goes unseen
+        return super().should_report(trials, done)
+
+    def report(self, trials, done: bool, *sys_info: str) -> None:
+        self._remember(trials)
+        shown = [BetweenEvaluations(t, self._evaluations.get(t.trial_id, {})) if is_checkpoint_only(t.last_result) else t
+                 for t in trials]
+        super().report(shown, done, *sys_info)
+
+
+class BetweenEvaluations:
+    """A trial as the table shows it while its latest report is a checkpoint between evaluations."""
+
+    def __init__(self, trial, evaluation: dict) -> None:
+        self._trial = trial
+        checkpoint = trial.last_result
+        where = {k: checkpoint[k] for k in ("node_ip", "pid", "trial_id") if k in checkpoint}
+        self.last_result = {**evaluation, **where, "kimg": checkpoint[CHECKPOINT_KIMG]}
+
+    def __getattr__(self, name: str):
+        return getattr(self._trial, name)
+
+    def __str__(self) -> str:
+        return str(self._trial)
 
 
 def run_config_options(verbose: bool, max_kimg: float) -> dict[str, Any]:
