@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = [
         f"Schedule: checkpoint_every_kimg {saved['checkpoint_every_kimg']:g} (a study's default: its grace_kimg), "
         f"checkpoint_every_min {every_min:g}; max_kimg {saved['max_kimg']:g}, evaluations at "
-        f"{', '.join(f'{k:g}' for k in saved['eval_at_kimg'])} and the end; batch {saved['batch_size']} (searched), "
-        f"fid_samples {saved['fid_samples']}. checkpoint_s: time inside the trial spent on checkpoints between "
+        f"{', '.join(f'{k:g}' for k in saved['eval_at_kimg'])} and the end; fid_samples {saved['fid_samples']}. checkpoint_s: time inside the trial spent on checkpoints between "
         "evaluations (write + tune.report); wall: Tune's time_total_s of the trial.",
         common.table(["trial", "kimg", "evaluations", "checkpoints between", "s per checkpoint", "checkpoint_s",
                       "wall (s)", "share"], rows),

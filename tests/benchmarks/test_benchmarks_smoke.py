@@ -24,6 +24,7 @@ SCRIPTS = {
     "fid_speed": (True, "| dims | method | time (s, median) |"),
     "search_efficiency": (False, "| run | seed | total kimg | best FID at the grid's compute |"),
     "scaling": (False, "| trainable | setup | slots |"),
+    "checkpoint_cost": (True, "| trial | kimg | evaluations | checkpoints between |"),
 }
 
 
