@@ -765,7 +765,9 @@ def test_study_driver_killed_between_two_rungs_resumes_from_the_checkpoint_betwe
         snap = wait_for(lambda: {t: k for t, k in snapshot_checkpoint_kimg(exp).items() if k > 6.5}, 240,
                         "a checkpoint past the last rung in Tune's snapshot", drivers[0].proc)
         drivers[0].kill()
-        (trial_id, killed_at), = snap.items()
+        (trial_id,) = snap
+        killed_at = snapshot_checkpoint_kimg(exp)[trial_id]  # the snapshot at the kill (the driver may have written a newer one)
+        assert 6.5 < killed_at < 12
         drivers.append(Driver(["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"], tmp_path, "1"))
         assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-3000:]
     finally:
@@ -810,8 +812,10 @@ def test_final_evaluation_killed_between_checkpoints_resumes_from_the_last_one(i
             return {(tune_dir, t): k for tune_dir in (exp / "rerun").glob("final-*")
                     for t, k in snapshot_checkpoint_kimg(tune_dir).items() if k >= 3}
 
-        ((tune_dir, trial_id), killed_at), = wait_for(snapshot, 240, "a checkpoint in Tune's snapshot", drivers[0].proc).items()
+        ((tune_dir, trial_id), _), = wait_for(snapshot, 240, "a checkpoint in Tune's snapshot", drivers[0].proc).items()
         drivers[0].kill()
+        killed_at = snapshot_checkpoint_kimg(tune_dir)[trial_id]  # the snapshot at the kill
+        assert 3 <= killed_at < 10
         assert not (exp / "rerun.parquet").exists()
         drivers.append(Driver(argv, tmp_path, "second", rerun))
         assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-3000:]
