@@ -42,7 +42,8 @@ KEY = ["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg"]
 COLUMNS = KEY + ["fid_final", "fid_best", "fid_ema_final", "fid_ema_best", "g_ema", "kimg", "wall_time_s", "diverged",
                  "precision", "dataset", "family", "loss", "scored_checkpoint", "config", "finished_at"]
 # set per run, not per config: these come from the run's own base config (tuner.study.resolve_gpus)
-RUNTIME_FIELDS = ("device", "gpu_memory_fraction", "cache_dir", "data_mirror")
+# (the checkpoint schedule too: it changes no result, so a run may resume under another one)
+RUNTIME_FIELDS = ("device", "gpu_memory_fraction", "cache_dir", "data_mirror", "checkpoint_every_kimg", "checkpoint_every_min")
 EVALS_PER_RUN = 4  # default evaluations (= checkpoints) per run: at every quarter of the budget
 
 
@@ -201,7 +202,10 @@ def experiment_name(cells: list[dict[str, Any]]) -> str:
 
 def row_of(cell: dict[str, Any], metrics: pd.DataFrame) -> dict[str, Any] | None:
     """The rerun.parquet row of a finished cell (None when it did not reach its budget)."""
+    from tuner.schema import evaluations
+
     cfg: TrainConfig = cell["config"]
+    metrics = evaluations(metrics)  # checkpoints between evaluations are not results
     if metrics is None or metrics.empty or "fid" not in metrics:
         return None
     metrics = metrics.sort_values("kimg", kind="stable") if "kimg" in metrics else metrics
@@ -236,7 +240,8 @@ def row_of(cell: dict[str, Any], metrics: pd.DataFrame) -> dict[str, Any] | None
 def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, protocol: Protocol = Protocol(),
               out: str | Path | None = None, device: str | None = None, cpus_per_trial: float = 1.0,
               gpus_per_trial: float | None = None, address: str | None = None, max_failures: int = 3,
-              max_concurrent: int = 0, log=print) -> pd.DataFrame:
+              max_concurrent: int = 0, checkpoint_every_kimg: float | None = None,
+              checkpoint_every_min: float | None = None, log=print) -> pd.DataFrame:
     """Plan the cells, skip the done ones, run (or continue) the Tune experiment, merge its rows."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -253,6 +258,11 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
     cells = plan(pd.read_parquet(trials_file), top, seeds, first_seed, protocol)
     if device:
         cells = [{**c, "config": c["config"].replace(device=device)} for c in cells]
+    # the checkpoint schedule of this run (a runtime field): the flags, else TrainConfig's defaults,
+    # never the study's (its trials checkpointed at rungs of another budget)
+    schedule = {"checkpoint_every_kimg": TrainConfig.checkpoint_every_kimg if checkpoint_every_kimg is None else checkpoint_every_kimg,
+                "checkpoint_every_min": TrainConfig.checkpoint_every_min if checkpoint_every_min is None else checkpoint_every_min}
+    cells = [{**c, "config": c["config"].replace(**schedule)} for c in cells]
     name = experiment_name(cells)
     done = done_keys(read_rows(target))
     todo = [c for c in cells if not is_done(c, done)]
@@ -321,6 +331,11 @@ def add_arguments(p) -> None:
                    help="score an EMA of the generator too, with this decay (GAN runs; e.g. 0.999) [each trial's own]")
     g.add_argument("--eval-every-kimg", type=float, default=None,
                    help=f"evaluate and checkpoint every this many kimg [max_kimg / {EVALS_PER_RUN}]; the last is scored")
+    c = p.add_argument_group("checkpoints (no evaluation; resume from the last one after a kill)")
+    c.add_argument("--checkpoint-every-kimg", type=float, default=None,
+                   help="also checkpoint every this many kimg between evaluations; 0 = off [0]")
+    c.add_argument("--checkpoint-every-min", type=float, default=None,
+                   help="also checkpoint after this many minutes of a run's time since its last checkpoint; 0 = off [2]")
     r = p.add_argument_group("resources (as tuner/search.py)")
     r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per run [1]")
     r.add_argument("--gpus-per-trial", type=float, default=None, help="GPU share per run [1 if there is a GPU, else 0]")
@@ -345,11 +360,16 @@ def resolve(args) -> dict[str, Any]:
         raise ConfigError(f"invalid gpus_per_trial={args.gpus_per_trial!r}: allowed a fraction in [0, 1]")
     if args.max_failures < 0 or args.max_concurrent < 0:
         raise ConfigError("invalid max_failures/max_concurrent: allowed integers >= 0")
+    for name in ("checkpoint_every_kimg", "checkpoint_every_min"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"invalid {name}={value!r}: allowed a finite number >= 0 (0 = off)")
     protocol = Protocol(max_kimg=values.get("max_kimg"), fid_backbone=values.get("fid_backbone"),
                         fid_samples=values.get("fid_samples"), eval_every_kimg=args.eval_every_kimg, g_ema=args.g_ema)
     return {"top": args.top, "seeds": seeds, "first_seed": args.first_seed, "protocol": protocol, "out": args.out,
             "device": args.device, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-            "address": args.address, "max_failures": args.max_failures, "max_concurrent": args.max_concurrent}
+            "address": args.address, "max_failures": args.max_failures, "max_concurrent": args.max_concurrent,
+            "checkpoint_every_kimg": args.checkpoint_every_kimg, "checkpoint_every_min": args.checkpoint_every_min}
 
 
 def rerun_summary(trials: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:

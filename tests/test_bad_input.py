@@ -33,6 +33,7 @@ SEARCH = ["tuner/search.py"]
 TRAIN = ["-m", "tuner.train"]
 FID = ["-m", "tuner.fid"]
 REPORT = ["-m", "analysis.report"]
+RERUN = ["-m", "analysis.rerun"]
 # Valid tiny settings first, the bad flag after (argparse keeps the last value): a case that were
 # wrongly accepted would run a short study instead of hanging the suite.
 TRAIN_BASE = [*TINY_MODEL, "--max-kimg", "0.25", "--eval-every-kimg", "0.25"]
@@ -98,6 +99,15 @@ CASES: dict[str, Case] = {
                                      existing=["store/notes"]),
     "name-taken": Case(SEARCH, ["--storage-path", "{tmp}/store", "--name", "taken"],
                        ["name='taken'", "already holds an experiment", "--resume"], existing=["store/taken"]),
+    "checkpoint-interval-negative": Case(SEARCH, ["--checkpoint-every-kimg", "-1"],
+                                         ["checkpoint_every_kimg=-1.0", "a finite number >= 0 (0 = off)"]),
+    "checkpoint-minutes-not-a-number": Case(SEARCH, ["--checkpoint-every-min", "often"],
+                                            ["--checkpoint-every-min", "invalid float value: 'often'"]),
+    "train-checkpoint-minutes-nan": Case(TRAIN, ["--out", "{tmp}/store/run", "--checkpoint-every-min", "nan"],
+                                         ["checkpoint_every_min=nan", "a finite number >= 0"], base=False),
+    "rerun-checkpoint-interval-negative": Case(RERUN, ["{tmp}/store/taken", "--checkpoint-every-kimg", "-0.5"],
+                                               ["checkpoint_every_kimg=-0.5", "a finite number >= 0"], base=False,
+                                               existing=["store/taken"]),
     "train-kl-beta": Case(TRAIN, ["--out", "{tmp}/store/run", "--family", "vae", "--kl-beta", "-1"],
                           ["kl_beta=-1.0", "a finite number >= 0"], base=False),
     "train-missing-out": Case(TRAIN, ["--max-kimg", "1"], ["the following arguments are required: --out"], base=False),

@@ -1,5 +1,7 @@
 """Checkpoint I/O: one file, CHECKPOINT_NAME, holding everything a `Trial` needs to continue bit for
-bit (models, optimisers, step, RNG states, config, history). torch.load(weights_only=True): tensors,
+bit (models, optimisers, step, RNG states, config, history, and, for a checkpoint taken between
+evaluations, the partial loss sums and counters of the evaluation interval it interrupts, so that the
+next evaluation record of a resumed run equals the uninterrupted one's). torch.load(weights_only=True): tensors,
 numbers, strings, dicts and lists only; an unreadable file or another config's raises CheckpointError."""
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from tuner.trial import Trial
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Config fields that may differ between a checkpoint and the run resuming it.
-RESUMABLE_CHANGES = {"max_kimg", "device", "cache_dir", "data_mirror", "gpu_memory_fraction"}
+RESUMABLE_CHANGES = {"max_kimg", "device", "cache_dir", "data_mirror", "gpu_memory_fraction", "checkpoint_every_kimg",
+                     "checkpoint_every_min"}
 
 
 class CheckpointError(RuntimeError):
@@ -40,8 +43,11 @@ def save_checkpoint(trial: Trial, directory: Path) -> Path:
         "step": trial.step,
         "images_seen": trial.images_seen,
         "elapsed_s": trial.elapsed_s,
+        "checkpoint_s": trial.checkpoint_s,
         "history": json.dumps(trial.history),
     }
+    if trial.interval is not None:  # a checkpoint between evaluations: the interval's partial sums
+        state["interval"] = trial.interval
     path = directory / CHECKPOINT_NAME
     return write_whole(path, lambda tmp: torch.save(state, tmp))  # a crash mid-write never leaves a truncated checkpoint
 
@@ -86,4 +92,10 @@ def load_checkpoint(trial: Trial, path: Path) -> None:
     trial.step = state["step"]
     trial.images_seen = state["images_seen"]
     trial.elapsed_s = state["elapsed_s"]
+    trial.checkpoint_s = state.get("checkpoint_s", 0.0)
     trial.history = json.loads(state["history"])
+    interval = state.get("interval")  # absent: written at an evaluation (or by an older gentune)
+    if interval is not None:
+        interval = dict(interval)
+        interval["sums"] = {k: v.to(trial.device) for k, v in interval["sums"].items()}
+    trial.interval = interval

@@ -115,6 +115,12 @@ class TrainConfig:
     """Also evaluate when training reaches each of these kimg. A study sets them to ASHA's rungs, the
     only points where it decides; each evaluation reports the kimg actually reached (the first step
     at or past the point)."""
+    checkpoint_every_kimg: float = 0.0
+    """Also checkpoint (no evaluation, no FID) every this many kimg between evaluations; 0 = off. A
+    study sets it to its first rung (grace_kimg), so a kill never loses more than one rung's training."""
+    checkpoint_every_min: float = 2.0
+    """Also checkpoint (no evaluation, no FID) when this many minutes of the trial's time have passed
+    since its last checkpoint; 0 = off. Bounds the work a kill can lose on any machine."""
 
     # --- metrics ----------------------------------------------------------------------------
     fid_backbone: str = "domain"
@@ -204,6 +210,9 @@ def validate(cfg: TrainConfig) -> None:
     _require(math.isfinite(cfg.eval_every_kimg) and cfg.eval_every_kimg >= 0, "eval_every_kimg",
              "a finite number >= 0 (0 = only at eval_at_kimg and at the end)", cfg.eval_every_kimg)
     _require(cfg.eval_every_kimg <= cfg.max_kimg, "eval_every_kimg", f"<= max_kimg ({cfg.max_kimg})", cfg.eval_every_kimg)
+    for name in ("checkpoint_every_kimg", "checkpoint_every_min"):
+        value = getattr(cfg, name)
+        _require(math.isfinite(value) and value >= 0, name, "a finite number >= 0 (0 = off)", value)
     for point in cfg.eval_at_kimg:
         _require(isinstance(point, (int, float)) and not isinstance(point, bool) and 0 < point <= cfg.max_kimg,
                  "eval_at_kimg", f"numbers in (0, max_kimg={cfg.max_kimg}]", cfg.eval_at_kimg)

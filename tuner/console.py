@@ -2,7 +2,8 @@
 
 By default (`verbose=False`):
 - Ray's status table (its legacy CLIReporter: RAY_AIR_NEW_OUTPUT=0 while the study runs, verbose=1),
-  at most every 30 s and at the end. Its FID column is labelled `fid (last)`: the trial's last
+  at most every 30 s and at the end. A trial between evaluations whose latest report is a checkpoint
+  shows that checkpoint's kimg with its last evaluation's FID. Its FID column is labelled `fid (last)`: the trial's last
   reported FID. Ray's own "Current best trial" line is left out, because it ranks trials by that
   last FID while gentune's summary ranks them by their lowest one.
 - One line per event from `EventLines`, prefixed `[gentune]`: a trial started (with its searched
@@ -27,18 +28,55 @@ from typing import Any
 from ray import tune
 from ray.tune import CLIReporter
 
+from tuner.schema import CHECKPOINT_KIMG, is_checkpoint_only
+
 VERBOSE_ENV = "GENTUNE_VERBOSE"  # passed to the workers: "1" keeps Ray's per-checkpoint log lines
 TABLE_METRICS = {"kimg": "kimg", "fid": "fid (last)", "classes_covered": "classes", "img_per_s": "img/s"}
 
 
 class TableReporter(CLIReporter):
-    """Ray's status table, without the "Current best trial" line (ranked by the last FID)."""
+    """Ray's status table, without the "Current best trial" line (ranked by the last FID).
+
+    A trial whose latest report is a checkpoint between evaluations (tuner/schema.py) is shown with
+    its last evaluation's metrics and the checkpoint's kimg, never with the checkpoint's NaN FID."""
 
     def __init__(self) -> None:
         super().__init__(metric_columns=dict(TABLE_METRICS), max_report_frequency=30, max_progress_rows=20)
+        self._evaluations: dict[str, dict] = {}  # trial id -> its last evaluation seen
 
     def set_search_properties(self, metric: str | None, mode: str | None) -> bool:
         return True  # no metric: no "Current best trial" line
+
+    def _remember(self, trials) -> None:
+        for trial in trials:
+            if trial.last_result and not is_checkpoint_only(trial.last_result):
+                self._evaluations[trial.trial_id] = trial.last_result
+
+    def should_report(self, trials, done: bool = False) -> bool:
+        self._remember(trials)  # called at every step of Tune's loop: no evaluation goes unseen
+        return super().should_report(trials, done)
+
+    def report(self, trials, done: bool, *sys_info: str) -> None:
+        self._remember(trials)
+        shown = [BetweenEvaluations(t, self._evaluations.get(t.trial_id, {})) if is_checkpoint_only(t.last_result) else t
+                 for t in trials]
+        super().report(shown, done, *sys_info)
+
+
+class BetweenEvaluations:
+    """A trial as the table shows it while its latest report is a checkpoint between evaluations."""
+
+    def __init__(self, trial, evaluation: dict) -> None:
+        self._trial = trial
+        checkpoint = trial.last_result
+        where = {k: checkpoint[k] for k in ("node_ip", "pid", "trial_id") if k in checkpoint}
+        self.last_result = {**evaluation, **where, "kimg": checkpoint[CHECKPOINT_KIMG]}
+
+    def __getattr__(self, name: str):
+        return getattr(self._trial, name)
+
+    def __str__(self) -> str:
+        return str(self._trial)
 
 
 def run_config_options(verbose: bool, max_kimg: float, num_samples: int | None = None,
@@ -88,6 +126,12 @@ def quiet_worker_logs(env: dict[str, str]) -> None:
     """In a worker: Ray's "Checkpoint successfully created" info lines only with --verbose."""
     level = logging.INFO if env.get(VERBOSE_ENV) == "1" else logging.WARNING
     logging.getLogger("ray.train._internal.storage").setLevel(level)
+
+
+def reached_kimg(result: dict | None) -> float:
+    """How far a trial got: its last result's kimg, or a checkpoint's between evaluations."""
+    result = result or {}
+    return float(result.get(CHECKPOINT_KIMG, 0.0) if is_checkpoint_only(result) else result.get("kimg", 0.0))
 
 
 def _value(v: Any) -> str:
@@ -146,6 +190,8 @@ class EventLines(tune.Callback):
         self._track(trial.trial_id, result)
 
     def _track(self, trial_id: str, result: dict | None) -> None:
+        if is_checkpoint_only(result):  # a checkpoint between evaluations: no FID
+            return
         fid = (result or {}).get("fid")
         if isinstance(fid, (int, float)) and math.isfinite(fid):
             self._best[trial_id] = min(fid, self._best.get(trial_id, math.inf))
@@ -173,9 +219,9 @@ class EventLines(tune.Callback):
             self._say(f"trial {trial.trial_id} stopped by ASHA at {kimg:.2f} kimg: {fids}")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        kimg = float((trial.last_result or {}).get("kimg", 0.0))
+        kimg = reached_kimg(trial.last_result)
         self._say(f"trial {trial.trial_id} errored at {kimg:.2f} kimg (see {trial.error_file or 'its folder'})")
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        kimg = float((trial.last_result or {}).get("kimg", 0.0))
+        kimg = reached_kimg(trial.last_result)
         self._say(f"trial {trial.trial_id} failed at {kimg:.2f} kimg; retrying from its last checkpoint")

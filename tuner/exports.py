@@ -9,7 +9,8 @@ pending), every TrainConfig field of the trial's full config, fid_final, fid_bes
 wall_time_s, diverge_reason, error (path of Ray's error.txt), the final value of every other metric
 (prefixed final_ where its name is also a config field: the VAE metric `loss` is `final_loss`),
 trial_dir and samples_dir (relative to the experiment folder).
-history: one row per evaluation of every trial (trial_id + every metric the trainer reported).
+history: one row per evaluation of every trial (trial_id + every metric the trainer reported);
+checkpoints between evaluations (results with checkpoint_only, tuner/schema.py) are left out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 from tuner.atomic import write_whole
 from tuner.cli import ArgumentParser
 from tuner.config import ConfigError, TrainConfig, trial_config
-from tuner.schema import METRIC, MODE, STATUSES
+from tuner.schema import CHECKPOINT_KIMG, METRIC, MODE, STATUSES, evaluations, is_checkpoint_only
 
 RAY_COLUMNS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
@@ -61,6 +62,7 @@ def trial_status(ray_status: str, last: dict[str, Any], max_kimg: float) -> str:
 
 
 def history_frame(trial_id: str, df: pd.DataFrame) -> pd.DataFrame:
+    df = evaluations(df)  # checkpoints between evaluations are not results
     if df.empty or "kimg" not in df:
         return pd.DataFrame()
     keep = [c for c in df.columns if c not in RAY_COLUMNS and not c.startswith("config/")]
@@ -84,6 +86,8 @@ def build_frames(exp: str | Path) -> dict[str, Any]:
     for trial in analysis.trials:
         hist = history_frame(trial.trial_id, analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame()))
         last = dict(trial.last_result or {})
+        if is_checkpoint_only(last):  # a running trial between evaluations: how far it got, no result
+            last = {"kimg": last.get(CHECKPOINT_KIMG, 0.0), "time_total_s": last.get("time_total_s", math.nan)}
         cfg = trial_config(base, trial.config)
         finite = hist["fid"][hist["fid"].apply(lambda v: math.isfinite(v))] if not hist.empty else pd.Series(dtype=float)
         trial_dir = Path(trial.path).name if trial.path else ""

@@ -13,6 +13,13 @@ each of `eval_at_kimg`, and the end) it
      see tuner/staging.py),
   4. calls `report`.
 
+Between evaluations it also checkpoints on its own schedule (`checkpoint_every_kimg`, on a fixed grid
+of images seen, and `checkpoint_every_min` of the trial's time since the last checkpoint): it saves
+the checkpoint, with the partial loss sums of the evaluation interval in progress, and calls
+`report(checkpoint_record(...), checkpoint_dir)` with a record that has `checkpoint_only=True` and
+no `kimg` or `fid`: nothing is scored or written to metrics.jsonl. Where the checkpoints fall does not
+change the training: a run resumed from any of them continues bit for bit on the CPU.
+
 A run whose losses or FID become non-finite ends cleanly: its last record has `diverged=True` and a
 `diverge_reason`, and its FID is +inf so schedulers rank it last. It is not an exception, so a
 study treats it as a finished, failed trial instead of retrying it.
@@ -29,6 +36,7 @@ from typing import Any
 
 import torch
 
+from tuner.atomic import write_whole
 from tuner.checkpoint import load_checkpoint, save_checkpoint
 from tuner.config import TrainConfig
 from tuner.data import training_images
@@ -61,6 +69,17 @@ def next_point(points: list[int], seen: int) -> int | None:
     return next((p for p in points if p > seen), None)
 
 
+def next_checkpoint(cfg: TrainConfig, seen: int) -> int | None:
+    """The first point of the checkpoint_every_kimg grid past `seen` images (None: off)."""
+    every = round(cfg.checkpoint_every_kimg * 1000)
+    return (seen // every + 1) * every if every > 0 else None
+
+
+def checkpoint_record(trial) -> dict[str, Any]:
+    """What a checkpoint between evaluations reports: where it is, never a result (tuner/schema.py)."""
+    return {"checkpoint_only": True, "checkpoint_kimg": trial.kimg, "step": trial.step, "time_s": trial.elapsed_s}
+
+
 def check_divergence(sums: dict[str, torch.Tensor | float]) -> str | None:
     for key, value in sums.items():
         v = float(value)
@@ -88,16 +107,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
     trial = build_trial(cfg, device)
     if resume_from is not None:
         load_checkpoint(trial, Path(resume_from))
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    write_whole(out_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg.to_dict(), indent=2)))
     metrics_path = out_dir / "metrics.jsonl"
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in trial.history))  # drop evals after the checkpoint
+    history_text = "".join(json.dumps(r) + "\n" for r in trial.history)  # drop evals after the checkpoint
+    write_whole(metrics_path, lambda tmp: tmp.write_text(history_text))
 
     step_fn = STEPS[cfg.family]
     target = round(cfg.max_kimg * 1000)
     points = eval_points(cfg)
     next_eval = next_point(points, trial.images_seen) or target
-    sums: dict[str, torch.Tensor] = {}
-    interval_steps, interval_images, interval_train_s = 0, 0, 0.0
+    # the evaluation interval in progress: empty at an evaluation, restored from a checkpoint between two
+    interval, trial.interval = trial.interval or {}, None
+    sums: dict[str, torch.Tensor] = dict(interval.get("sums", {}))
+    interval_steps, interval_images = interval.get("steps", 0), interval.get("images", 0)
+    interval_train_s = interval.get("train_s", 0.0)
+    next_ckpt = next_checkpoint(cfg, trial.images_seen)
+    ckpt_every_s = cfg.checkpoint_every_min * 60
+    last_ckpt_s = trial.elapsed_s  # the trial's time at its last checkpoint (or at its start)
     diverged: str | None = None
 
     while trial.images_seen < target:
@@ -123,6 +149,21 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
         if diverged is not None:
             break
         if not at_eval:
+            due_kimg = next_ckpt is not None and trial.images_seen >= next_ckpt
+            due_time = ckpt_every_s > 0 and trial.elapsed_s - last_ckpt_s >= ckpt_every_s
+            if (due_kimg or due_time) and trial.images_seen < target:
+                t_ckpt = time.perf_counter()
+                trial.interval = {"sums": {k: torch.as_tensor(v).detach().clone() for k, v in sums.items()},
+                                  "steps": interval_steps, "images": interval_images, "train_s": interval_train_s}
+                save_checkpoint(trial, ckpt_dir)
+                trial.interval = None
+                if report is not None:
+                    report(checkpoint_record(trial), ckpt_dir)
+                spent = time.perf_counter() - t_ckpt
+                trial.elapsed_s += spent
+                trial.checkpoint_s += spent
+                last_ckpt_s = trial.elapsed_s
+                next_ckpt = next_checkpoint(cfg, trial.images_seen)
             continue
 
         t_eval = time.perf_counter()
@@ -134,6 +175,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
             record.update(evaluator.evaluate(trial, out_dir, kimg_tag(next_eval / 1000)))
         trial.elapsed_s += time.perf_counter() - t_eval
         record["time_s"] = trial.elapsed_s
+        record["checkpoint_s"] = trial.checkpoint_s  # of time_s, spent on checkpoints between evaluations
         record["img_per_s"] = interval_images / interval_train_s
         if not math.isfinite(record["fid"]):
             diverged = f"fid became {record['fid']}"
@@ -146,6 +188,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
             report(record, ckpt_dir)
         sums, interval_steps, interval_images, interval_train_s = {}, 0, 0, 0.0
         next_eval = next_point(points, trial.images_seen) or target
+        last_ckpt_s = trial.elapsed_s
+        next_ckpt = next_checkpoint(cfg, trial.images_seen)
 
     if diverged is not None:
         record = {

@@ -34,6 +34,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner.schema import is_checkpoint_only
+
 log = logging.getLogger(__name__)
 
 
@@ -64,8 +66,8 @@ class HonestOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or is_checkpoint_only(result):
+            return  # (a checkpoint between evaluations carries fid=NaN only for Tune's metric check)
         if not self._stored(trial_id).state.is_finished():
             self._upload_grids(trial_id, result)
         value = result.get(self.metric)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.atomic import write_whole
 from tuner.cli import ArgumentParser, add_arguments, from_namespace
 from tuner.config import ConfigError, TrainConfig, build, parse_duration, untyped_defaults
 from tuner.schema import METRIC, MODE, TIME_ATTR
@@ -191,6 +192,9 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         # the default, shortened to fit a budget the user gave
         grace = base.eval_every_kimg if base.eval_every_kimg > 0 else base.max_kimg / search.reduction_factor
         search = dataclasses.replace(search, grace_kimg=grace)
+    if "checkpoint_every_kimg" not in vars(args):
+        # checkpoints between the rungs too, at most one rung's training apart (the first rung's)
+        base = base.replace(checkpoint_every_kimg=min(search.grace_kimg, base.max_kimg))
     if search.grace_kimg > base.max_kimg:
         raise ConfigError(f"invalid grace_kimg={search.grace_kimg}: allowed <= max_kimg ({base.max_kimg})")
     overrides: dict[str, Any] = {}
@@ -578,10 +582,9 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
         tuner = build_tuner(search, base, overrides, trainable)
         local = local_dir(search)
         local.mkdir(parents=True, exist_ok=True)
-        (local / "search_config.json").write_text(
-            json.dumps({"search": dataclasses.asdict(search), "base": base.to_dict(), "space_overrides": overrides,
-                        "fid_floor": fid_floor(base)}, indent=2, default=list)
-        )
+        text = json.dumps({"search": dataclasses.asdict(search), "base": base.to_dict(), "space_overrides": overrides,
+                           "fid_floor": fid_floor(base)}, indent=2, default=list)
+        write_whole(local / "search_config.json", lambda tmp: tmp.write_text(text))
         upload(search, ["search_config.json"])
     from tuner.console import ray_output
 

@@ -18,6 +18,8 @@ from tuner.paths import cache_folder, output_folder
 
 
 def format_record(record: dict) -> str:
+    if record.get("checkpoint_only"):
+        return f"kimg {record['checkpoint_kimg']:7.2f}  checkpoint"
     if record.get("diverged"):
         return f"kimg {record['kimg']:7.2f}  DIVERGED: {record['diverge_reason']}"
     parts = [f"kimg {record['kimg']:7.2f}", f"fid[{record['fid_backbone']}] {record['fid']:9.3f}"]

@@ -48,7 +48,11 @@ class Trial:
     step: int = 0
     images_seen: int = 0
     elapsed_s: float = 0.0
+    checkpoint_s: float = 0.0  # of elapsed_s: saving and reporting checkpoints between evaluations
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Between evaluations only: the evaluation interval in progress ({"sums": {loss: tensor}, "steps",
+    # "images", "train_s"}), saved by a checkpoint taken there; None at an evaluation.
+    interval: dict[str, Any] | None = None
 
     @property
     def kimg(self) -> float:

@@ -50,6 +50,9 @@ def make_report(out_dir: Path):
     images = TrialImages(out_dir)
 
     def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if record.get("checkpoint_only"):  # a checkpoint between evaluations: never a result
+            tune.report(checkpoint_metrics(record, node_id), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+            return
         # Ray's progress table shows the first four metrics: put the ones a reader scans first.
         first = [k for k in ("fid", "kimg", "classes_covered", "img_per_s") if k in record]
         metrics = {k: record[k] for k in first} | {k: v for k, v in record.items() if k not in first}
@@ -101,6 +104,19 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
             loop.train(cfg, out_dir, report=report, resume_from=None, checkpoint_dir=staged / "checkpoint")
         finally:  # also when ASHA stops the trial: Tune ends it with SystemExit inside report()
             images.close()
+
+
+def checkpoint_metrics(record: dict[str, Any], node_id: str) -> dict[str, Any]:
+    """The metrics a checkpoint between evaluations reports to Tune (docs/faults.md, "Checkpoints between
+    evaluations"). Tune checks every result for the metric key (TuneController._validate_result_metrics),
+    so `fid` is there, as NaN: Tune's checkpoint bookkeeping ranks a NaN score below every FID, and the
+    searcher, the exports and the console skip results marked `checkpoint_only`. There is no `kimg`,
+    ASHA's time attribute, so ASHA returns CONTINUE before it reads the result
+    (AsyncHyperBandScheduler.on_trial_result); its position is `checkpoint_kimg`."""
+    from tuner.schema import CHECKPOINT_KIMG, CHECKPOINT_ONLY, METRIC
+
+    return {METRIC: float("nan"), CHECKPOINT_ONLY: True, CHECKPOINT_KIMG: record[CHECKPOINT_KIMG],
+            "step": record["step"], "time_s": record["time_s"], "node_id": node_id}
 
 
 def older_checkpoints(checkpoint) -> list:

@@ -54,7 +54,8 @@ def test_protocol_applies_to_a_config_and_asks_again_for_a_missing_ema():
 @pytest.mark.parametrize("argv, field", [(["--max-kimg", "0"], "max_kimg"), (["--seeds", "0"], "seeds"),
                                          (["--fid-samples", "1"], "fid_samples"), (["--top", "0"], "top"),
                                          (["--gpus-per-trial", "2"], "gpus_per_trial"),
-                                         (["--g-ema", "1"], "g_ema")])
+                                         (["--g-ema", "1"], "g_ema"),
+                                         (["--checkpoint-every-min", "-1"], "checkpoint_every_min")])
 def test_bad_flags_give_one_error_line_and_exit_2(argv, field, tmp_path, capsys):
     assert rerun_main([str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -25,6 +25,7 @@ SCRIPTS = {
     "search_efficiency": (False, "| run | seed | total kimg | best FID at the grid's compute |"),
     "scaling": (False, "| trainable | setup | slots |"),
     "gpu_packing": (True, "| device | config | K | precision | method | img/s (median) |"),
+    "checkpoint_cost": (True, "| trial | kimg | evaluations | checkpoints between |"),
 }
 
 

@@ -65,3 +65,18 @@ def test_every_field_has_a_docstring_and_a_flag():
     cfg = from_namespace(TrainConfig, ns)
     assert (cfg.loss, cfg.z_dim, cfg.regularize, cfg.lr) == ("wgan-gp", 32, False, 3e-4)
     assert from_namespace(TrainConfig, parser.parse_args([])) == TrainConfig()
+
+
+def test_a_study_checkpoints_between_its_rungs_by_default(tmp_path):
+    """Between evaluations a study trial checkpoints every grace_kimg (at most one rung's training
+    lost) and every 2 minutes; flags given win, also against a budget below the grace period."""
+    from tuner import study
+
+    common = ["--storage-path", str(tmp_path), "--name", "s", "--cache-dir", str(tmp_path / "cache")]
+    _, base, _ = study.parse(common)
+    assert (base.checkpoint_every_kimg, base.checkpoint_every_min, base.eval_at_kimg) == (8.0, 2.0, (8.0, 24.0))
+    _, base, _ = study.parse([*common, "--checkpoint-every-kimg", "0", "--checkpoint-every-min", "5"])
+    assert (base.checkpoint_every_kimg, base.checkpoint_every_min) == (0.0, 5.0)
+    _, base, _ = study.parse([*common, "--max-kimg", "1"])
+    assert base.checkpoint_every_kimg <= 1.0
+    assert TrainConfig().checkpoint_every_kimg == 0.0 and TrainConfig().checkpoint_every_min == 2.0  # one run: by time

@@ -24,3 +24,24 @@ def test_a_resumed_study_guards_its_own_folder_and_keeps_other_callbacks():
     assert [g.folder for g in guards] == ["/new/exp"]
     assert sum(isinstance(c, EventLines) for c in run_config.callbacks) == 1
     assert other in run_config.callbacks
+
+
+def test_the_table_shows_a_trial_between_evaluations_with_its_last_fid_and_never_a_checkpoints_nan(tmp_path):
+    from ray.tune.experiment import Trial
+
+    from tuner.console import TableReporter
+
+    class LocalTrial(Trial):  # the table's header names the experiment folder (a running Ray's, otherwise)
+        local_experiment_path = local_path = str(tmp_path)
+
+    trial = LocalTrial("run_trial", config={"lr": 1e-3}, trial_id="abc12345", stub=True)
+    trial.set_status(Trial.RUNNING)
+    printed = []
+    reporter = TableReporter()
+    reporter._print = printed.append
+    trial.update_last_result({"fid": 123.456, "kimg": 8.0, "classes_covered": 7, "img_per_s": 300.0, "trial_id": "abc12345"})
+    reporter.should_report([trial])  # Tune asks at every step: the evaluation is seen
+    trial.update_last_result({"fid": float("nan"), "checkpoint_only": True, "checkpoint_kimg": 16.0, "trial_id": "abc12345"})
+    reporter.report([trial], False)
+    row = next(line for line in printed[-1].splitlines() if "abc12345" in line)
+    assert "123.456" in row and "16" in row and "nan" not in row.lower()

@@ -68,6 +68,47 @@ def test_resume_equals_an_uninterrupted_run(idx_mnist, tmp_path, family, extra):
     assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+class Killed(Exception):
+    pass
+
+
+def test_a_checkpoint_between_evaluations_resumes_bit_for_bit(idx_mnist, tmp_path):
+    """checkpoint_every_kimg checkpoints without evaluating (a report with checkpoint_only and no
+    kimg/fid, nothing in metrics.jsonl); a run stopped after one continues from it, not from zero,
+    and its next evaluation record (loss averages over the whole interval included) equals the
+    uninterrupted run's."""
+    cfg = TrainConfig(**TINY, loss="hinge", max_kimg=0.25, eval_every_kimg=0.0, checkpoint_every_kimg=0.064,
+                      checkpoint_every_min=0.0)
+    reports = []
+    full = train(cfg, tmp_path / "full", report=lambda record, ckpt: reports.append(dict(record)))
+    only = [r for r in reports if r.get("checkpoint_only")]
+    assert [r["checkpoint_kimg"] for r in only] == [0.064, 0.128, 0.192]  # 4 steps of 16 images each
+    assert all("fid" not in r and "kimg" not in r for r in only)
+    assert len(full) == 1 and len((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) == 1
+
+    seen = []
+
+    def kill_after_second_checkpoint(record, ckpt):
+        seen.append(record)
+        if len(seen) == 2:
+            raise Killed  # as a SIGKILL right after the checkpoint was written
+
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "resumed", report=kill_after_second_checkpoint)
+    assert states(tmp_path / "resumed")["images_seen"] == 128
+    resumed_reports = []
+    resumed = train(cfg, tmp_path / "resumed", resume_from=tmp_path / "resumed" / "checkpoint",
+                    report=lambda record, ckpt: resumed_reports.append(dict(record)))
+    assert [r.get("checkpoint_kimg") for r in resumed_reports] == [0.192, None]  # from 0.128 kimg, not from zero
+    drop = {"time_s", "img_per_s", "checkpoint_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in full] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in resumed]
+    a, b = states(tmp_path / "full"), states(tmp_path / "resumed")
+    for net in a["nets"]:
+        for key, value in a["nets"][net].items():
+            assert torch.equal(value, b["nets"][net][key]), (net, key)
+
+
 def test_checkpoint_of_another_config_or_corrupt_file_is_refused(idx_mnist, tmp_path):
     cfg = TrainConfig(**TINY, max_kimg=0.125, eval_every_kimg=0.125)
     train(cfg, tmp_path / "run")
