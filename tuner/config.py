@@ -351,7 +351,7 @@ def parse_duration(field: str, text: str) -> float:
 # Settings the members of one fused trial pack (tuner/pack.py) may differ in. Whether clipping, a
 # gradient penalty or an EMA is on at all changes the training step, so `pack_key` keeps that much of them.
 MEMBER_FIELDS = ("lr", "lr_d_ratio", "beta1", "beta2", "clip_value", "gp_lambda", "g_ema", "seed",
-                 "max_kimg", "eval_every_kimg", "eval_at_kimg")
+                 "max_kimg", "eval_every_kimg", "eval_at_kimg", "checkpoint_every_kimg", "checkpoint_every_min")
 
 
 def pack_key(cfg: TrainConfig) -> tuple:

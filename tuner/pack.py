@@ -33,7 +33,8 @@ from tuner.data import training_images
 from tuner.evaluate import Evaluator
 from tuner.families import EMA_NET
 from tuner.fused import FusedNet, FusedOptimizer, fuse_optimizer, member_view
-from tuner.loop import DIVERGENCE_CHECK_EVERY, Report, check_divergence, eval_points, kimg_tag, next_point
+from tuner.loop import (DIVERGENCE_CHECK_EVERY, Report, check_divergence, checkpoint_record, eval_points, kimg_tag,
+                        next_checkpoint, next_point)
 from tuner.trial import Trial, build_trial, pick_device
 
 def check_packable(cfgs: Sequence[TrainConfig]) -> None:
@@ -209,6 +210,14 @@ class Member:
     interval_train_s: float = 0.0
     sums: dict[str, float] = field(default_factory=dict)
     done: bool = False  # finished its budget or diverged
+    next_ckpt: int | None = None  # images seen at its next checkpoint between evaluations (checkpoint_every_kimg)
+    last_ckpt_s: float = 0.0  # its training time at its last checkpoint (checkpoint_every_min)
+
+    def checkpoint_due(self) -> bool:
+        """A checkpoint between evaluations is due (tuner.loop.train's schedule)."""
+        seen, every_s = self.trial.images_seen, self.trial.cfg.checkpoint_every_min * 60
+        due = (self.next_ckpt is not None and seen >= self.next_ckpt) or (every_s > 0 and self.trial.elapsed_s - self.last_ckpt_s >= every_s)
+        return due and seen < self.target and seen < self.next_eval
 
     @property
     def metrics_path(self) -> Path:
@@ -266,6 +275,11 @@ class PackLoop:
         target = round(cfg.max_kimg * 1000)
         ckpt_dir = Path(spec.checkpoint_dir) if spec.checkpoint_dir is not None else out_dir / "checkpoint"
         member = Member(trial, out_dir, ckpt_dir, spec.report, points, target, next_point(points, trial.images_seen) or target)
+        interval, trial.interval = trial.interval or {}, None  # resumed between two evaluations: that interval
+        member.sums = {k: float(v) for k, v in interval.get("sums", {}).items()}
+        member.interval_steps, member.interval_images = interval.get("steps", 0), interval.get("images", 0)
+        member.interval_train_s = interval.get("train_s", 0.0)
+        member.next_ckpt, member.last_ckpt_s = next_checkpoint(cfg, trial.images_seen), trial.elapsed_s
         self.members[member_id] = member
         return member
 
@@ -314,12 +328,18 @@ class PackLoop:
             m.interval_images += m.trial.images_seen - before
             at_eval.append(m.trial.images_seen >= m.next_eval)
         run.steps += 1
-        if not any(at_eval) and run.steps % DIVERGENCE_CHECK_EVERY:
+        kimg_due = any(m.next_ckpt is not None and m.trial.images_seen >= m.next_ckpt for m in run.members)
+        if not any(at_eval) and not kimg_due and run.steps % DIVERGENCE_CHECK_EVERY:
             return []
         run.sync()  # the one host synchronisation: loss sums and wall time of the steps since the last one
         leaving = []
         for k, m in enumerate(run.members):
             reason = check_divergence(m.sums)
+            if reason is None and not at_eval[k] and m.checkpoint_due():
+                run.pack.store()
+                t_ckpt = time.perf_counter()
+                _checkpoint(m)
+                run.evaluated(k, time.perf_counter() - t_ckpt, reset=False)
             if reason is None and at_eval[k]:
                 run.pack.store()
                 t_eval = time.perf_counter()
@@ -364,11 +384,13 @@ class FusedRun:
         self._values = (keys, values)
         self.t_sync = now
 
-    def evaluated(self, k: int, seconds: float) -> None:
-        """Member k's evaluation reset its sums; the time it took is not training time of the others."""
-        keys, values = self._values
-        self.carry[k] = {}
-        self.read[k] = {key: values[i][k] for i, key in enumerate(keys)}
+    def evaluated(self, k: int, seconds: float, reset: bool = True) -> None:
+        """Member k's evaluation (`reset`: its sums start again) or checkpoint took `seconds`, which are
+        not training time of the others."""
+        if reset:
+            keys, values = self._values
+            self.carry[k] = {}
+            self.read[k] = {key: values[i][k] for i, key in enumerate(keys)}
         self.t_sync += seconds
 
 
@@ -395,6 +417,7 @@ def _evaluate(m: Member, evaluator: Evaluator, pack_members: int) -> str | None:
         record.update(evaluator.evaluate(trial, m.out_dir, kimg_tag(m.next_eval / 1000)))
     trial.elapsed_s += time.perf_counter() - t_eval
     record["time_s"] = trial.elapsed_s
+    record["checkpoint_s"] = trial.checkpoint_s  # of time_s, spent on checkpoints between evaluations
     record["img_per_s"] = m.interval_images / m.interval_train_s
     if not math.isfinite(record["fid"]):
         return f"fid became {record['fid']}"
@@ -404,7 +427,26 @@ def _evaluate(m: Member, evaluator: Evaluator, pack_members: int) -> str | None:
         m.report(record, m.ckpt_dir)
     m.sums, m.interval_steps, m.interval_images, m.interval_train_s = {}, 0, 0, 0.0
     m.next_eval = next_point(m.points, trial.images_seen) or m.target
+    m.last_ckpt_s, m.next_ckpt = trial.elapsed_s, next_checkpoint(trial.cfg, trial.images_seen)
     return None
+
+
+def _checkpoint(m: Member) -> None:
+    """tuner.loop.train's checkpoint between evaluations: the state and the interval's partial sums,
+    reported to Tune as a checkpoint-only record."""
+    trial = m.trial
+    t_ckpt = time.perf_counter()
+    trial.interval = {"sums": {k: torch.tensor(v, dtype=torch.float64) for k, v in m.sums.items()},
+                      "steps": m.interval_steps, "images": m.interval_images, "train_s": m.interval_train_s}
+    save_checkpoint(trial, m.ckpt_dir)
+    trial.interval = None
+    if m.report is not None:
+        m.report(checkpoint_record(trial), m.ckpt_dir)
+    spent = time.perf_counter() - t_ckpt
+    trial.elapsed_s += spent
+    trial.checkpoint_s += spent
+    m.last_ckpt_s = trial.elapsed_s
+    m.next_ckpt = next_checkpoint(trial.cfg, trial.images_seen)
 
 
 def _diverge(m: Member, reason: str) -> None:

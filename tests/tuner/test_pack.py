@@ -203,3 +203,31 @@ def test_a_killed_pack_resumes_every_member_from_its_checkpoint(idx_mnist, tmp_p
     for i in range(2):
         lines = (tmp_path / f"cut{i}" / "metrics.jsonl").read_text().splitlines()
         assert records(json.loads(line) for line in lines) == records(full[i])
+
+
+class Killed(Exception):
+    """Stands for a kill right after a checkpoint between two evaluations."""
+
+
+def test_a_pack_killed_between_evaluations_resumes_from_the_checkpoints_between_them(idx_mnist, tmp_path):
+    """Checkpoints between evaluations (checkpoint_every_kimg) hold each member's state and partial loss
+    sums: a pack stopped right after one and resumed from the members' checkpoints ends with the records
+    of one that ran through, to the last bit (loss averages included)."""
+    cfgs = [TrainConfig(**SHAPE, **TINY_RUN, loss="hinge", seed=s, lr=lr, checkpoint_every_kimg=0.048, checkpoint_every_min=0)
+            for s, lr in ((0, 2e-4), (1, 4e-4))]
+    full = train_pack([MemberSpec(c, tmp_path / f"full{i}") for i, c in enumerate(cfgs)])
+
+    def kill_at_second_interval(record, _checkpoint):  # the last member's: both have a checkpoint at that step
+        if record.get("checkpoint_only") and record["checkpoint_kimg"] > 0.15:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_pack([MemberSpec(c, tmp_path / f"cut{i}", report=kill_at_second_interval if i == 1 else None)
+                    for i, c in enumerate(cfgs)])
+    states = [torch.load(tmp_path / f"cut{i}" / "checkpoint" / "checkpoint.pt", weights_only=True) for i in range(2)]
+    assert all("interval" in st and 0.128 < st["images_seen"] / 1000 < 0.256 for st in states)  # between the evaluations
+    resumed = train_pack([MemberSpec(c, tmp_path / f"cut{i}", resume_from=tmp_path / f"cut{i}" / "checkpoint")
+                          for i, c in enumerate(cfgs)])
+    drop = {"time_s", "img_per_s", "checkpoint_s"}
+    assert [[{k: v for k, v in r.items() if k not in drop} for r in h] for h in resumed] == \
+        [[{k: v for k, v in r.items() if k not in drop} for r in h] for h in full]
