@@ -210,25 +210,23 @@ class FusedNet(nn.Module):
                 if isinstance(getattr(layer, name), nn.Parameter)]
 
 
-def member_view(values: Sequence[float], like: Tensor) -> Tensor:
-    """K per-member numbers as a float32 tensor shaped to broadcast over a (K, ...) tensor."""
-    return torch.tensor(values, dtype=torch.float64, device=like.device).view(-1, *([1] * (like.dim() - 1)))
-
-
 class FusedOptimizer:
     """The K solo optimisers of one net, applied to its fused parameters in one pass.
 
     State lives in (K, ...) tensors here during training and goes back into the solo optimisers'
-    `state` (and their `step` counts) with `store()`, so a member's checkpoint is a solo checkpoint."""
+    `state` (and their `step` counts) with `store()`, so a member's checkpoint is a solo checkpoint.
+    Every per-member number (learning rate, betas, step count) is a (K,) tensor on the parameters'
+    device, so a step copies nothing from the host and never waits for the device."""
+
+    state_keys: tuple[str, ...] = ()
 
     def __init__(self, net: FusedNet, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         self.links = net.links()
         self.optimizers = list(optimizers)
-        groups = [opt.param_groups[0] for opt in optimizers]
         if any(len(opt.param_groups) != 1 for opt in optimizers):
             raise ValueError("a pack fuses optimisers with one parameter group")
-        self.lr = [g["lr"] for g in groups]
-        self.eps = [g["eps"] for g in groups]
+        self.groups = [opt.param_groups[0] for opt in optimizers]
+        self.device = self.links[0][0].device
         self.state: list[dict[str, Tensor]] = []
         for fused, solo in self.links:
             entry = {}
@@ -238,23 +236,42 @@ class FusedOptimizer:
                     for opt, p in zip(self.optimizers, solo)]).clone()
             self.state.append(entry)
         _, first = self.links[0]  # one optimiser step count per member: its first parameter's
-        self.steps = torch.tensor([float(opt.state[p]["step"]) if "step" in opt.state.get(p, {}) else 0.0
-                                   for opt, p in zip(self.optimizers, first)], dtype=torch.float64)
+        self.steps = self.member_tensor([float(opt.state[p]["step"]) if "step" in opt.state.get(p, {}) else 0.0
+                                         for opt, p in zip(self.optimizers, first)])
 
-    state_keys: tuple[str, ...] = ()
+    def member_tensor(self, values: Sequence[float], dtype: torch.dtype = torch.float64) -> Tensor:
+        return torch.tensor(values, dtype=dtype, device=self.device)
 
     def zero_grad(self) -> None:
         for fused, _ in self.links:
             fused.grad = None
 
+    def coefficients(self) -> dict[str, Tensor]:
+        """This step's per-member numbers, (K,) float32 tensors on the device."""
+        raise NotImplementedError
+
+    def update(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], c: dict[str, Tensor]) -> None:
+        """One parameter's update; `c`: the coefficients shaped to broadcast over it."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        coefficients = self.coefficients()
+        for (param, _), state in zip(self.links, self.state):
+            if param.grad is not None:
+                shape = (-1,) + (1,) * (param.dim() - 1)
+                self.update(param, param.grad, state, {k: v.view(shape) for k, v in coefficients.items()})
+
     @torch.no_grad()
     def store(self) -> None:
+        steps = self.steps.tolist()
         for (fused, solo), entry in zip(self.links, self.state):
             for k, (opt, p) in enumerate(zip(self.optimizers, solo)):
                 state = opt.state[p]
                 for key, value in entry.items():
                     state[key] = value[k].clone()
-                state["step"] = torch.tensor(self.steps[k].item())
+                state["step"] = torch.tensor(steps[k])
 
 
 class FusedAdam(FusedOptimizer):
@@ -264,62 +281,46 @@ class FusedAdam(FusedOptimizer):
 
     def __init__(self, net: FusedNet, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         super().__init__(net, optimizers)
-        groups = [opt.param_groups[0] for opt in optimizers]
-        for g in groups:
-            if g["weight_decay"] or g["amsgrad"] or g["maximize"]:
-                raise ValueError("a pack fuses plain Adam only (no weight decay, amsgrad or maximize)")
-        self.beta1 = [g["betas"][0] for g in groups]
-        self.beta2 = [g["betas"][1] for g in groups]
+        if any(g["weight_decay"] or g["amsgrad"] or g["maximize"] for g in self.groups):
+            raise ValueError("a pack fuses plain Adam only (no weight decay, amsgrad or maximize)")
+        self.beta1 = self.member_tensor([g["betas"][0] for g in self.groups])
+        self.beta2 = self.member_tensor([g["betas"][1] for g in self.groups])
+        self.lr = self.member_tensor([g["lr"] for g in self.groups])
+        self.eps = self.member_tensor([g["eps"] for g in self.groups], torch.float32)
 
-    @torch.no_grad()
-    def step(self) -> None:
-        self.steps += 1
-        beta1 = torch.tensor(self.beta1, dtype=torch.float64)
-        beta2 = torch.tensor(self.beta2, dtype=torch.float64)
-        lr = torch.tensor(self.lr, dtype=torch.float64)
-        step_size = (lr / (1 - beta1 ** self.steps)).float()
-        inv_bc2_sqrt = 1 / (1 - beta2 ** self.steps).sqrt().float()
-        for (param, _), state in zip(self.links, self.state):
-            grad = param.grad
-            if grad is None:
-                continue
-            shape = (-1,) + (1,) * (param.dim() - 1)
-            dev = param.device
-            state["exp_avg"].lerp_(grad, (1 - beta1).float().to(dev).view(shape))
-            state["exp_avg_sq"].mul_(beta2.float().to(dev).view(shape)).add_((1 - beta2).float().to(dev).view(shape) * grad * grad)
-            eps = torch.tensor(self.eps, dtype=torch.float32, device=dev).view(shape)
-            denom = (state["exp_avg_sq"].sqrt() * inv_bc2_sqrt.to(dev).view(shape)).add_(eps)
-            param.sub_(step_size.to(dev).view(shape) * state["exp_avg"] / denom)
+    def coefficients(self) -> dict[str, Tensor]:
+        # torch's Adam computes the bias corrections in float64 (Python floats): so do we
+        return {"one_minus_beta1": (1 - self.beta1).float(), "beta2": self.beta2.float(),
+                "one_minus_beta2": (1 - self.beta2).float(), "eps": self.eps,
+                "step_size": (self.lr / (1 - self.beta1 ** self.steps)).float(),
+                "inv_bc2_sqrt": 1 / (1 - self.beta2 ** self.steps).sqrt().float()}
+
+    def update(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], c: dict[str, Tensor]) -> None:
+        state["exp_avg"].lerp_(grad, c["one_minus_beta1"])
+        state["exp_avg_sq"].mul_(c["beta2"]).add_(c["one_minus_beta2"] * grad * grad)
+        denom = (state["exp_avg_sq"].sqrt() * c["inv_bc2_sqrt"]).add_(c["eps"])
+        param.sub_(c["step_size"] * state["exp_avg"] / denom)
 
 
 class FusedRMSprop(FusedOptimizer):
-    """torch.optim.RMSprop's update (alpha 0.99, no momentum, not centred) with per-member lr."""
+    """torch.optim.RMSprop's update (no momentum, not centred) with per-member lr and alpha."""
 
     state_keys = ("square_avg",)
 
     def __init__(self, net: FusedNet, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         super().__init__(net, optimizers)
-        groups = [opt.param_groups[0] for opt in optimizers]
-        for g in groups:
-            if g["weight_decay"] or g["momentum"] or g["centered"] or g["maximize"]:
-                raise ValueError("a pack fuses plain RMSprop only (no weight decay, momentum or centring)")
-        self.alpha = [g["alpha"] for g in groups]
+        if any(g["weight_decay"] or g["momentum"] or g["centered"] or g["maximize"] for g in self.groups):
+            raise ValueError("a pack fuses plain RMSprop only (no weight decay, momentum or centring)")
+        self.alpha = self.member_tensor([g["alpha"] for g in self.groups])
+        self.lr = self.member_tensor([g["lr"] for g in self.groups], torch.float32)
+        self.eps = self.member_tensor([g["eps"] for g in self.groups], torch.float32)
 
-    @torch.no_grad()
-    def step(self) -> None:
-        self.steps += 1
-        alpha = torch.tensor(self.alpha, dtype=torch.float64)
-        lr = torch.tensor(self.lr, dtype=torch.float32)
-        for (param, _), state in zip(self.links, self.state):
-            grad = param.grad
-            if grad is None:
-                continue
-            shape = (-1,) + (1,) * (param.dim() - 1)
-            dev = param.device
-            state["square_avg"].mul_(alpha.float().to(dev).view(shape)).add_((1 - alpha).float().to(dev).view(shape) * grad * grad)
-            eps = torch.tensor(self.eps, dtype=torch.float32, device=dev).view(shape)
-            avg = state["square_avg"].sqrt().add_(eps)
-            param.sub_(lr.to(dev).view(shape) * grad / avg)
+    def coefficients(self) -> dict[str, Tensor]:
+        return {"alpha": self.alpha.float(), "one_minus_alpha": (1 - self.alpha).float(), "lr": self.lr, "eps": self.eps}
+
+    def update(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], c: dict[str, Tensor]) -> None:
+        state["square_avg"].mul_(c["alpha"]).add_(c["one_minus_alpha"] * grad * grad)
+        param.sub_(c["lr"] * grad / state["square_avg"].sqrt().add_(c["eps"]))
 
 
 FUSED_OPTIMIZERS = {torch.optim.Adam: FusedAdam, torch.optim.RMSprop: FusedRMSprop}

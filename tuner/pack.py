@@ -32,7 +32,7 @@ from tuner.config import TrainConfig, pack_key
 from tuner.data import training_images
 from tuner.evaluate import Evaluator
 from tuner.families import EMA_NET
-from tuner.fused import FusedNet, FusedOptimizer, fuse_optimizer, member_view
+from tuner.fused import FusedNet, FusedOptimizer, fuse_optimizer
 from tuner.loop import (DIVERGENCE_CHECK_EVERY, Report, check_divergence, checkpoint_record, eval_points, kimg_tag,
                         next_checkpoint, next_point)
 from tuner.trial import Trial, build_trial, pick_device
@@ -95,9 +95,9 @@ class FusedGAN:
         cfgs = [t.cfg for t in trials]
         self.cfg = cfgs[0]  # the shared settings
         ref = next(self.D.parameters())
-        self.clip = member_view([c.clip_value for c in cfgs], ref).float() if self.cfg.clip_value is not None else None
+        self.clip = torch.tensor([c.clip_value for c in cfgs], device=ref.device) if self.cfg.clip_value is not None else None
         self.gp_lambda = torch.tensor([c.gp_lambda for c in cfgs], device=ref.device) if self.cfg.gp_lambda is not None else None
-        self.ema_weight = [1.0 - c.g_ema for c in cfgs]
+        self.ema_weight = torch.tensor([1.0 - c.g_ema for c in cfgs], device=ref.device)  # on the device: no copy per step
 
     @property
     def size(self) -> int:
@@ -184,7 +184,7 @@ def fused_gan_step(pack: FusedGAN, images: torch.Tensor) -> dict[str, torch.Tens
     if pack.ema is not None:
         with torch.no_grad():
             for p_ema, p in zip(pack.ema.parameters(), pack.G.parameters()):
-                p_ema.lerp_(p.detach(), member_view(pack.ema_weight, p).to(p.dtype))
+                p_ema.lerp_(p.detach(), pack.ema_weight.view(-1, *([1] * (p.dim() - 1))).to(p.dtype))
             for b_ema, b in zip(pack.ema.buffers(), pack.G.buffers()):
                 b_ema.copy_(b)
     return {"loss_d": critic["loss_d"], "loss_g": loss_g.detach(), "d_real": critic["d_real"], "d_fake": critic["d_fake"]}
