@@ -58,9 +58,17 @@ def pytest_configure(config: pytest.Config) -> None:
 CPU_ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def cpu_isa_caps_line() -> str:
     caps = [f"{name}={os.environ[name]}" for name in CPU_ISA_CAPS if os.environ.get(name)]
     return "cpu isa caps: " + (" ".join(caps) if caps else "none (the CPU's own instruction sets)")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return cpu_isa_caps_line()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    terminalreporter.write_line(cpu_isa_caps_line())  # also under -q, which hides the header
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
