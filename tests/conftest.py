@@ -53,6 +53,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than about 10 s on 2 CPU cores")
 
 
+# The variables that cap torch's and its libraries' instruction sets (docs/testing.md: the suite as an
+# AVX2 CPU runs it). They must be set before Python starts: torch reads ATEN_CPU_CAPABILITY when imported.
+CPU_ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
+
+
+def cpu_isa_caps_line() -> str:
+    caps = [f"{name}={os.environ[name]}" for name in CPU_ISA_CAPS if os.environ.get(name)]
+    return "cpu isa caps: " + (" ".join(caps) if caps else "none (the CPU's own instruction sets)")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return cpu_isa_caps_line()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    terminalreporter.write_line(cpu_isa_caps_line())  # also under -q, which hides the header
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file: magic 0x0000080<ndim>, big-endian int32 dims, raw bytes."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

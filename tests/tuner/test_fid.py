@@ -41,6 +41,12 @@ def reference_fid(mu1, s1, mu2, s2):
 
 # ------------------------------------------------------------------------------------------
 # the pure steps
+#
+# Tolerances: these run in float64 on fixed inputs (no network). Closed forms and the symmetric eigh
+# form hold to ~d kappa eps64 (d <= 64, well-conditioned random SPD: kappa ~ 40, so ~1e-12), on any
+# CPU and LAPACK kernel. scipy's sqrtm, the reference implementation, takes a Schur root of the
+# non-symmetric S1 S2 and is less accurate: rel 1e-6 for d = 64, and for a singular product, whose
+# square root is only accurate to ~sqrt(eps64) = 1.5e-8 relative.
 
 
 @pytest.mark.parametrize("d", [4, 16, 64])
@@ -98,6 +104,9 @@ def test_frechet_distance_singular_covariance_clips_round_off():
     v = np.arange(1.0, 9.0)
     s = np.outer(v, v)  # rank 1: eigh returns round-off negatives that must not become NaN
     value = frechet_distance(np.zeros(8), s, np.zeros(8), s)
+    # the exact answer is 0. Unclipped, a round-off eigenvalue of R^T S R (8e-12 here, ~d eps64
+    # lambda_max^2) adds its square root: -5.7e-6. Clipped, what is left is round-off of the traces
+    # (~408 eps64 ~ 1e-13). abs 1e-6 lies between the two on any CPU.
     assert value == pytest.approx(0.0, abs=1e-6)
 
 
@@ -127,6 +136,7 @@ def test_real_statistics_are_cached_per_n(idx_mnist, monkeypatch):
     path = statistics_path("mnist", "test", bb, 100)
     assert path.is_file() and path.parent.name == "stats"
     exp_mu, exp_sigma = feature_statistics(bb.features(images[:100]))
+    # the same images in the same batch in one process: the same float32 features, bit for bit on any CPU
     assert mu == pytest.approx(exp_mu, abs=1e-12)
     assert sigma == pytest.approx(exp_sigma, abs=1e-12)
 
@@ -175,8 +185,15 @@ def test_fid_of_images_matches_the_pure_steps(idx_mnist):
     generated = train[:120].numpy()  # stands in for generator samples
     value = fid_of_images(generated, "mnist", "domain", 120)
     real, _ = load_split("mnist", "test")
-    expected = fid_from_features(bb.features(generated), bb.features(real[:120]))
-    assert value == pytest.approx(expected, rel=1e-9)
+    # The pure steps in fid_of_images' order: the real side is the factored one (the first argument).
+    # Same images, same batches, same kernels in one process: the float32 features are the same bits,
+    # and the float64 steps after them are the same operations, so the two are equal (rel 1e-12
+    # only allows for the last bits of float64 math). The other argument order is a different float64
+    # computation: with 120 samples in 128-d both covariances are singular (rank 68 here), and the
+    # order changes the FID by 2e-11 (OpenBLAS's SkylakeX kernels) to 1.0e-9 (Haswell) or 3.4e-9
+    # (Prescott) relative, so the order matters at this tolerance; see docs/testing.md.
+    expected = fid_from_features(bb.features(real[:120]), bb.features(generated))
+    assert value == pytest.approx(expected, rel=1e-12)
     noise = torch.randint(0, 256, (120, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     assert fid_of_images(noise, "mnist", bb, 120) > 10 * value
 
@@ -201,6 +218,7 @@ def test_cli_npz_vs_npz_json_equals_library(idx_mnist, tmp_path, capsys):
     assert code == 0, err
     result = json.loads(out)
     bb = get_backbone("domain", "mnist")
+    # the same features (same images, same batches, one process) and the same float64 steps in the same order
     assert result["fid"] == pytest.approx(fid_from_features(bb.features(a), bb.features(b)), rel=1e-12)
     assert (result["backbone"], result["n_a"], result["n_b"]) == ("domain", 100, 80)
     assert result["backbone_key"] == bb.cache_key
@@ -225,9 +243,9 @@ def test_cli_dataset_spec_and_png_folder(idx_mnist, tmp_path, capsys):
     assert code == 0, err
     from_folder = json.loads(out)
     assert (from_folder["n_a"], from_folder["n_b"]) == (256, 60)
-    # fid_of_images puts the generated set first; FID is symmetric up to round-off (60 samples in
-    # 128-d give singular covariances, the worst case for it)
-    assert from_folder["fid"] == pytest.approx(fid_of_images(train[:60], "mnist", "domain", 256), rel=1e-7)
+    # the same computation as fid_of_images: the same 60 images (PNG is lossless) in one batch, the same
+    # cached real statistics, factored as the first argument: equal up to float64's last bits
+    assert from_folder["fid"] == pytest.approx(fid_of_images(train[:60], "mnist", "domain", 256), rel=1e-12)
 
     code, out, _ = run_cli(capsys, "mnist:test", tmp_path / "same.npy", "--backbone", "domain", "--json")
     assert json.loads(out)["fid"] == pytest.approx(from_folder["fid"], rel=1e-12)

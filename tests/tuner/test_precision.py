@@ -1,5 +1,10 @@
 """Training precision: how `auto` resolves, and what a bf16 step changes."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +15,7 @@ from tuner.trial import build_trial
 
 TINY = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
 YES, NO = (lambda: True), (lambda: False)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_auto_picks_bf16_only_where_the_hardware_has_it():
@@ -23,10 +29,34 @@ def test_auto_picks_bf16_only_where_the_hardware_has_it():
 
 
 def test_cpu_capability_is_read_from_the_cpu_flags():
-    assert cpu_has_native_bf16("processor : 0\nflags : fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
-    assert cpu_has_native_bf16("flags : fpu amx_tile amx_bf16 amx_int8\n")
-    assert not cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f avx512_vnni\n")
-    assert not cpu_has_native_bf16("model name : bf16 in a name is not a flag\nflags : fpu\n")
+    assert cpu_has_native_bf16("processor : 0\nflags : fpu sse2 avx512f avx512_bf16 avx512_vnni\n", isa_cap=None)
+    assert cpu_has_native_bf16("flags : fpu amx_tile amx_bf16 amx_int8\n", isa_cap=None)
+    assert not cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f avx512_vnni\n", isa_cap=None)
+    assert not cpu_has_native_bf16("model name : bf16 in a name is not a flag\nflags : fpu\n", isa_cap=None)
+    # the flags are there, but torch's kernels are capped below AVX512: bf16 would be emulated
+    assert not cpu_has_native_bf16("flags : fpu avx512f avx512_bf16\n", isa_cap="torch's CPU capability is AVX2")
+
+
+CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PROBE = ("import torch; from tuner.precision import resolve_precision, torch_cpu_isa_cap; "
+         "print(resolve_precision('auto', 'cpu'), torch_cpu_isa_cap())")
+
+
+@pytest.mark.parametrize("caps", [{}, {"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}],
+                         ids=["uncapped", "aten-capped", "onednn-capped"])  # either cap alone is enough
+def test_auto_trains_in_fp32_where_torch_is_capped_below_avx512(caps):
+    """A process capped to AVX2 (docs/testing.md) picks what an AVX2 CPU picks: fp32, whatever /proc/cpuinfo
+    says. Uncapped, it picks bf16 exactly where the CPU flags list it (this machine: AVX512-BF16)."""
+    env = {k: v for k, v in os.environ.items() if k not in CAPS}
+    proc = subprocess.run([sys.executable, "-c", PROBE], env={**env, **caps, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    precision, cap = proc.stdout.split(maxsplit=1)
+    if caps:
+        assert precision == "fp32" and cap.strip() != "None", proc.stdout
+    else:
+        assert cap.strip() == "None"
+        assert precision == ("bf16" if cpu_has_native_bf16(isa_cap=None) else "fp32")
 
 
 def test_precision_is_validated():

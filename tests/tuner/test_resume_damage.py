@@ -204,6 +204,7 @@ def assert_recovered(proc: subprocess.CompletedProcess, earlier: dict[str, list[
     for trial_id, results in earlier.items():  # every earlier trial kept, with its FID
         assert trial_id in fids.index
         if len(results) == 2:  # it had finished: not re-run
+            # the same float64, copied into trials.csv (rel 1e-9 allows only for its decimal text)
             assert fids[trial_id] == pytest.approx(results[-1], rel=1e-9)
             assert result_fids(exp)[trial_id] == results
     # every trial is in this experiment's own folder and Optuna journal, told with its final FID
@@ -211,6 +212,7 @@ def assert_recovered(proc: subprocess.CompletedProcess, earlier: dict[str, list[
     told = {t.user_attrs.get("ray_trial_id"): t for t in load_study(exp, exp.name).trials}
     for trial_id, fid in fids.items():
         assert trial_id in told, f"{trial_id} is not in {exp}/optuna.journal"
+        # the same float64 copied into the journal (JSON) and the CSV: rel 1e-9 allows only for their text
         assert told[trial_id].state.name == "COMPLETE" and told[trial_id].value == pytest.approx(fid, rel=1e-9)
     return trials
 
