@@ -41,7 +41,10 @@ class TableReporter(CLIReporter):
     its last evaluation's metrics and the checkpoint's kimg, never with the checkpoint's NaN FID."""
 
     def __init__(self) -> None:
-        super().__init__(metric_columns=dict(TABLE_METRICS), max_report_frequency=30, max_progress_rows=20)
+        # print_intermediate_tables: Ray decides it from its process-wide verbosity when the reporter is built,
+        # and a Tuner.fit earlier in the process (verbose=1) leaves that below the level of the tables
+        super().__init__(metric_columns=dict(TABLE_METRICS), max_report_frequency=30, max_progress_rows=20,
+                         print_intermediate_tables=True)
         self._evaluations: dict[str, dict] = {}  # trial id -> its last evaluation seen
 
     def set_search_properties(self, metric: str | None, mode: str | None) -> bool:

@@ -9,14 +9,15 @@ live as (K, ...) tensors while they train, and go back into the solo objects bef
 evaluated or checkpointed.
 
 Members must agree on every setting that decides a tensor's shape or the step's structure
-(`tuner.config.pack_key`); they differ in `tuner.config.MEMBER_FIELDS` (learning rates, betas, clip value, penalty weight,
-EMA decay, seed, budget and evaluation points).
+(`tuner.config.pack_key`); they differ in `tuner.config.MEMBER_FIELDS` (learning rates, betas, clip
+value, penalty weight, EMA decay, seed, budget, evaluation and checkpoint points).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,13 +30,14 @@ from models.losses import LOSSES
 from tuner.atomic import write_whole
 from tuner.checkpoint import load_checkpoint, save_checkpoint
 from tuner.config import TrainConfig, pack_key
-from tuner.data import training_images
+from tuner.data import sample_batch, training_images
 from tuner.evaluate import Evaluator
 from tuner.families import EMA_NET
 from tuner.fused import FusedNet, FusedOptimizer, fuse_optimizer
 from tuner.loop import (DIVERGENCE_CHECK_EVERY, Report, check_divergence, checkpoint_record, eval_points, kimg_tag,
                         next_checkpoint, next_point)
 from tuner.trial import Trial, build_trial, pick_device
+
 
 def check_packable(cfgs: Sequence[TrainConfig]) -> None:
     if not cfgs:
@@ -73,8 +75,6 @@ def member_bytes(cfg: TrainConfig) -> int:
 
 def memory_budget(on_gpu: bool, gpus: float, cpus: float) -> float:
     """Bytes one pack may use: its share of GPU 0's memory, or its share (cpus / cores) of the free RAM."""
-    import os
-
     if on_gpu:
         return torch.cuda.get_device_properties(0).total_memory * min(1.0, gpus or 1.0)
     with open("/proc/meminfo") as fh:
@@ -120,8 +120,6 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 def draw(trials: Sequence[Trial], images: torch.Tensor) -> dict[str, Any]:
     """Every random number one GAN step takes, drawn from each member's stream in the solo order
     (per critic step: real batch, noise, penalty mix; then the generator's noise)."""
-    from tuner.data import sample_batch
-
     cfg = trials[0].cfg
     critic: list[dict[str, list[torch.Tensor]]] = [{"real": [], "z": [], "eps": []} for _ in range(cfg.n_critic)]
     z_g = []

@@ -26,8 +26,13 @@ def test_a_resumed_study_guards_its_own_folder_and_keeps_other_callbacks():
     assert other in run_config.callbacks
 
 
-def test_the_table_shows_a_trial_between_evaluations_with_its_last_fid_and_never_a_checkpoints_nan(tmp_path):
+def test_the_table_shows_a_trial_between_evaluations_with_its_last_fid_and_never_a_checkpoints_nan(tmp_path, monkeypatch):
     from ray.tune.experiment import Trial
+    from ray.tune.utils import log as tune_log
+
+    # Ray's verbosity is process-wide, and each Tuner.fit sets it from its RunConfig: after a study (verbose=1)
+    # a reporter built for the next study in the same process must still print its table (seen in the suite)
+    monkeypatch.setattr(tune_log, "verbosity", tune_log.Verbosity.V1_EXPERIMENT)
 
     from tuner.console import TableReporter
 
@@ -43,5 +48,7 @@ def test_the_table_shows_a_trial_between_evaluations_with_its_last_fid_and_never
     reporter.should_report([trial])  # Tune asks at every step: the evaluation is seen
     trial.update_last_result({"fid": float("nan"), "checkpoint_only": True, "checkpoint_kimg": 16.0, "trial_id": "abc12345"})
     reporter.report([trial], False)
-    row = next(line for line in printed[-1].splitlines() if "abc12345" in line)
+    rows = [line for line in printed[-1].splitlines() if "abc12345" in line]
+    assert len(rows) == 1, printed
+    row = rows[0]
     assert "123.456" in row and "16" in row and "nan" not in row.lower()
