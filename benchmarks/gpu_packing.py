@@ -17,7 +17,7 @@ and the published hinge point at the throughput benchmark's size (width 64, batc
 pack differ in seed and learning rate, as a study's would. The in-process methods are timed in
 interleaved rounds (so slow changes in machine load hit both alike); img/s counts real images seen by D,
 summed over the K trials. The study-level rows (the no-flag study's wall time and best FID, packed and
-unpacked) need packs inside Ray Tune, which is not built yet: they say so.
+unpacked) are GPU targets: without a GPU they say "not measured".
 
 Targets: one H200, calibrated point, >= 100,000 img/s summed over a pack. On the CPU, packing becomes the
 default only where `fused` beats both other methods (it does not: see BENCHMARKS.md).
@@ -47,7 +47,7 @@ CONFIGS = {
     "calibrated lsgan": {k: v for k, v in CALIBRATED["lsgan"].items()},
     "hinge w64 b64": {"loss": "hinge", "g_width": 64, "d_width": 64, "z_dim": 64, "batch_size": 64},
 }
-NOT_BUILT = "not measured: packs are not inside Ray Tune yet"
+NOT_MEASURED = "not measured: no GPU on this machine (the study rows are GPU targets)"
 
 
 def build_parser():
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             targets.append(["GPU", "fused, K = " + ", ".join(map(str, args.gpu_packs)), common.NO_GPU, ">= 100,000", "not measured"])
         for what, target in (("no-flag study wall time, packed", "<= 45 s on one H200"),
                              ("256-trial study, packed", "<= 5 min, best domain FID <= 35")):
-            targets.append(["study", what, NOT_BUILT, target, "not measured"])
+            targets.append(["study", what, NOT_MEASURED, target, "not measured"])
 
     blocks = [
         f"img/s = real images seen by D per second, summed over the K trials. In-process methods: median over "
