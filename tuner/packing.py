@@ -77,6 +77,10 @@ class PackRegistry:
         self.servers[name] = {"place": (key, node, gpu), "members": {member_id}, "handle": handle}
         return name
 
+    def forget(self, name: str) -> None:
+        """A server whose step failed: no member is placed there again (its retried trials get a new one)."""
+        self.servers.pop(name, None)
+
     def release(self, member_id: str) -> None:
         """The member's trial has ended (the driver's searcher says so): free its slot, and tell its server,
         since a trial that Tune stops is ended without running its own `finally`."""
@@ -106,6 +110,7 @@ class PackServer:
         self.events: dict[str, queue.Queue] = {}
         self.loop = None
         self.thread: threading.Thread | None = None
+        self.failed: str | None = None  # the traceback of a step that failed: this pack trains no more
 
     def join(self, member_id: str, cfg: dict[str, Any], out_dir: str, checkpoint_root: str,
              resume_from: str | None) -> None:
@@ -114,6 +119,9 @@ class PackServer:
         events: queue.Queue = queue.Queue()
         with self.cond:
             self.events[member_id] = events
+            if self.failed is not None:
+                events.put(("error", self.failed))
+                return
             self.joins.append((member_id, (TrainConfig.from_dict(cfg), out_dir, checkpoint_root, resume_from)))
             self.leaves.discard(member_id)
             if self.thread is None:
@@ -122,7 +130,8 @@ class PackServer:
             self.cond.notify_all()
 
     def next_event(self, member_id: str) -> Any:
-        """The member's next (record, checkpoint folder), FINISHED, or ("error", text)."""
+        """The member's next (record, checkpoint folder); FINISHED; ("refused", why) when it could not join
+        (an unreadable checkpoint); or ("error", traceback) when the pack's step failed."""
         return self.events[member_id].get()
 
     def leave(self, member_id: str) -> None:
@@ -135,9 +144,6 @@ class PackServer:
         with self.cond:
             self.resumes.add(member_id)
             self.cond.notify_all()
-
-    def size(self) -> int:
-        return len(self.loop.members) if self.loop is not None else 0
 
     # -- the training thread -----------------------------------------------------------------------
 
@@ -169,8 +175,8 @@ class PackServer:
                               resume_from=resume_from, checkpoint_dir=Path(checkpoint_root) / "checkpoint")
             try:
                 self.loop.add(member_id, spec)
-            except (CheckpointError, ValueError) as err:
-                events.put(("error", f"{type(err).__name__}: {err}"))
+            except (CheckpointError, ValueError) as err:  # this member only: the pack trains on
+                events.put(("refused", f"{type(err).__name__}: {err}"))
 
     def _run(self) -> None:
         try:
@@ -179,9 +185,10 @@ class PackServer:
                 for member_id in self.loop.run(changed=self._changed):
                     self.events[member_id].put(FINISHED)
         except BaseException:  # a failed step fails every member's trial (Tune retries them from their checkpoints)
-            text = traceback.format_exc()
-            for events in self.events.values():
-                events.put(("error", text))
+            with self.cond:
+                self.failed = traceback.format_exc()
+                for events in self.events.values():
+                    events.put(("error", self.failed))
 
 
 class PackFailed(RuntimeError):
@@ -220,9 +227,17 @@ def run_member(config: dict[str, Any], base: dict[str, Any], registry: str, env:
                 event = ray.get(server.next_event.remote(trial_id))
                 if event == FINISHED:
                     return
-                if event[0] == "error":
+                if event[0] == "refused" and resume_from is not None:  # as run_trial's last resort
+                    print(f"gentune: cannot resume from {checkpoint.path}: {event[1]}; restarting the trial from scratch",
+                          file=sys.stderr, flush=True)
+                    resume_from = None
+                    ray.get(server.join.remote(trial_id, cfg.to_dict(), str(out_dir), str(staged), None))
+                    continue
+                if event[0] in ("error", "refused"):
                     print(f"gentune: pack {name} failed for trial {trial_id}:\n{event[1]}", file=sys.stderr, flush=True)
-                    raise PackFailed(f"pack {name} failed: {event[1].strip().splitlines()[-1]}")
+                    if event[0] == "error":
+                        places.forget.remote(name)
+                    raise PackFailed(f"pack {name}: {event[1].strip().splitlines()[-1]}")
                 record, checkpoint_dir = event
                 report(record, Path(checkpoint_dir) if checkpoint_dir else None)  # ASHA may end the trial in here
                 server.resume.remote(trial_id)
