@@ -80,6 +80,22 @@ def checkpoint_record(trial) -> dict[str, Any]:
     return {"checkpoint_only": True, "checkpoint_kimg": trial.kimg, "step": trial.step, "time_s": trial.elapsed_s}
 
 
+def write_run_files(trial, out_dir: Path) -> Path:
+    """A run's config.json, and its metrics.jsonl holding the trial's history (a resumed run drops the
+    evaluations made after its checkpoint), each written whole. Returns the metrics.jsonl path."""
+    write_whole(out_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(trial.cfg.to_dict(), indent=2)))
+    history_text = "".join(json.dumps(r) + "\n" for r in trial.history)
+    return write_whole(out_dir / "metrics.jsonl", lambda tmp: tmp.write_text(history_text))
+
+
+def diverged_record(trial, reason: str) -> dict[str, Any]:
+    """The last record of a run that diverged: FID +inf, so that schedulers rank it last."""
+    cfg = trial.cfg
+    return {"kimg": trial.kimg, "step": trial.step, "precision": trial.precision, "fid": float("inf"),
+            "fid_backbone": cfg.fid_backbone, "fid_samples": cfg.fid_samples, "time_s": trial.elapsed_s,
+            "diverged": True, "diverge_reason": reason}
+
+
 def check_divergence(sums: dict[str, torch.Tensor | float]) -> str | None:
     for key, value in sums.items():
         v = float(value)
@@ -107,10 +123,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
     trial = build_trial(cfg, device)
     if resume_from is not None:
         load_checkpoint(trial, Path(resume_from))
-    write_whole(out_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg.to_dict(), indent=2)))
-    metrics_path = out_dir / "metrics.jsonl"
-    history_text = "".join(json.dumps(r) + "\n" for r in trial.history)  # drop evals after the checkpoint
-    write_whole(metrics_path, lambda tmp: tmp.write_text(history_text))
+    metrics_path = write_run_files(trial, out_dir)
 
     step_fn = STEPS[cfg.family]
     target = round(cfg.max_kimg * 1000)
@@ -192,17 +205,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
         next_ckpt = next_checkpoint(cfg, trial.images_seen)
 
     if diverged is not None:
-        record = {
-            "kimg": trial.kimg,
-            "step": trial.step,
-            "precision": trial.precision,
-            "fid": float("inf"),
-            "fid_backbone": cfg.fid_backbone,
-            "fid_samples": cfg.fid_samples,
-            "time_s": trial.elapsed_s,
-            "diverged": True,
-            "diverge_reason": diverged,
-        }
+        record = diverged_record(trial, diverged)
         trial.history.append(record)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")

@@ -27,15 +27,14 @@ from typing import Any
 import torch
 
 from models.losses import LOSSES
-from tuner.atomic import write_whole
 from tuner.checkpoint import load_checkpoint, save_checkpoint
 from tuner.config import TrainConfig, pack_key
 from tuner.data import sample_batch, training_images
 from tuner.evaluate import Evaluator
 from tuner.families import EMA_NET
 from tuner.fused import FusedNet, FusedOptimizer, fuse_optimizer
-from tuner.loop import (DIVERGENCE_CHECK_EVERY, Report, check_divergence, checkpoint_record, eval_points, kimg_tag,
-                        next_checkpoint, next_point)
+from tuner.loop import (DIVERGENCE_CHECK_EVERY, Report, check_divergence, checkpoint_record, diverged_record, eval_points,
+                        kimg_tag, next_checkpoint, next_point, write_run_files)
 from tuner.trial import Trial, build_trial, pick_device
 
 
@@ -266,9 +265,7 @@ class PackLoop:
         trial = build_trial(cfg, self.device)
         if spec.resume_from is not None:
             load_checkpoint(trial, Path(spec.resume_from))
-        write_whole(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
-        history = "".join(json.dumps(r) + "\n" for r in trial.history)  # drop evals after the checkpoint
-        write_whole(out_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(history))
+        write_run_files(trial, out_dir)
         points = eval_points(cfg)
         target = round(cfg.max_kimg * 1000)
         ckpt_dir = Path(spec.checkpoint_dir) if spec.checkpoint_dir is not None else out_dir / "checkpoint"
@@ -448,10 +445,7 @@ def _checkpoint(m: Member) -> None:
 
 
 def _diverge(m: Member, reason: str) -> None:
-    cfg, trial = m.trial.cfg, m.trial
-    record = {"kimg": trial.kimg, "step": trial.step, "precision": trial.precision, "fid": float("inf"),
-              "fid_backbone": cfg.fid_backbone, "fid_samples": cfg.fid_samples, "time_s": trial.elapsed_s,
-              "diverged": True, "diverge_reason": reason}
+    record = diverged_record(m.trial, reason)
     m.append(record)
     if m.report is not None:
         m.report(record, None)
