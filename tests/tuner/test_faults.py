@@ -565,8 +565,9 @@ def test_driver_of_a_packed_study_killed_resumes_every_member_from_its_checkpoin
         assert history["pack_members"].max() == 2
         rows = result_rows(exp)
         for trial_id, kimg in checkpointed.items():  # it went on from that checkpoint: no evaluation up to it twice
+            # (an evaluation after it, reported before the kill but not yet snapshotted, is reported again)
             reported = [r["kimg"] for r in rows[trial_id]]
-            assert sorted(reported) == sorted(set(reported)) and kimg in reported, (trial_id, reported)
+            assert kimg in reported and all(reported.count(k) == 1 for k in reported if k <= kimg), (trial_id, reported)
         journal_study = load_study(exp, name)
         assert not [t for t in journal_study.trials if t.state.name == "RUNNING"]
         told = {t.user_attrs["ray_trial_id"]: t for t in journal_study.trials if "status" in t.user_attrs}
