@@ -4,7 +4,7 @@
     python -m analysis.rerun EXPERIMENT_DIR --top 3 --seeds 3 --max-kimg 64 --fid-backbone domain
 
 The cells (top-K configs x seeds) are a `tune.grid_search` under a FIFO scheduler: every cell trains
-its full budget, nothing is stopped early. Trials run through tuner.study's own trainable (tuner/worker.py:run_trial)
+its full budget, nothing is stopped early. Trials run through tuner.study.driver's own trainable (tuner/study/worker.py:run_trial)
 (run_trial): the same resource flags, checkpoints at each evaluation, retries from the last
 checkpoint when a worker dies (FailureConfig(max_failures)). The run is a Tune experiment of its
 own under OUT (default EXPERIMENT_DIR/rerun/final-<protocol>-<plan hash>): the same command after an
@@ -31,9 +31,8 @@ from typing import Any
 import pandas as pd
 
 from analysis import fmt
-from tuner.atomic import write_whole
+from tuner.config.atomic import write_whole
 from tuner.config import ConfigError, TrainConfig
-from tuner.staging import sweep_after
 
 # python -m analysis.rerun --final: the protocol of Lucic et al. 2018 (10k generated vs 10k test
 # images, Inception features), at 1000 kimg (~15.6k steps at batch 64), 3 seeds.
@@ -41,7 +40,7 @@ FINAL_PROTOCOL = {"max_kimg": 1000.0, "fid_backbone": "inception", "fid_samples"
 KEY = ["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg"]
 COLUMNS = KEY + ["fid_final", "fid_best", "fid_ema_final", "fid_ema_best", "g_ema", "kimg", "wall_time_s", "diverged",
                  "precision", "dataset", "family", "loss", "scored_checkpoint", "config", "finished_at"]
-# set per run, not per config: these come from the run's own base config (tuner.study.resolve_gpus)
+# set per run, not per config: these come from the run's own base config (tuner.study.driver.resolve_gpus)
 # (the checkpoint schedule too: it changes no result, so a run may resume under another one)
 RUNTIME_FIELDS = ("device", "gpu_memory_fraction", "cache_dir", "data_mirror", "checkpoint_every_kimg", "checkpoint_every_min")
 EVALS_PER_RUN = 4  # default evaluations (= checkpoints) per run: at every quarter of the budget
@@ -202,7 +201,7 @@ def experiment_name(cells: list[dict[str, Any]]) -> str:
 
 def row_of(cell: dict[str, Any], metrics: pd.DataFrame) -> dict[str, Any] | None:
     """The rerun.parquet row of a finished cell (None when it did not reach its budget)."""
-    from tuner.schema import evaluations
+    from tuner.config.schema import evaluations
 
     cfg: TrainConfig = cell["config"]
     metrics = evaluations(metrics)  # checkpoints between evaluations are not results
@@ -243,16 +242,13 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
               max_concurrent: int = 0, checkpoint_every_kimg: float | None = None,
               checkpoint_every_min: float | None = None, log=print) -> pd.DataFrame:
     """Plan the cells, skip the done ones, run (or continue) the Tune experiment, merge its rows."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from tuner.metrics_cache import prepare_assets
-    from tuner.study import SearchConfig, init_ray, is_experiment, make_trainable, resolve_gpus
+    from tuner.config.search import SearchConfig
+    from tuner.study.assembly import is_experiment, run_tune
 
     exp_dir = Path(exp_dir).expanduser().resolve()
     trials_file = exp_dir / "trials.parquet"
     if not trials_file.is_file():
-        raise FileNotFoundError(f"{trials_file} does not exist: run the study (or `python -m tuner.exports {exp_dir}`) first")
+        raise FileNotFoundError(f"{trials_file} does not exist: run the study (or `python -m tuner.results.exports {exp_dir}`) first")
     target = exp_dir / "rerun.parquet"
     storage = Path(out).expanduser().resolve() if out else exp_dir / "rerun"
     cells = plan(pd.read_parquet(trials_file), top, seeds, first_seed, protocol)
@@ -273,25 +269,28 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
     base = todo[0]["config"]
     search = SearchConfig(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
                           max_failures=max_failures, max_concurrent=max_concurrent, storage_path=str(storage), name=name)
-    assets = prepare_assets(base)  # real statistics of the protocol (cached per dataset, split, backbone, n)
-    init_ray(search)
-    search, base = resolve_gpus(search, base)
-    trainable = make_trainable(search, base, assets)
     path = str(storage / name)
-    if is_experiment(path):
+    restore = is_experiment(path)
+    if restore:
+        from tuner.study.resume import check_restorable
+
+        check_restorable(Path(path), searched=False)  # the study's repairs of a driver killed mid-snapshot
         log(f"continuing the interrupted run {path}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    else:
-        run_config = tune.RunConfig(
-            name=name, storage_path=str(storage), failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # the last two: run_trial falls back to the older
-            sync_config=tune.SyncConfig(sync_artifacts=True), verbose=1)
+    from tuner.metrics.metrics_cache import prepare_assets
+
+    assets = prepare_assets(base)  # real statistics of the protocol (cached per dataset, split, backbone, n)
+
+    def new_tuner(search, base, trainable, run_config):
+        from ray import tune
+        from ray.tune.schedulers import FIFOScheduler
+
         tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1,
                                       max_concurrent_trials=search.max_concurrent or None, reuse_actors=False)
         space = {"cell": tune.grid_search([cell_params(c["config"]) for c in todo])}
-        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
-    grid = tuner.fit()
-    sweep_after(grid)
+        return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+
+    # the study's own assembly: storage check, atomic snapshot uploads, token auth, full-disk and restore guards
+    grid, _, _ = run_tune(search, base, assets, restore=restore, build=new_tuner, keep_best_fid=False)
 
     by_params = {json.dumps(cell_params(c["config"]), sort_keys=True, default=str): c for c in cells}
     rows, missing = [], 0

@@ -3,10 +3,10 @@
     exp = load_experiment("~/gentune_results/study")      # one experiment
     exps = load_experiments([tuned_dir, grid_dir])         # several; frames gain an `experiment` column
 
-An experiment folder holds the exports written by tuner/exports.py (trials.parquet, history.parquet,
+An experiment folder holds the exports written by tuner/results/exports.py (trials.parquet, history.parquet,
 best.json), search_config.json, and for a search also optuna.journal. When Ray Tune's
 experiment_state file is there, the frames are rebuilt from Ray's own records with
-`tuner.exports.build_frames` (the function that writes the exports), so a study that is still
+`tuner.results.exports.build_frames` (the function that writes the exports), so a study that is still
 running can be analysed too; otherwise the export files are read.
 
 Everything here is data: no plotting, no text.
@@ -24,11 +24,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from tuner.space import SEARCHABLE as PARAM_CANDIDATES  # what a search or a grid may vary, in report order
+from tuner.config.space import SEARCHABLE as PARAM_CANDIDATES  # what a search or a grid may vary, in report order
 
 CATEGORICAL_PARAMS = ("loss", "d_norm", "optimizer", "arch", "regularize")
 # A generator is flagged as (partly) mode-collapsed when its samples cover fewer than
-# COLLAPSE_CLASSES of the 10 classes (a class is covered at >= 5% of the samples, tuner/diversity.py),
+# COLLAPSE_CLASSES of the 10 classes (a class is covered at >= 5% of the samples, tuner/metrics/diversity.py),
 # or when the KL of its class shares from uniform exceeds COLLAPSE_KL nats: log(10/6) ~ 0.51 is
 # the KL of samples spread evenly over only 6 classes.
 COLLAPSE_CLASSES = 8
@@ -51,10 +51,10 @@ class Experiment:
     name: str
     path: Path
     trials: pd.DataFrame
-    """One row per trial (tuner/exports.py schema) plus `experiment`, `trial_index` (creation order),
+    """One row per trial (tuner/results/exports.py schema) plus `experiment`, `trial_index` (creation order),
     `kind` (the GAN loss, or the family for VAE/AE) and `label` (e.g. 'hinge z64 #3')."""
     history: pd.DataFrame
-    """One row per evaluation (tuner/exports.py schema) plus `experiment`, `eval_index`, `clock_s`."""
+    """One row per evaluation (tuner/results/exports.py schema) plus `experiment`, `eval_index`, `clock_s`."""
     best: dict[str, Any] | None
     search: dict[str, Any]
     """search_config.json: {"search": SearchConfig, "base": TrainConfig, "space_overrides": {...}}."""
@@ -139,7 +139,7 @@ def load_experiment(path: str | Path, rebuild: bool | None = None, name: str | N
     frames, source = None, "exports"
     if rebuild:
         try:
-            from tuner.exports import build_frames
+            from tuner.results.exports import build_frames
 
             frames, source = build_frames(path), "ray"
         except Exception as err:  # e.g. Ray's records half-written; the exports may still be there
@@ -175,7 +175,7 @@ def read_exports(path: Path) -> dict[str, Any]:
     if (path / "trials.parquet").is_file():
         trials = pd.read_parquet(path / "trials.parquet")
     elif (path / "trials.csv").is_file():
-        from tuner.exports import read_trials_csv
+        from tuner.results.exports import read_trials_csv
 
         trials = read_trials_csv(path / "trials.csv")
     else:
@@ -193,7 +193,7 @@ def load_study(path: Path, study_name: str):
         return None
     import optuna
 
-    from tuner.optuna_bridge import make_storage
+    from tuner.study.optuna_bridge import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -312,8 +312,8 @@ def finite(values: pd.Series) -> pd.Series:
 
 def space_params(search: dict[str, Any]) -> list[str]:
     """The parameters an experiment varies, from its search_config.json: a grid's axes, or the
-    search space (tuner.space ranges with their overrides, plus the loss for GANs)."""
-    from tuner.space import GRIDS, build_ranges
+    search space (tuner.config.space ranges with their overrides, plus the loss for GANs)."""
+    from tuner.config.space import GRIDS, build_ranges
 
     base = search["base"]
     grid = search["search"].get("grid")
@@ -456,7 +456,7 @@ def seed_groups(exps: ExperimentSet | list[Experiment]) -> dict[str, list[Experi
     import dataclasses
 
     from tuner.config import TrainConfig
-    from tuner.study import SearchConfig
+    from tuner.config.search import SearchConfig
 
     # fields that say where or how a study ran, not what it searched; and the defaults of fields an
     # older gentune did not save, so that studies saved by different versions still compare

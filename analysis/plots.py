@@ -25,7 +25,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from tuner.space import LOG_SCALED as LOG_PARAMS  # the space draws them log-uniformly
+from tuner.config.space import LOG_SCALED as LOG_PARAMS  # the space draws them log-uniformly
 from analysis.frames import (
     COLLAPSE_CLASSES,
     COLLAPSE_KL,

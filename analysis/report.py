@@ -22,8 +22,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from analysis import fmt
-from tuner.cli import ArgumentParser
-from tuner.schema import STATUSES
+from tuner.config.cli import ArgumentParser
+from tuner.config.schema import STATUSES
 from analysis.answers import answer_all
 from analysis.frames import (
     Experiment,
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="rebuild the frames from Ray's records (default: when experiment_state exists) or read the exports")
     args = p.parse_args(argv)
     from tuner.config import ConfigError
-    from tuner.paths import output_folder
+    from tuner.config.paths import output_folder
 
     try:
         output_folder("out", args.out)  # before anything is created or read

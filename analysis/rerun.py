@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from analysis import final
-from tuner.cli import ArgumentParser
+from tuner.config.cli import ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:

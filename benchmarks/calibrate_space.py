@@ -5,7 +5,7 @@
 
 Each seed runs `python -m tuner.search --space wide --sampler random --no-warm-start --num-samples N
 --seed S` on Fashion-MNIST: random configs from the wide space (published values widened about a
-decade each way, tuner/space.py:WIDE_GAN_RANGES) under the default ASHA (64 kimg, rungs at 8 and
+decade each way, tuner/config/space.py:WIDE_GAN_RANGES) under the default ASHA (64 kimg, rungs at 8 and
 24 kimg, reduction factor 3). Random sampling keeps the evidence unbiased by a model of the results.
 
 The analysis writes docs/search-space.md and docs/search-space/*.png:

@@ -6,7 +6,7 @@
 Runs `python tuner/search.py` with the study's defaults (Fashion-MNIST, 64 kimg, rungs at 8 and 24
 kimg, domain FID of 1000 samples) and its default checkpoint schedule (`checkpoint_every_kimg` =
 grace_kimg = 8, `checkpoint_every_min` = 2): checkpoints without evaluation at 16, 32, 40, 48 and 56
-kimg. Every such checkpoint is timed inside the trial (tuner/loop.py: writing checkpoint.pt, then
+kimg. Every such checkpoint is timed inside the trial (tuner/training/loop.py: writing checkpoint.pt, then
 `tune.report`, which copies it and the trial folder to storage and waits for the driver), summed in
 each evaluation record as `checkpoint_s`. Share = checkpoint_s / the trial's wall time (Tune's
 time_total_s). Also printed: the cost of one checkpoint, and what it is as a share of the 2 minutes

@@ -3,8 +3,8 @@
     python benchmarks/fid_speed.py            # real run: about 5-10 min on 2 CPU cores
     python benchmarks/fid_speed.py --smoke    # tiny sizes, < 20 s
 
-Part 1, the score: tuner.fid.frechet_distance (symmetric eigh form), cold and as a trial computes it
-per evaluation (the real side factored once: tuner.fid.Reference), against
+Part 1, the score: tuner.metrics.fid.frechet_distance (symmetric eigh form), cold and as a trial computes it
+per evaluation (the real side factored once: tuner.metrics.fid.Reference), against
   - sqrtm: pytorch-fid's formula, tr sqrtm(S1 S2) with scipy.linalg.sqrtm (eps offset if not finite,
     real part), float64;
   - torchmetrics: `a + b - 2 * torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum(-1)` in float64,
@@ -15,7 +15,7 @@ models (rank d/4, isotropic noise 0.1, the second model's loadings and mean pert
 interleaved repeats (order rotated), medians; agreement is |FID - FID_sqrtm| / FID_sqrtm.
 
 Part 2, one evaluation at an ASHA rung at the search defaults (max_kimg 64, evaluations at the rungs 8 and 24 and at 64,
-fid_samples 1000; hinge DCGAN width 64, batch 64): tuner.evaluate.Evaluator.evaluate (sampling, features,
+fid_samples 1000; hinge DCGAN width 64, batch 64): tuner.training.evaluate.Evaluator.evaluate (sampling, features,
 FID against cached real statistics, diversity, sample grid) for the domain backbone at the real
 N = 1000; for inception, each component is timed at a small N and the per-image cost is
 extrapolated to N = 1000 (labelled; --skip-inception leaves it out). Its share of a trial =
@@ -102,7 +102,7 @@ def low_rank_features(n: int, d: int, rng: np.random.Generator, loadings: np.nda
 
 
 def make_statistics(d: int, n: int, seed: int):
-    from tuner.fid import feature_statistics
+    from tuner.metrics.fid import feature_statistics
 
     rng = np.random.default_rng(seed)
     rank = max(2, d // 4)
@@ -118,7 +118,7 @@ def make_statistics(d: int, n: int, seed: int):
 
 
 def bench_formulas(args) -> tuple[list[list], dict[int, dict[str, float]], str]:
-    from tuner.fid import Reference, frechet_distance
+    from tuner.metrics.fid import Reference, frechet_distance
 
     tm_fid, tm_desc = torchmetrics_fid_function()
     methods = {
@@ -162,7 +162,7 @@ def bench_formulas(args) -> tuple[list[list], dict[int, dict[str, float]], str]:
 
 
 def training_img_s(trial, images, n_images: int) -> float:
-    from tuner.steps import gan_step
+    from tuner.training.steps import gan_step
 
     seen0 = trial.images_seen
     common.sync(trial.device)
@@ -175,9 +175,9 @@ def training_img_s(trial, images, n_images: int) -> float:
 
 def bench_evaluation(args, fid_2048_s: float | None, device: torch.device) -> tuple[list[list], list[list], list[str]]:
     from tuner.data import training_images
-    from tuner.study import parse
-    from tuner.evaluate import Evaluator
-    from tuner.trial import build_trial
+    from tuner.study.driver import parse
+    from tuner.training.evaluate import Evaluator
+    from tuner.training.trial import build_trial
 
     # the base trial config of `python tuner/search.py` (its evaluation points: ASHA's rungs and the end)
     _, cfg, _ = parse(["--dataset", DATASET, "--device", device.type, *(["--fid-samples", "64"] if args.smoke else [])])
@@ -190,14 +190,14 @@ def bench_evaluation(args, fid_2048_s: float | None, device: torch.device) -> tu
 
 
 def _bench_evaluation(args, cfg, trial, images, out: Path, fid_2048_s: float | None, evaluate):
-    from tuner.backbones import get_backbone
-    from tuner.diversity import diversity_metrics
-    from tuner.fid import Reference, feature_statistics
-    from tuner.evaluate import decode, generate, save_grid
+    from tuner.metrics.backbones import get_backbone
+    from tuner.metrics.diversity import diversity_metrics
+    from tuner.metrics.fid import Reference, feature_statistics
+    from tuner.training.evaluate import decode, generate, save_grid
 
     device = trial.device
     n = cfg.fid_samples
-    from tuner.loop import eval_points
+    from tuner.training.loop import eval_points
 
     evals_per_trial = len(eval_points(cfg))  # a trial that trains the whole budget
     block = 128 if args.smoke else 2048
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Part 1: Fréchet distance of two float64 feature sets of {args.samples} samples each (random low-rank + noise "
         f"models), three formulas on the same (mu, sigma). torchmetrics: {tm_desc}. Computing one covariance took "
         + ", ".join(f"{v['stats_s']:.2f} s at {d}-d" for d, v in by_dim.items()) + " (not included below). "
-        "`gentune, real side factored` is what a trial pays per evaluation: `tuner.fid.real_reference` factors the "
+        "`gentune, real side factored` is what a trial pays per evaluation: `tuner.metrics.fid.real_reference` factors the "
         "cached real statistics once per process (`Reference.from_moments`, which took "
         + ", ".join(f"{v['factor_s']:.2f} s at {d}-d" for d, v in by_dim.items()) + "; not included below), and each "
         "evaluation calls `Reference.distance`. `gentune` is the cold `frechet_distance`, which factors both sides.",

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:
         return rc
     out = result(exp)
-    from tuner.atomic import write_whole
+    from tuner.config.atomic import write_whole
 
     path = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / ("final-eval-smoke.json" if args.smoke else "final-eval.json")
     path.parent.mkdir(parents=True, exist_ok=True)

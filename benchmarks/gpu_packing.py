@@ -1,18 +1,18 @@
-"""Fused trial packs: K GAN trials in one fused step (tuner/pack.py) against the other ways to run K.
+"""Fused trial packs: K GAN trials in one fused step (tuner/training/pack.py) against the other ways to run K.
 
     python benchmarks/gpu_packing.py --report benchmarks/results/gpu-packing-DATE.md   # 5-10 min on 2 CPU cores
     python benchmarks/gpu_packing.py --smoke                                          # tiny sizes, one config, < 1 min
 
 For each device (the CPU, and CUDA where torch sees it), each config and each pack size K:
 
-  one at a time  K trials in one process, stepped in turn (tuner.steps.gan_step): what one slot of a
+  one at a time  K trials in one process, stepped in turn (tuner.training.steps.gan_step): what one slot of a
                  study gives K trials when they share it by time.
-  fused          one pack of the K trials (tuner.pack.fused_gan_step): one fused step trains all K.
+  fused          one pack of the K trials (tuner.training.pack.fused_gan_step): one fused step trains all K.
   K processes    K processes stepping one trial each at once, as K fractional Ray trials run
                  (trainer_throughput.run_processes: one torch thread each; on a GPU each capped to 1/K
                  of its memory).
 
-Configs: the study's calibrated point (lsgan, z 24, G 32 / D 80, spectral norm, batch 32; tuner.space)
+Configs: the study's calibrated point (lsgan, z 24, G 32 / D 80, spectral norm, batch 32; tuner.config.space)
 and the published hinge point at the throughput benchmark's size (width 64, batch 64). Members of a
 pack differ in seed and learning rate, as a study's would. The in-process methods are timed in
 interleaved rounds (so slow changes in machine load hit both alike); img/s counts real images seen by D,
@@ -37,10 +37,10 @@ import torch  # noqa: E402
 
 from tuner.config import TrainConfig  # noqa: E402
 from tuner.data import load_split, resolve_mirror, training_images  # noqa: E402
-from tuner.pack import FusedGAN, fused_gan_step  # noqa: E402
-from tuner.space import CALIBRATED  # noqa: E402
-from tuner.steps import gan_step  # noqa: E402
-from tuner.trial import build_trial  # noqa: E402
+from tuner.training.pack import FusedGAN, fused_gan_step  # noqa: E402
+from tuner.config.space import CALIBRATED  # noqa: E402
+from tuner.training.steps import gan_step  # noqa: E402
+from tuner.training.trial import build_trial  # noqa: E402
 
 DATASET = "fashion-mnist"
 CONFIGS = {

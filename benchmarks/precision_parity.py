@@ -3,7 +3,7 @@
     python benchmarks/precision_parity.py            # real run: 3 losses x 3 seeds x 2 precisions at 64 kimg
     python benchmarks/precision_parity.py --smoke    # tiny: 1 loss, 1 seed, 0.25 kimg
 
-Part 1 (parity): for each loss (bce, hinge, wgan-gp) and seed, one `tuner.loop.train` run in
+Part 1 (parity): for each loss (bce, hinge, wgan-gp) and seed, one `tuner.training.loop.train` run in
 fp32 and one in bf16 (the `precision` field), the same config otherwise (published settings of the
 loss, width 64, batch 64), scored once at the end with the domain FID on 1000 samples. Runs go two
 at a time (one process and one thread each), as a study's trials do. The verdict per loss: is
@@ -48,7 +48,7 @@ def one_run(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from tuner.config import TrainConfig
-    from tuner.loop import train
+    from tuner.training.loop import train
 
     cfg = TrainConfig(**job["cfg"])
     with tempfile.TemporaryDirectory() as out:
@@ -67,8 +67,8 @@ def throughput(variant: str, kimg: float, smoke: bool) -> float:
     torch.set_num_threads(1)
     from tuner.config import TrainConfig
     from tuner.data import training_images
-    from tuner.steps import gan_step
-    from tuner.trial import build_trial
+    from tuner.training.steps import gan_step
+    from tuner.training.trial import build_trial
 
     cfg = TrainConfig(dataset="fashion-mnist", loss="hinge", precision="fp32" if variant == "fp32" else "bf16",
                       train_limit=2048 if smoke else None).resolved()

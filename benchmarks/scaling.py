@@ -8,7 +8,7 @@ Two clusters made with ray.cluster_utils.Cluster, with equal CPUs per node:
   2 nodes: the same head node plus a second node with as many CPUs.
 Each runs the same Tune experiment (one trial per grid cell, 1 CPU per trial, FIFO), alternating
 1-node / 2-node runs for --repeats rounds. Two fixed trainables, each timed inside the trial:
-  dcgan: tuner.steps.gan_step on a tiny DCGAN (widths 16, batch 32, hinge) for --steps steps on a
+  dcgan: tuner.training.steps.gan_step on a tiny DCGAN (widths 16, batch 32, hinge) for --steps steps on a
          random uint8 tensor (no dataset), 1 torch thread: real compute, so trials on two "nodes"
          of one 2-core machine compete for the same cores;
   sleep: time.sleep(--sleep-s): no compute, so it isolates Ray's own scheduling cost.
@@ -66,8 +66,8 @@ def trainable(config: dict) -> None:
         import torch
 
         from tuner.config import TrainConfig
-        from tuner.steps import gan_step
-        from tuner.trial import build_trial
+        from tuner.training.steps import gan_step
+        from tuner.training.trial import build_trial
 
         torch.set_num_threads(1)
         cfg = TrainConfig(loss="hinge", g_width=16, d_width=16, batch_size=32, device="cpu").resolved()

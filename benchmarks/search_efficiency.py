@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--grid-wall needs --grid-exp (the grid run it describes)")
     if args.analyze and (len(args.analyze) < 2 or not args.random or len(args.random) != len(args.analyze) - 1):
         parser.error("--analyze GRID STUDY... needs --random with one experiment per study")
-    from tuner.study import parse
+    from tuner.study.driver import parse
 
     st = common.stamp()
     storage = str(Path(args.storage) / st)

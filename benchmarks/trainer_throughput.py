@@ -7,9 +7,9 @@ Three loops, each with its own copy of the same DCGAN (models.registry.build_mod
 tuner.trials.build_trial, same seed), the same loss and optimiser settings, the same batch size
 and device, run interleaved (order rotated every repeat, warm-up excluded):
 
-  gentune      tuner.steps.gan_step(trial, images): batches drawn by index from the uint8 training
+  gentune      tuner.training.steps.gan_step(trial, images): batches drawn by index from the uint8 training
                tensor held on the device (tuner.data.sample_batch), n_critic D steps + 1 G step.
-  gentune+loop the same step plus the bookkeeping of tuner.loop.train's loop (metric sums, a
+  gentune+loop the same step plus the bookkeeping of tuner.training.loop.train's loop (metric sums, a
                synchronising finiteness check every DIVERGENCE_CHECK_EVERY steps).
   DataLoader   the usual lab loop: torchvision FashionMNIST with ToTensor + Normalize((0.5,), (0.5,)),
                DataLoader(batch 128, shuffle, drop_last, num_workers 0), the same n_critic D steps
@@ -42,9 +42,9 @@ import common  # noqa: E402
 
 import torch  # noqa: E402
 
-import tuner.loop as trainloop  # noqa: E402
-import tuner.steps as trainsteps  # noqa: E402
-import tuner.trial as trials  # noqa: E402
+import tuner.training.loop as trainloop  # noqa: E402
+import tuner.training.steps as trainsteps  # noqa: E402
+import tuner.training.trial as trials  # noqa: E402
 from tuner.config import TrainConfig  # noqa: E402
 from tuner.data import data_root, load_split, resolve_mirror, training_images  # noqa: E402
 
@@ -72,7 +72,7 @@ def build_parser():
 
 
 class TimedSampler:
-    """tuner.steps.sample_batch with perf_counter around each call (synchronised on CUDA)."""
+    """tuner.training.steps.sample_batch with perf_counter around each call (synchronised on CUDA)."""
 
     def __init__(self, device: torch.device) -> None:
         self.inner = trainsteps.sample_batch
@@ -99,7 +99,7 @@ class GentuneLoop:
 
     def step(self) -> None:
         out = trainsteps.gan_step(self.trial, self.images)
-        if self.bookkeeping:  # what tuner.loop.train does around every step
+        if self.bookkeeping:  # what tuner.training.loop.train does around every step
             t0 = time.perf_counter()
             for key, value in out.items():
                 self.sums[key] = self.sums.get(key, 0) + value
@@ -168,7 +168,7 @@ def bench_loss(loss: str, device: torch.device, images: torch.Tensor, args) -> d
         "DataLoader": DataLoaderLoop(cfg, device, args.workers),
     }
     steps = max(1, round(args.images_per_repeat / (cfg.batch_size * cfg.n_critic)))
-    # gan_step looks sample_batch up in tuner.steps' namespace: time it there, per loop.
+    # gan_step looks sample_batch up in tuner.training.steps' namespace: time it there, per loop.
     original = trainsteps.sample_batch
     results = {m: {"img_s": [], "data_share": [], "book_share": []} for m in METHODS}
     try:

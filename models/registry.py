@@ -4,7 +4,7 @@ Builders take what they need as keyword arguments: every family takes z_dim, g_w
 (generator/decoder and discriminator/encoder widths); a GAN also d_norm, a VAE/AE regularize and
 dropout. A GAN builder returns `(generator, discriminator)`; a VAE or AE builder returns one module.
 Builders register themselves from `models.gan` and `models.vae` when `models` is imported. The
-trainer maps its config onto these arguments in one place (tuner/trial.py:model_args).
+trainer maps its config onto these arguments in one place (tuner/training/trial.py:model_args).
 """
 
 from __future__ import annotations

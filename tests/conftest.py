@@ -177,7 +177,7 @@ def load_study(exp: Path, name: str):
     """The Optuna study of an experiment, from its journal."""
     import optuna
 
-    from tuner.optuna_bridge import make_storage
+    from tuner.study.optuna_bridge import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(str(exp / "optuna.journal")))
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tuner.cli import flag
+from tuner.config.cli import flag
 from tuner.config import TrainConfig
-from tuner.study import SearchConfig
+from tuner.config.search import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {

@@ -8,7 +8,7 @@ credentials or the network; the autouse fixture below makes any connection attem
 Then the project's own rules, which Ray does not check: the security group opens only SSH to the
 outside, no credentials in the files, the project is copied to and installed on every node, the
 dashboard stays on loopback, Ray's Prometheus endpoints are switched off, every node starts Ray with
-token auth and the cluster's own token (a file made by `python -m tuner.cluster_token`, mode 0600,
+token auth and the cluster's own token (a file made by `python -m tuner.config.cluster_token`, mode 0600,
 never the account's ~/.ray/auth_token) mounted from the launching machine, every node's Ray and shell
 use a temp folder of the account's own, a node without a GPU installs the CPU build of torch, a
 head-only local cluster keeps `worker_ips: []`, and docs/cluster.md says what `ray up` needs (rsync,
@@ -332,7 +332,7 @@ def test_every_node_starts_ray_with_token_auth_and_its_own_tmpdir(path: Path, tm
             # the mounted file of the cluster's own, never the token itself in the environment
             assert env.get("RAY_AUTH_TOKEN_PATH") == str(tmp_path / token_mount(cfg)[2:]), (key, command)
             assert "RAY_AUTH_TOKEN" not in env
-            # Ray's Prometheus endpoints, which answer without the token, are off (tuner/study.py says how)
+            # Ray's Prometheus endpoints, which answer without the token, are off (tuner/study/driver.py says how)
             assert {k: env.get(k) for k in METRICS_OFF} == METRICS_OFF, (key, command)
 
 
@@ -353,7 +353,7 @@ def test_token_file_is_the_clusters_own_mounted_on_every_node_and_kept_private(p
     # made the way the docs say, the file is the owner's only; the setup commands keep it so on the nodes
     home = tmp_path / "home"
     home.mkdir()
-    made = subprocess.run([sys.executable, "-m", "tuner.cluster_token", token.replace("~", str(home), 1)],
+    made = subprocess.run([sys.executable, "-m", "tuner.config.cluster_token", token.replace("~", str(home), 1)],
                           cwd=ROOT, capture_output=True, text=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
     assert made.returncode == 0, made.stderr
     local = home / token[2:]
@@ -438,7 +438,7 @@ def test_no_auth_disabled_anywhere() -> None:
 
 
 def test_docs_use_flags_that_search_py_has() -> None:
-    from tuner.study import parser
+    from tuner.config.search import parser
 
     known = set(parser()._option_string_actions)
     text = DOCS.read_text().replace("\\\n", " ")
@@ -455,7 +455,7 @@ def test_docs_say_what_the_launcher_needs() -> None:
     text = DOCS.read_text()
     for needle in ("rsync", "FileNotFoundError", "tmux", "ray exec cluster-local.yaml 'tmux kill-server'",
                    "~/.ssh/config", "worker_ips: []", "TMPDIR", "~/.gentune-tmp", "/tmp/_ray_lockfiles",
-                   "python -m tuner.cluster_token ~/.gentune/gentune-lab.token", "~/.gentune/gentune.token",
+                   "python -m tuner.config.cluster_token ~/.gentune/gentune-lab.token", "~/.gentune/gentune.token",
                    "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH", "Rotate the token", "Revoke",
                    # the launcher's state folder, the same for every command, and the symptom without it
                    "export TMPDIR=$HOME/.gentune-tmp", "cluster-gentune-lab.state", "Head node of cluster (gentune-lab) not found!",

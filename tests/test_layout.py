@@ -16,18 +16,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("models", "tuner", "analysis")
 
-# lowest first; a module may import modules of its own layer and of the layers before it
+# lowest first; a module may import modules of its own layer and of the layers before it. Each layer of
+# tuner/ is a folder; the top of tuner/ holds only the command lines (TOP_OF_TUNER).
 LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("models",),
-    "config": ("tuner.config", "tuner.cli", "tuner.paths", "tuner.schema", "tuner.atomic", "tuner.cluster_token"),
-    "train and metrics": ("tuner.data", "tuner.precision", "tuner.families", "tuner.trial", "tuner.steps", "tuner.checkpoint",
-                          "tuner.evaluate", "tuner.loop", "tuner.fused", "tuner.pack", "tuner.train", "tuner.progress", "tuner.watch",
-                          "tuner.backbones", "tuner.domain", "tuner.fid", "tuner.diversity", "tuner.metrics_cache"),
-    "study": ("tuner.space", "tuner.optuna_bridge", "tuner.console", "tuner.storage", "tuner.staging",
-              "tuner.worker", "tuner.packing", "tuner.resume", "tuner.study"),
-    "results": ("tuner.exports", "tuner.search"),
+    "config": ("tuner.config",),
+    "data": ("tuner.data",),
+    "metrics": ("tuner.metrics",),
+    "training": ("tuner.training",),
+    "study": ("tuner.study",),
+    "results": ("tuner.results",),
+    "command lines": ("tuner.search", "tuner.train", "tuner.fid"),
     "analysis": ("analysis",),
 }
+TOP_OF_TUNER = {"__init__.py", "search.py", "train.py", "fid.py"}
 
 
 def project_modules() -> list[str]:
@@ -36,6 +38,8 @@ def project_modules() -> list[str]:
 
 
 def layer_of(module: str) -> int:
+    if module == "tuner":  # the package's empty __init__
+        return 0
     for index, prefixes in enumerate(LAYERS.values()):
         if any(module == p or module.startswith(p + ".") for p in prefixes):
             return index
@@ -55,7 +59,7 @@ def imports_of(module: str, known: set[str], path: Path | None = None) -> set[st
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from tuner import loop` imports tuner.loop; `from tuner.config import X` imports tuner.config
+            # `from tuner import loop` imports tuner.training.loop; `from tuner.config import X` imports tuner.config
             names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
                      for alias in node.names]
         else:
@@ -108,6 +112,16 @@ def test_the_import_graph_has_no_circle():
             visit(module)
 
 
+def test_tuner_is_folders_of_layers_and_the_command_lines():
+    tuner = ROOT / "tuner"
+    top = {p.name for p in tuner.iterdir() if p.suffix == ".py"}
+    folders = {p.name for p in tuner.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert top == TOP_OF_TUNER
+    assert {f"tuner.{f}" for f in folders} == {p for prefixes in LAYERS.values() for p in prefixes
+                                               if p.startswith("tuner.") and p.count(".") == 1} - {
+        "tuner.search", "tuner.train", "tuner.fid"}
+
+
 def test_the_checker_sees_every_kind_of_import(tmp_path):
     # the checker itself must be able to fail: imports hidden in a function and under TYPE_CHECKING count
     source = tmp_path / "a.py"
@@ -118,8 +132,8 @@ def test_the_checker_sees_every_kind_of_import(tmp_path):
     known = {"tuner", "tuner.a", "tuner.b", "tuner.c", "tuner.d", "analysis", "analysis.f"}
     assert imports_of("tuner.a", known, source) == {"tuner.b", "tuner.c", "tuner.d", "tuner", "analysis.f"}
     graph = import_graph()
-    assert "tuner.config" in graph["tuner.loop"]  # a module-level import
-    assert "tuner.loop" in graph["tuner.worker"]  # `from tuner import loop` inside run_trial
+    assert "tuner.config" in graph["tuner.training.loop"]  # a module-level import
+    assert "tuner.training.loop" in graph["tuner.study.worker"]  # `from tuner import loop` inside run_trial
 
 
 def test_every_module_imports_alone():
@@ -140,7 +154,8 @@ def test_every_module_imports_alone():
 def test_each_rule_is_declared_once():
     from models.gan import D_NORMS
     from models.losses import LOSS_KEYS, LOSSES, OPTIMIZERS
-    from tuner import config, space
+    from tuner import config
+    from tuner.config import space
     from tuner.config import TrainConfig
 
     assert config.D_NORMS is D_NORMS and config.OPTIMIZERS is OPTIMIZERS
@@ -155,9 +170,9 @@ def test_each_rule_is_declared_once():
                                                           **space.AUTOENCODER_RANGES}.items() if r.log}
 
     # the names a config accepts, and one entry per name in each registry that serves them
-    from tuner.backbones import BACKBONE_CLASSES
-    from tuner.families import FAMILY_SPECS
-    from tuner.steps import STEPS
+    from tuner.metrics.backbones import BACKBONE_CLASSES
+    from tuner.training.families import FAMILY_SPECS
+    from tuner.training.steps import STEPS
 
     assert list(FAMILY_SPECS) == list(STEPS) == list(config.FAMILIES)
     assert sorted(BACKBONE_CLASSES) == sorted(config.BACKBONES)
@@ -171,6 +186,9 @@ def test_the_tests_mirror_the_package_tree():
     folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
     assert folders == {"models", "tuner", "analysis", "benchmarks"}
     assert all((ROOT / name).is_dir() for name in folders)
+    layers = {p.relative_to(tests / "tuner") for p in (tests / "tuner").rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    assert layers and all((ROOT / "tuner" / layer).is_dir() for layer in layers)  # tests/tuner/<layer>/ mirrors tuner/<layer>/
+    assert not list((tests / "tuner").glob("test_*.py"))
     names = [p.name for p in tests.rglob("test_*.py")]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
 
@@ -178,8 +196,8 @@ def test_the_tests_mirror_the_package_tree():
 def test_command_lines_start_without_torch():
     # a typo, a bad value or --help answers at once: the config and study layers import torch only when
     # a trial runs (the loss registry imports it in its functions); ~90 bad-input cases start these commands
-    code = ("import sys\nimport tuner.search, tuner.train, tuner.exports, analysis.rerun\n"
-            "from tuner.config import ConfigError, TrainConfig\nfrom tuner.study import parse\n"
+    code = ("import sys\nimport tuner.search, tuner.train, tuner.results.exports, analysis.rerun\n"
+            "from tuner.config import ConfigError, TrainConfig\nfrom tuner.study.driver import parse\n"
             "for loss in ('bce', 'hinge', 'wgan', 'wgan-gp', 'lsgan'):\n    TrainConfig(loss=loss).resolved()\n"
             "parse(['--losses', 'hinge', 'wgan-gp', '--max-kimg', '8'])\n"
             "try:\n    TrainConfig(loss='hinge', clip_value=0.1)\nexcept ConfigError:\n    pass\n"

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from tuner.cli import glossary
+from tuner.config.cli import glossary
 from tuner.config import TrainConfig
-from tuner.study import SEARCH_TRAIN_DEFAULTS, SearchConfig
+from tuner.config.search import SEARCH_TRAIN_DEFAULTS, SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ def test_a_study_runs_with_the_defaults_its_help_and_the_glossary_state():
     import subprocess
     import sys
 
-    from tuner.study import parse
+    from tuner.study.driver import parse
 
     out = subprocess.run([sys.executable, "tuner/search.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120).stdout
@@ -36,7 +36,7 @@ def test_a_study_runs_with_the_defaults_its_help_and_the_glossary_state():
 
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    command = 'pip install -e ".[dev]" && export GENTUNE_DATA_MIRROR=/usr/share/datasets/fashion-mnist && python -m pytest -q -n 2 --dist loadfile --ignore=tests/tuner/test_faults.py && python -m pytest -q -n 2 tests/tuner/test_faults.py'
+    command = 'pip install -e ".[dev]" && export GENTUNE_DATA_MIRROR=/usr/share/datasets/fashion-mnist && python -m pytest -q -n 2 --dist loadfile --ignore=tests/tuner/study/test_faults.py && python -m pytest -q -n 2 tests/tuner/study/test_faults.py'
     assert f"```bash\n{command}\n```" in readme
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert command in ci_lines

@@ -54,7 +54,7 @@ import yaml
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
 from conftest import REPO, TINY_TRIAL as TINY
-from tuner.exports import read_trials_csv
+from tuner.results.exports import read_trials_csv
 
 LOCAL_YAML = REPO / "cluster-local.yaml"
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_TMPDIR", "TMPDIR")
@@ -388,7 +388,8 @@ def short_root():
 LOCAL_DRIVER = """
 import os, sys
 import ray
-from tuner.study import SearchConfig, init_ray
+from tuner.config.search import SearchConfig
+from tuner.study.assembly import init_ray
 init_ray(SearchConfig())
 node = ray._private.worker._global_node
 print(os.environ.get("RAY_AUTH_MODE"), node.gcs_address, file=open(sys.argv[1] + ".tmp", "w"), flush=True)

@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tuner.cli import ArgumentParser, add_arguments, from_namespace
+from tuner.config.cli import ArgumentParser, add_arguments, from_namespace
 from tuner.config import ConfigError, TrainConfig, untyped_defaults
-from tuner.paths import cache_folder, output_folder
+from tuner.config.paths import cache_folder, output_folder
 
 
 def format_record(record: dict) -> str:
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from tuner.data import DataError
-    from tuner.checkpoint import CHECKPOINT_NAME, CheckpointError
-    from tuner.loop import train
+    from tuner.training.checkpoint import CHECKPOINT_NAME, CheckpointError
+    from tuner.training.loop import train
 
     out = Path(args.out)
     resume = out / "checkpoint" if args.resume else None
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --resume: no checkpoint at {resume / CHECKPOINT_NAME}", file=sys.stderr)
         return 2
     print(f"training {cfg.family}/{cfg.arch} on {cfg.dataset} for {cfg.max_kimg} kimg -> {out}", flush=True)
-    from tuner.progress import KimgProgress
+    from tuner.training.progress import KimgProgress
 
     progress = KimgProgress(cfg.max_kimg)  # a bar on a terminal, plain lines in logs and CI
     try:

@@ -167,9 +167,11 @@ def test_inception_metric_runs_in_fp32_under_bf16_training_and_its_statistics_ar
     Inception statistics are computed once, then read from the cache."""
     import torch
 
-    from tuner import backbones, fid
+    from tuner.metrics import backbones
+
+    from tuner.metrics import fid
     from tuner.config import TrainConfig
-    from tuner.loop import train
+    from tuner.training.loop import train
 
     calls = []
     forward = backbones.InceptionBackbone._forward

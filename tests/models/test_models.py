@@ -11,8 +11,8 @@ from torch.nn.utils import parametrize
 from models import LOSSES, MODELS, build_model, register_model, vae_loss
 from models.vae import AutoEncoder, VAE
 from tuner.config import ARCHS, D_NORMS, FAMILIES, TrainConfig
-from tuner.steps import d_step, g_step
-from tuner.trial import build_models, build_trial
+from tuner.training.steps import d_step, g_step
+from tuner.training.trial import build_models, build_trial
 
 Z_DIM, WIDTH = 4, 8
 
@@ -106,7 +106,7 @@ def test_dcgan_init():
 
 
 # ------------------------------------------------------------------------------------------
-# the trainer's real steps (tuner/steps.py): each side's step changes only its own parameters
+# the trainer's real steps (tuner/training/steps.py): each side's step changes only its own parameters
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,0 +1,145 @@
+"""Datasets: torchvision's MNIST / Fashion-MNIST, held in memory as one uint8 tensor.
+
+Online users get torchvision's normal download. Offline users point `--data-mirror` (or
+$GENTUNE_DATA_MIRROR) at a folder of the original `*-ubyte.gz` files; they are checked and
+gunzipped into `<data root>/<ClassName>/raw/`, where torchvision's own parser reads them.
+
+The training loop never touches a DataLoader: `load_split` returns the whole split as a uint8
+tensor (N, 28, 28) once per process, and `sample_batch` draws batches by index on the trial's
+device.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+
+from tuner.config.atomic import write_whole
+from tuner.config.cli import one_line  # torchvision's download errors span several lines (one per mirror tried)
+
+DATASET_CLASSES = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
+SPLITS = ("train", "test")
+MIRROR_ENV = "GENTUNE_DATA_MIRROR"
+
+# md5 of the *decompressed* IDX files. torchvision pins the md5 of the upstream .gz files, but
+# distributions repack them (Debian's dataset-fashion-mnist .gz files differ byte-wise while the
+# content is identical), so a mirror file passes if either checksum matches.
+CONTENT_MD5 = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+
+
+class DataError(RuntimeError):
+    """The dataset is missing or damaged; the message says how to get it."""
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("GENTUNE_DATA_ROOT", Path.home() / ".cache" / "gentune" / "data"))
+
+
+def cache_root(value: str | None = None) -> Path:
+    """The cache folder for statistics and domain classifiers (config field cache_dir)."""
+    path = Path(value or os.environ.get("GENTUNE_CACHE") or Path.home() / ".cache" / "gentune")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def how_to_get(dataset: str) -> str:
+    debian = " or `apt-get install dataset-fashion-mnist` and use /usr/share/datasets/fashion-mnist" if dataset == "fashion-mnist" else ""
+    return (
+        f"To get {dataset}: run once with internet access (torchvision downloads it into {data_root()}), "
+        f"or set --data-mirror / ${MIRROR_ENV} to a folder with the original *-ubyte.gz files{debian}."
+    )
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def install_mirror(dataset: str, mirror: str | Path, root: Path | None = None) -> Path:
+    """Check the mirror's .gz files and gunzip them where torchvision expects them."""
+    cls = DATASET_CLASSES[dataset]
+    mirror = Path(mirror)
+    raw = (root or data_root()) / cls.__name__ / "raw"
+    if not mirror.is_dir():
+        raise DataError(f"data_mirror {str(mirror)!r} is not a folder. {how_to_get(dataset)}")
+    missing = [name for name, _ in cls.resources if not (mirror / name).is_file()]
+    if missing:
+        raise DataError(f"data_mirror {str(mirror)!r} lacks {', '.join(missing)}. {how_to_get(dataset)}")
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, gz_md5 in cls.resources:
+        target = raw / name.removesuffix(".gz")
+        compressed = (mirror / name).read_bytes()
+        try:
+            content = gzip.decompress(compressed)
+        except (OSError, EOFError) as err:
+            raise DataError(f"data_mirror file {mirror / name} is not a valid gzip file ({err})") from err
+        known = CONTENT_MD5.get(dataset, {}).get(target.name)
+        if _md5(compressed) != gz_md5 and _md5(content) != known:
+            raise DataError(
+                f"data_mirror file {mirror / name} has a bad checksum: md5 {_md5(compressed)} "
+                f"matches neither torchvision's {gz_md5} nor the known content checksum"
+            )
+        if not target.is_file() or target.stat().st_size != len(content):
+            write_whole(target, lambda tmp: tmp.write_bytes(content))
+    return raw
+
+
+def resolve_mirror(mirror: str | None) -> str | None:
+    return mirror or os.environ.get(MIRROR_ENV) or None
+
+
+@functools.cache
+def load_split(dataset: str, split: str, mirror: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, 28, 28), labels int64 (N,)) of one split, loaded once per process."""
+    if dataset not in DATASET_CLASSES:
+        raise DataError(f"invalid dataset={dataset!r}: allowed one of {', '.join(DATASET_CLASSES)}")
+    if split not in SPLITS:
+        raise DataError(f"invalid split={split!r}: allowed one of {', '.join(SPLITS)}")
+    cls = DATASET_CLASSES[dataset]
+    mirror = resolve_mirror(mirror)
+    if mirror:
+        install_mirror(dataset, mirror)
+    try:
+        ds = cls(str(data_root()), train=split == "train", download=not mirror and not _present(cls))
+    except RuntimeError as err:  # torchvision: "Dataset not found..." or a failed download
+        raise DataError(f"{dataset} not found under {data_root()} ({one_line(err)}). {how_to_get(dataset)}") from err
+    except OSError as err:  # no network
+        raise DataError(f"{dataset} could not be downloaded ({one_line(err)}). {how_to_get(dataset)}") from err
+    return ds.data.contiguous(), ds.targets.long()
+
+
+def _present(cls: type) -> bool:
+    raw = data_root() / cls.__name__ / "raw"
+    return all((raw / name.removesuffix(".gz")).is_file() for name, _ in cls.resources)
+
+
+def training_images(dataset: str, device: torch.device, mirror: str | None = None, limit: int | None = None) -> torch.Tensor:
+    """The training split as uint8 (N, 1, 28, 28) on `device`."""
+    images, _ = load_split(dataset, "train", resolve_mirror(mirror))
+    if limit is not None:
+        images = images[:limit]
+    return images.unsqueeze(1).to(device)
+
+
+def sample_batch(images: torch.Tensor, batch_size: int, generator: torch.Generator, scale: str) -> torch.Tensor:
+    """A random batch by index, converted to float on the images' device.
+
+    scale: "tanh" -> [-1, 1] (GAN generators end in tanh); "unit" -> [0, 1] (Bernoulli VAEs).
+    """
+    idx = torch.randint(len(images), (batch_size,), generator=generator, device=generator.device)
+    # index_select, not images[idx]: same rows, but advanced indexing stalled for ms per batch
+    # with 2 torch threads on an oversubscribed CPU (BENCHMARKS.md, trainer throughput)
+    batch = images.index_select(0, idx).float().div_(255.0)
+    return batch.mul_(2.0).sub_(1.0) if scale == "tanh" else batch

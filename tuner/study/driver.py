@@ -1,0 +1,277 @@
+"""The study driver: flags -> SearchConfig + TrainConfig -> Ray Tune, where Optuna's TPE proposes
+configs and ASHA stops weak trials on FID. `tuner/search.py` is its script; the path of one study is
+drawn in tuner/config/search.py's USAGE (the `--help` text). The Tune run itself is assembled by
+tuner/study/assembly.py, which the final evaluation (analysis/final.py) shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from tuner.config import ConfigError, TrainConfig, build, parse_duration, untyped_defaults
+from tuner.config.atomic import write_whole
+from tuner.config.cli import from_namespace
+from tuner.config.schema import METRIC, MODE, TIME_ATTR
+from tuner.config.search import BUDGET_SAMPLES, SEARCH_TRAIN_DEFAULTS, SearchConfig, parser
+from tuner.study.assembly import is_experiment, run_tune
+from tuner.study.location import check_writable, is_remote, local_dir, study_path, upload
+from tuner.study.resume import RestoreFailed, check_restorable
+
+def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, Any]]:
+    """Flags -> (study config, base trial config, space overrides). Raises ConfigError.
+
+    With --resume, the study and base config saved with the experiment are used; only the study
+    flags given again on this command line (e.g. --address, --max-failures) override them.
+    """
+    from tuner.config.paths import cache_folder
+    from tuner.config.space import asha_rungs, build_ranges, load_space_file
+
+    args = parser().parse_args(argv)
+    search = from_namespace(SearchConfig, args)
+    if search.resume:
+        given_search = {f.name: getattr(search, f.name) for f in dataclasses.fields(SearchConfig) if f.name in vars(args)}
+        saved = load_saved(search)
+        # --allow-shrink is a decision for this command only: never taken over from the saved config
+        search = build(SearchConfig, {**saved["search"], **given_search, "resume": True,
+                                      "allow_shrink": given_search.get("allow_shrink", False)})
+        return search, TrainConfig.from_dict(saved["base"]), saved.get("space_overrides", {})
+    if search.time_budget is not None and "num_samples" not in vars(args):
+        search = dataclasses.replace(search, num_samples=BUDGET_SAMPLES)  # the budget ends the study
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
+    base = from_namespace(TrainConfig, args, **untyped_defaults(SEARCH_TRAIN_DEFAULTS, given))
+    cache_folder(base.cache_dir)
+    if "grace_kimg" not in vars(args) and search.grace_kimg > base.max_kimg:
+        # the default, shortened to fit a budget the user gave
+        grace = base.eval_every_kimg if base.eval_every_kimg > 0 else base.max_kimg / search.reduction_factor
+        search = dataclasses.replace(search, grace_kimg=grace)
+    if "checkpoint_every_kimg" not in vars(args):
+        # checkpoints between the rungs too, at most one rung's training apart (the first rung's)
+        base = base.replace(checkpoint_every_kimg=min(search.grace_kimg, base.max_kimg))
+    if search.grace_kimg > base.max_kimg:
+        raise ConfigError(f"invalid grace_kimg={search.grace_kimg}: allowed <= max_kimg ({base.max_kimg})")
+    overrides: dict[str, Any] = {}
+    if search.space_file:
+        overrides.update(load_space_file(search.space_file))
+    for item in search.ranges:
+        if "=" not in item:
+            raise ConfigError(f"invalid ranges item {item!r}: allowed NAME=LOW:HIGH or NAME=a,b,c")
+        key, value = item.split("=", 1)
+        overrides[key] = value.split(",") if "," in value else value
+    if (search.pack or 1) > 1 and base.family != "gan":
+        raise ConfigError(f"invalid pack={search.pack}: allowed 1 for family={base.family} (packs train GANs only)")
+    if search.grid is None:
+        build_ranges(base.family, overrides, search.space)  # validate now, before Ray starts
+        # evaluate where ASHA decides: at its rungs (and at max_kimg, always)
+        rungs = asha_rungs(base.max_kimg, search.grace_kimg, search.reduction_factor)
+        base = base.replace(eval_at_kimg=tuple(sorted(set(base.eval_at_kimg) | set(rungs))))
+    return search, base, overrides
+
+
+def searched_losses(search: SearchConfig, base: TrainConfig) -> tuple[str, ...]:
+    from models.losses import LOSSES
+
+    if search.losses:
+        return search.losses
+    return (base.loss,) if base.loss else tuple(LOSSES)
+
+
+# ------------------------------------------------------------------------------------------
+# the study (runs on the driver)
+
+
+def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]):
+    """Optuna's TPE over the define-by-run space, told honestly about pruned and diverged trials."""
+    import warnings
+
+    import optuna
+
+    from tuner.study.optuna_bridge import HonestOptunaSearch, make_storage
+    from tuner.config.space import build_ranges, define_by_run, warm_start_points
+
+    losses = searched_losses(search, base)
+    ranges = build_ranges(base.family, overrides, search.space)
+    if search.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=base.seed)
+    else:
+        # multivariate + group: TPE models parameters that occur together jointly, and the conditional
+        # ones (clip_value, gp_lambda) within their own group, instead of each one independently.
+        # tpe-independent: each parameter on its own (Optuna's default TPE), the comparison for the above.
+        joint = search.sampler == "tpe"
+        with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=base.seed, constant_liar=True, multivariate=joint, group=joint,
+                                                 n_startup_trials=search.n_startup_trials)
+    kind, extra = HonestOptunaSearch, {}
+    if (search.pack or 1) > 1:
+        from tuner.study.packing import PackingOptunaSearch, registry_name
+
+        kind, extra = PackingOptunaSearch, {"pack": search.pack, "base": base.to_dict(),
+                                            "registry": registry_name(search.experiment_dir)}
+    return kind(
+        **extra,
+        space=define_by_run(base.family, losses, ranges, small_n_critic="n_critic" not in overrides),
+        metric=METRIC,
+        mode=MODE,
+        points_to_evaluate=warm_start_points(losses, ranges, set(overrides)) if search.warm_start and base.family == "gan" else None,
+        sampler=sampler,
+        study_name=search.name,
+        storage=make_storage(study_path(search)),
+        max_kimg=base.max_kimg,
+        experiment_dir=search.experiment_dir,  # sample grids -> Optuna artifacts in EXPERIMENT/artifacts
+    )
+
+
+def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], trainable, run_config):
+    """A new study's Tuner: Optuna's searcher under ASHA, or a grid's cells under FIFO."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tuner.config.space import GRIDS
+
+    budget_s = parse_duration("time_budget", search.time_budget) if search.time_budget else None
+    if search.grid:
+        tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, max_concurrent_trials=search.max_concurrent or None,
+                                      reuse_actors=search.reuse_actors, time_budget_s=budget_s)
+        space = {"cell": tune.grid_search(GRIDS[search.grid])}
+        return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+
+    searcher = make_searcher(search, base, overrides)
+    scheduler = ASHAScheduler(
+        time_attr=TIME_ATTR,
+        max_t=base.max_kimg,
+        grace_period=search.grace_kimg,
+        reduction_factor=search.reduction_factor,
+    )
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        metric=METRIC,
+        mode=MODE,
+        num_samples=search.num_samples,
+        max_concurrent_trials=search.max_concurrent or None,
+        reuse_actors=search.reuse_actors,
+        time_budget_s=budget_s,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def load_saved(search: SearchConfig) -> dict[str, Any]:
+    if not is_experiment(search.experiment_dir):
+        if not is_remote(search) and (local_dir(search) / "search_config.json").is_file():
+            raise RestoreFailed(f"cannot resume {search.experiment_dir}: experiment_state-*.json is missing "
+                                "(Ray Tune's record of the trials); nothing was run or changed")
+        raise ConfigError(f"invalid resume: {search.experiment_dir} is not a gentune/Ray Tune experiment (no experiment_state file)")
+    if is_remote(search):
+        import pyarrow.fs
+
+        local_dir(search).mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(f"{search.experiment_dir}/search_config.json", str(local_dir(search) / "search_config.json"))
+    path = local_dir(search) / "search_config.json"
+    if not path.is_file():
+        raise ConfigError(f"invalid resume: {search.experiment_dir} has no search_config.json (not started by gentune)")
+    return json.loads(path.read_text())
+
+
+def pack_fits(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], on_gpu: bool) -> tuple[int, str]:
+    """How many members of the space's largest shape fit in one pack's memory, and the sizes as words."""
+    from tuner.training.pack import member_bytes, memory_budget
+    from tuner.config.space import build_ranges, largest_shape
+
+    need = member_bytes(largest_shape(base, build_ranges(base.family, overrides, search.space)))
+    budget = memory_budget(on_gpu, search.gpus_per_trial or 0, search.cpus_per_trial)
+    words = f"a member of the space's largest shape needs about {need / 2**20:.0f} MiB, a pack has {budget / 2**20:.0f} MiB"
+    return max(1, int(budget // need)), words
+
+
+def check_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> None:
+    """Before Ray starts: --pack above what one pack's memory holds is bad input (GPU memory where this
+    machine has a GPU a study would use, else its free RAM)."""
+    if (search.pack or 1) == 1 or search.grid is not None:
+        return
+    import torch
+
+    on_gpu = (search.gpus_per_trial > 0 if search.gpus_per_trial is not None
+              else base.device != "cpu" and torch.cuda.is_available())
+    if search.address is not None and on_gpu and not torch.cuda.is_available():
+        return  # a cluster driver without a GPU cannot see the nodes' memory
+    fits, words = pack_fits(search, base, overrides, on_gpu)
+    if search.pack > fits:
+        raise ConfigError(f"invalid pack={search.pack}: allowed at most {fits} on this machine ({words})")
+
+
+def resolve_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> SearchConfig:
+    """The pack size: --pack as given, else 1 on a CPU and, on a GPU, the largest power of two up to 64
+    whose members fit in a trial's share of GPU memory. One line says what was chosen and why."""
+    import math
+
+    if search.grid is not None or base.family != "gan":
+        return dataclasses.replace(search, pack=1)
+    on_gpu = (search.gpus_per_trial or 0) > 0
+    if search.pack is not None:
+        pack, why = search.pack, "--pack"
+    elif not on_gpu:
+        pack, why = 1, "the default on a CPU, where a fused pack is not faster (BENCHMARKS.md, gpu_packing)"
+    else:
+        fits, words = pack_fits(search, base, overrides, on_gpu)
+        pack = min(64, 2 ** int(math.log2(fits)))
+        why = f"the default on a GPU: {words}; at most 64"
+    share = f"{search.cpus_per_trial / pack:g} CPU" + (f" and {search.gpus_per_trial / pack:g} GPU" if on_gpu else "")
+    print(f"[gentune] packs: {pack} trial{'s' if pack > 1 else ''} per pack ({why}); each trial reserves {share}", flush=True)
+    return dataclasses.replace(search, pack=pack)
+
+
+def fid_floor(base: TrainConfig) -> dict[str, Any]:
+    """The real-vs-real FID floor of the study's metric (train vs test images, same backbone and N)."""
+    from tuner.data import resolve_mirror
+    from tuner.metrics.fid import real_floor
+
+    fid = real_floor(base.dataset, base.fid_backbone, base.fid_samples, resolve_mirror(base.data_mirror), base.cache_dir)
+    return {"fid": fid, "dataset": base.dataset, "fid_backbone": base.fid_backbone, "fid_samples": base.fid_samples}
+
+
+def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> Path:
+    """Run (or resume) the study to its end; returns the local folder holding the experiment, from
+    which tuner/search.py writes the exports."""
+    exp = search.experiment_dir
+    if not search.resume and is_experiment(exp):
+        raise ConfigError(f"invalid name={search.name!r}: {exp} already holds an experiment; use --resume or another --name")
+    check_writable(search)
+    if search.resume:
+        from tuner.study.optuna_bridge import expect_restored_trials
+
+        expect_restored_trials(set() if is_remote(search) else check_restorable(Path(exp), search.grid is None),
+                               journal=study_path(search), experiment_dir=exp)
+    # Everything that can fail on bad input or missing data fails here, before Ray starts.
+    check_pack(search, base, overrides)
+    from tuner.metrics.metrics_cache import prepare_assets  # (torch: imported after the checks above, which refuse at once)
+
+    assets = prepare_assets(base)
+
+    def new_tuner(search: SearchConfig, base: TrainConfig, trainable, run_config):
+        tuner = build_tuner(search, base, overrides, trainable, run_config)
+        local = local_dir(search)
+        local.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"search": dataclasses.asdict(search), "base": base.to_dict(), "space_overrides": overrides,
+                           "fid_floor": fid_floor(base)}, indent=2, default=list)
+        write_whole(local / "search_config.json", lambda tmp: tmp.write_text(text))
+        upload(search, ["search_config.json"])
+        return tuner
+
+    budget_s = parse_duration("time_budget", search.time_budget) if search.time_budget else None
+    grid, search, base = run_tune(search, base, assets, restore=search.resume, build=new_tuner, budget_s=budget_s,
+                                  num_samples=search.num_samples if not search.grid else None,
+                                  resolve=lambda search, base: resolve_pack(search, base, overrides))
+    if search.grid is None and Path(study_path(search)).is_file():
+        import optuna
+
+        from tuner.study.optuna_bridge import make_storage, mark_stale_trials
+
+        study = optuna.load_study(study_name=search.name, storage=make_storage(study_path(search)))
+        mark_stale_trials(study)  # everything has ended: nothing may stay RUNNING
+    if is_remote(search):  # exports are built from a local copy of the experiment, then uploaded
+        import pyarrow.fs
+
+        pyarrow.fs.copy_files(exp, str(local_dir(search)))
+    return local_dir(search)

@@ -1,0 +1,252 @@
+"""Resume: restore everything or nothing (RAY-OPTUNA.md pitfalls 10 and 11).
+
+Before Ray starts, `check_restorable` reads what Tune's restore will read and either repairs it or
+refuses with one line (RestoreFailed, exit 2) leaving every file unchanged. During `Tuner.fit`,
+`RestoreGuard` turns Tune's silent restart after a failed restore into that same error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuner.config import ConfigError
+
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+class RestoreFailed(ConfigError):
+    """Ray Tune could not restore the experiment; nothing has run and nothing was written."""
+
+
+FINISHED = ("TERMINATED", "ERROR")  # Tune's statuses of a trial it will not run again on restore
+LIMITER_KEY = "name:ConcurrencyLimiter"  # SearchGenerator's entry for the limiter --max-concurrent wraps the searcher in
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    """The file Tune restores from: the largest name matching `pattern` (names carry the session time)."""
+    found = sorted(folder.glob(pattern), key=lambda p: p.name)
+    return found[-1] if found else None
+
+
+def check_restorable(exp: Path, searched: bool) -> set[str]:
+    """Read, before Ray starts, what Tune's restore reads; refuse with one line naming the file, or repair.
+
+    Tune restarts an experiment from scratch when its restore fails (pitfall 10), so every part of a
+    local experiment's state is checked here first:
+    - the newest experiment_state-*.json (every trial's record): missing or unreadable -> refused;
+    - search_gen_state-*.json (Ray's pickle of how many trials the searcher has created, read with
+      Tune's own loader as its restore would): its count is set to the trials in the experiment
+      state when they differ (a driver killed while Tune copied its snapshot files into storage
+      leaves them from two moments); unreadable -> rebuilt from an older one, else refused;
+    - Tune's lock folder in the system temp (pitfall 11): unusable -> refused;
+    - half-copied files of a driver killed during a copy (tuner/study/storage.py) -> removed.
+    The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
+    journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
+    experiment state. `exp` is a local folder: remote storage (s3://) is left to the guard around
+    `fit` (RestoreGuard). `searched`: a study with a searcher (not a grid).
+    """
+
+    def refuse(what: str, why: str) -> RestoreFailed:
+        return RestoreFailed(f"cannot resume {exp}: {what} {why}; nothing was run or changed")
+
+    state_file = _newest(exp, "experiment_state-*.json")
+    if state_file is None:
+        raise refuse("experiment_state-*.json", "is missing (Ray Tune's record of the trials)")
+    try:
+        state = json.loads(state_file.read_bytes())
+        trial_ids, unfinished = set(), set()
+        for trial_json, _metadata in state["trial_data"]:
+            record = json.loads(trial_json)
+            trial_ids.add(record["trial_id"])
+            if record.get("status") is None:  # not a record Tune can restore: its restore will say so
+                unfinished = None
+            elif unfinished is not None and record["status"] not in FINISHED:
+                unfinished.add(record["trial_id"])
+        state["runner_data"]  # noqa: B018 (Tune's restore reads it first)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise refuse(state_file.name, f"is unreadable ({type(err).__name__}: {err})") from None
+    check_lock_folder(exp)  # before any repair: a refusal changes nothing
+    if searched:
+        repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished)
+    elif unfinished is not None:
+        repair_grid_state(exp)
+    remove_partial_copies(exp)
+    return trial_ids
+
+
+def remove_partial_copies(exp: Path) -> None:
+    """Remove the files a killed driver was copying into storage (never whole; their targets are)."""
+    from tuner.study.storage import PARTIAL_PREFIX
+
+    partial = sorted(exp.rglob(f"{PARTIAL_PREFIX}*"))
+    for path in partial:
+        path.unlink()
+    if partial:
+        print(f"gentune: removed {len(partial)} half-copied file(s) the stopped driver left "
+              f"({', '.join(str(p.relative_to(exp)) for p in partial[:3])}{', ...' if len(partial) > 3 else ''}); "
+              "the files they were copied over are whole", file=sys.stderr, flush=True)
+
+
+def reachable(obj: Any, cls: type, seen: set[int] | None = None) -> list:
+    """Every instance of `cls` reachable from `obj` through containers and attributes (a state Tune
+    or Optuna pickled), each once; the search stops at an instance."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, cls):
+        return [obj]
+    if isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        children = list(obj)
+    else:
+        children = list(getattr(obj, "__dict__", {}).values())
+    return [found for child in children for found in reachable(child, cls, seen)]
+
+
+def _storages(obj: Any) -> list:
+    """Every Ray Train StorageContext reachable from `obj` (a generator state Tune pickled)."""
+    from ray.train._internal.storage import StorageContext
+
+    return reachable(obj, StorageContext)
+
+
+def moved_storage(state: Any, exp: Path) -> str | None:
+    """The experiment folder a generator state creates new trials in, when that is not `exp` (the
+    experiment was moved or copied since): Tune points the trials it restores at the folder it
+    resumes (TuneController._restore_trials), but its search generator and grid generator create
+    each new trial with the storage they pickled, which would put new trials in the old folder (into
+    another copy of the study, if one is there)."""
+    for storage in _storages(state):
+        if storage.experiment_fs_path != str(exp):
+            return storage.experiment_fs_path
+    return None
+
+
+def follow_move(state: Any, moved_from: str, exp: Path) -> None:
+    """Point every storage in a generator state at `exp`, as Tune's restore does for its trials."""
+    print(f"gentune: the experiment was moved from {moved_from} to {exp}: new trials are written to {exp}",
+          file=sys.stderr, flush=True)
+    for storage in _storages(state):
+        storage.storage_fs_path, storage.experiment_dir_name = str(exp.parent), exp.name
+
+
+def repair_grid_state(exp: Path) -> None:
+    """A grid's generator state (basic-variant-state): new trials go to `exp` (moved_storage).
+    Unreadable, it is left to Tune's restore (RestoreGuard)."""
+    from ray.tune.utils.util import _atomic_save
+
+    newest = _newest(exp, "basic-variant-state-*.json")
+    if newest is None:
+        return
+    try:
+        state = _load_tune_pickle(newest)
+    except Exception:  # noqa: BLE001
+        return
+    moved_from = moved_storage(state, exp)
+    if moved_from is not None:
+        follow_move(state, moved_from, exp)
+        _atomic_save(state=state, checkpoint_dir=str(exp), file_name=newest.name, tmp_file_name=f".tmp-{newest.name}")
+
+
+def _load_tune_pickle(path: Path) -> Any:
+    """One of Ray's own state pickles, read with Tune's own loader (as Tune's restore reads it)."""
+    import glob
+
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    return _load_newest_checkpoint(str(path.parent), glob.escape(path.name))
+
+
+def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: set[str] | None = None) -> None:
+    """Make the newest search_gen_state agree with the experiment state: its count of trials, and the
+    trials its ConcurrencyLimiter holds live (`unfinished`: the experiment state's trials that Tune
+    will run again). The limiter forwards a trial's completion to the searcher only for a live trial,
+    so a restored trial it did not know would finish without being told to Optuna, and a finished one
+    it still held would keep a concurrency slot for the rest of the run. And the folder new trials are
+    written to: `exp`, where the experiment is now. `unfinished` is None when the experiment state
+    holds records Tune cannot restore: its restore will refuse, so only a damaged file is rewritten."""
+    from ray.tune.utils.util import _atomic_save
+
+    files = sorted(exp.glob("search_gen_state-*.json"), key=lambda p: p.name, reverse=True)
+    if not files:
+        return
+    newest, state, why = files[0], None, None
+    for path in files:
+        try:
+            state = _load_tune_pickle(path)
+            break
+        except Exception as err:  # noqa: BLE001
+            why = why or f"{type(err).__name__}: {err}"
+    if state is None:
+        raise refuse(newest.name, f"is unreadable ({why}), and no older copy is readable")
+    limiter = state.get(LIMITER_KEY)
+    live_ok = unfinished is None or limiter is None or set(limiter.get("live_trials", ())) == unfinished
+    moved_from = moved_storage(state, exp) if unfinished is not None else None
+    if path == newest and state.get("counter") == n_trials and live_ok and moved_from is None:
+        return
+    old = state.get("counter")
+    state = {**state, "counter": n_trials}
+    if not live_ok:
+        print(f"gentune: {newest.name} held the trials {sorted(limiter.get('live_trials', ()))} as running, the "
+              f"experiment state {sorted(unfinished)} (the driver was stopped while Tune copied its snapshot): "
+              "set to the experiment state's", file=sys.stderr, flush=True)
+        state[LIMITER_KEY] = {**limiter, "live_trials": set(unfinished), "num_unfinished_live_trials": len(unfinished),
+                              "cached_results": {}}
+    if moved_from is not None:
+        follow_move(state, moved_from, exp)
+    if state.get("total_samples") is not None and n_trials < state["total_samples"]:
+        state["finished"] = False
+    if path != newest:
+        newest.rename(newest.with_name(newest.name + ".damaged"))
+        print(f"gentune: {newest.name} is unreadable ({why}); set aside as {newest.name}.damaged and rebuilt "
+              f"from {path.name}", file=sys.stderr, flush=True)
+    _atomic_save(state=state, checkpoint_dir=str(exp), file_name=newest.name, tmp_file_name=f".tmp-{newest.name}")
+    if path == newest and old != n_trials:
+        print(f"gentune: {newest.name} counted {old} trials, the experiment state holds {n_trials} (the driver "
+              f"was stopped while Tune copied its snapshot): set to {n_trials}", file=sys.stderr, flush=True)
+
+
+def check_lock_folder(exp: Path) -> None:
+    """Take a lock the way Tune's restore does (TempFileLock in $RAY_TMPDIR, $TMPDIR or /tmp)."""
+    from ray.air._internal.filelock import TempFileLock
+
+    try:
+        with TempFileLock(str(exp / ".gentune-resume-probe"), timeout=10):
+            pass
+    except Exception as err:  # noqa: BLE001
+        import ray._common.utils
+
+        folder = Path(ray._common.utils.get_default_system_temp_dir()) / "_ray_lockfiles"
+        raise RestoreFailed(f"cannot resume {exp}: Ray Tune's lock folder {folder} is not usable "
+                            f"({type(err).__name__}: {err}); allowed a lock folder this account can write: "
+                            "set TMPDIR (or RAY_TMPDIR) to a folder of your own; nothing was run or changed") from None
+
+
+class RestoreGuard(logging.Filter):
+    """Turns Tune's silent restart after a failed restore into an error, before any trial runs.
+
+    Tune logs "Failed to restore the run state." from TuneController.__init__ and then starts the
+    experiment afresh (unless fail_fast, which also changes how failing trials end the run). This
+    filter on Tune's logger raises RestoreFailed at that log call instead: the exception leaves
+    TuneController.__init__ before any trial is created or any state file is written.
+    """
+
+    def __init__(self, exp: str):
+        super().__init__()
+        self.exp = exp
+        self.error: RestoreFailed | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to restore the run state"):
+            cause = record.exc_info[1] if record.exc_info else None
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else "see Ray's log above"
+            self.error = RestoreFailed(f"cannot resume {self.exp}: Ray Tune could not restore the run state "
+                                       f"({why}); nothing was run")
+            raise self.error
+        return True
