@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.trials, args.repeats, args.kinds, args.sleep_s = 2, 1, ["sleep"], 0.2
     storage = tempfile.mkdtemp(prefix="gentune-bench-scaling-")
-    # Token authentication (RAY-OPTUNA.md pitfall 8). ray.cluster_utils.Cluster does not turn it on by
+    # Token authentication (docs/ray-optuna.md §8). ray.cluster_utils.Cluster does not turn it on by
     # itself (only ray.init(address="local") does): set the mode for every node and the driver, and
     # give the throwaway clusters their own token unless one is configured. Before ray is imported: Ray
     # reads the mode once, at import.

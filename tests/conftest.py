@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 # Token authentication for every Ray this session starts, in-process or in a subprocess
-# (RAY-OPTUNA.md pitfall 8). One mode and one token for the whole session: a process that starts Ray
+# (docs/ray-optuna.md §8). One mode and one token for the whole session: a process that starts Ray
 # several times must not flip between modes (Ray then drops the driver's actors), and a node or
 # driver holding another token cannot join. Ray would turn token mode on by itself only inside
 # ray.init(address="local") (not for ray.cluster_utils.Cluster or an explicit address), and would

@@ -1,7 +1,7 @@
 """cluster.yaml (AWS) and cluster-local.yaml (own machines), checked offline.
 
-First Ray's own checks, the path `ray up` takes before any cloud call (RAY-OPTUNA.md, "Offline
-cluster.yaml validation"): `prepare_config` merges the provider's defaults.yaml and `validate_config`
+First Ray's own checks, the path `ray up` takes before any cloud call (docs/ray-optuna.md, "Checking a
+cluster yaml offline"): `prepare_config` merges the provider's defaults.yaml and `validate_config`
 applies ray-schema.json (unknown keys, types) and the min/max worker rule. Neither needs boto3, AWS
 credentials or the network; the autouse fixture below makes any connection attempt fail the test.
 
@@ -251,7 +251,7 @@ def test_credential_check_catches_planted_keys() -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# The project reaches every node (RAY-OPTUNA.md pitfall 7)
+# The project reaches every node (docs/ray-optuna.md §7)
 
 
 def effective_setup(cfg: dict[str, Any]) -> dict[str, list[str]]:
@@ -451,7 +451,7 @@ def test_docs_use_flags_that_search_py_has() -> None:
 
 
 def test_docs_say_what_the_launcher_needs() -> None:
-    # what a lab meets when it runs `ray up` for real (ENVIRONMENT.md, "The cluster launcher, run for real")
+    # what a lab meets when it runs `ray up` for real (docs/cluster.md, "What `ray up` needs, in the order you meet it")
     text = DOCS.read_text()
     for needle in ("rsync", "FileNotFoundError", "tmux", "ray exec cluster-local.yaml 'tmux kill-server'",
                    "~/.ssh/config", "worker_ips: []", "TMPDIR", "~/.gentune-tmp", "/tmp/_ray_lockfiles",

@@ -40,3 +40,30 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert f"```bash\n{command}\n```" in readme
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert command in ci_lines
+
+
+def tracked_text_files() -> list[Path]:
+    import subprocess
+
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return [ROOT / n for n in names if n.endswith((".md", ".py", ".yaml")) and (ROOT / n).is_file()
+            and not n.startswith("benchmarks/results/")]  # dated outputs: a record of their day
+
+
+def test_every_path_the_docs_and_comments_name_exists_and_none_is_outside_the_repository():
+    """After a file moves, a doc that still names its old place fails here; and no doc sends a reader to a
+    file the repository does not have (a note on the developers' machine, say)."""
+    import re
+
+    path = re.compile(r"(?<![\w/.~-])((?:tuner|models|analysis|tests|docs|benchmarks)/[\w/.-]*\w\.(?:py|md|png|yaml|json))")
+    placeholders = {"benchmarks/NAME.py", "benchmarks/results/gpu-packing-DATE.md"}
+    missing, outside = [], []
+    for file in tracked_text_files():
+        text = file.read_text()
+        missing += [f"{file.relative_to(ROOT)}: {p}" for p in path.findall(text)
+                    if p not in placeholders and not (ROOT / p).exists()]
+        if file.name != "test_readme.py":
+            outside += [f"{file.relative_to(ROOT)}: {n}" for n in ("RAY-OPTUNA.md", "ENVIRONMENT.md", "../shared")
+                        if n in text]
+    assert not missing, missing
+    assert not outside, outside

@@ -112,7 +112,7 @@ def init_ray(search: SearchConfig) -> None:
 
     if ray.is_initialized():
         return
-    # Token authentication, locally and on a cluster (RAY-OPTUNA.md pitfall 8); an explicit
+    # Token authentication, locally and on a cluster (docs/ray-optuna.md §8); an explicit
     # $RAY_AUTH_MODE is respected. A local Ray gets Ray's own default: ray.init(address="local") turns
     # token mode on and makes ~/.ray/auth_token on first use. Setting $RAY_AUTH_MODE here instead would
     # not reach the Ray config this process has already read, and the new GCS would find no token.

@@ -2,7 +2,7 @@
 
 Ray's OptunaSearch tells Optuna COMPLETE for every trial that ends without error, so a trial that
 ASHA stopped at its first rung lands in the study with a low-budget FID as if it were final, and TPE
-learns from it (RAY-OPTUNA.md pitfall 1). This subclass tells Optuna:
+learns from it (docs/ray-optuna.md §1). This subclass tells Optuna:
 
 - PRUNED for a trial that ended before max_kimg (its intermediate FIDs stay as reported),
 - FAIL for a trial that diverged (with the reason as a user attribute),
@@ -147,7 +147,7 @@ class HonestOptunaSearch(OptunaSearch):
     def restore_from_dir(self, checkpoint_dir: str) -> None:
         """Restore the searcher's snapshot; when it is missing or unreadable, rebuild it from the study.
 
-        Tune restarts the whole experiment when this raises (RAY-OPTUNA.md pitfall 10). The Optuna
+        Tune restarts the whole experiment when this raises (docs/ray-optuna.md §10). The Optuna
         journal holds everything the snapshot does that matters: which Ray trial each Optuna trial
         belongs to (user attribute ray_trial_id, set when the trial is asked) and which were told.
         """

@@ -1,4 +1,4 @@
-"""Resume: restore everything or nothing (RAY-OPTUNA.md pitfalls 10 and 11).
+"""Resume: restore everything or nothing (docs/ray-optuna.md §10 and §11).
 
 Before Ray starts, `check_restorable` reads what Tune's restore will read and either repairs it or
 refuses with one line (RestoreFailed, exit 2) leaving every file unchanged. During `Tuner.fit`,
