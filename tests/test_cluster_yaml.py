@@ -426,7 +426,7 @@ def test_local_head_only_cluster_needs_worker_ips_present() -> None:
 
 
 def test_no_auth_disabled_anywhere() -> None:
-    paths = [AWS, LOCAL, DOCS, ROOT / "README.md", *sorted((ROOT / "tuner").glob("*.py")),
+    paths = [AWS, LOCAL, DOCS, ROOT / "README.md", *sorted((ROOT / "tuner").rglob("*.py")),
              *sorted((ROOT / "benchmarks").glob("*.py"))]
     offenders = [str(p.relative_to(ROOT)) for p in paths if re.search(r"RAY_AUTH_MODE\s*=\s*['\"]?disabled", p.read_text())]
     assert offenders == []

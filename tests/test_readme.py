@@ -67,3 +67,12 @@ def test_every_path_the_docs_and_comments_name_exists_and_none_is_outside_the_re
                         if n in text]
     assert not missing, missing
     assert not outside, outside
+
+
+def test_the_readme_is_a_first_page():
+    """What gentune is, the two commands, what a study prints and how long it takes, the layout, the
+    glossary; the rest lives in docs/ (history lives in git)."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    for heading in ("## Two commands", "## What a study prints, and how long it takes", "## Layout", "## Glossary"):
+        assert heading in readme

@@ -1,4 +1,4 @@
-"""optuna-dashboard, started as README.md's "Watch a study" says, serves a gentune study and the
+"""optuna-dashboard, started as docs/watch.md says, serves a gentune study and the
 trials' sample grids (artifacts uploaded by tuner.study.watch) over its HTTP API on 127.0.0.1."""
 
 import json
