@@ -239,28 +239,6 @@ def test_published_values_outside_a_narrowed_range_are_drawn_inside_it(tmp_path,
     assert "the calibrated lsgan point's z_dim=24 is outside the searched range" in err
 
 
-@pytest.mark.parametrize("space", ["default", "wide"])
-def test_space_fields_are_conditional_on_the_loss(tmp_path, space):
-    """n_critic goes up to 5 only for the critic losses; clip_value only for wgan, gp_lambda only for
-    wgan-gp; every trial gets d_norm, lr_d_ratio and beta2."""
-    import optuna
-
-    from tuner.config.space import CRITIC_LOSSES, SMALL_N_CRITIC, build_ranges, define_by_run
-    from models.losses import LOSSES
-
-    ranges = build_ranges("gan", {}, space)
-    journal_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    journal_study.optimize(lambda t: define_by_run("gan", tuple(LOSSES), ranges)(t) or 0.0, n_trials=200)
-    critic_max = {loss: max(t.params["n_critic"] for t in journal_study.trials if t.params["loss"] == loss) for loss in LOSSES}
-    for loss, top in critic_max.items():
-        assert top <= (ranges["n_critic"].high if loss in CRITIC_LOSSES else SMALL_N_CRITIC), loss
-    assert max(critic_max[loss] for loss in CRITIC_LOSSES) > SMALL_N_CRITIC
-    for t in journal_study.trials:
-        assert ("clip_value" in t.params) == (t.params["loss"] == "wgan")
-        assert ("gp_lambda" in t.params) == (t.params["loss"] == "wgan-gp")
-        assert {"d_norm", "lr_d_ratio", "beta2"} <= set(t.params)
-
-
 def test_a_time_budget_ends_the_study_with_its_exports_and_an_expected_finish(idx_mnist, tmp_path, capsys, ray_local):
     """--time-budget without --num-samples: trials keep coming until the budget is spent, then the
     study ends as any study does (exports, summary); the expected finish is printed along the way."""
