@@ -92,11 +92,19 @@ def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_
     assert not (exp / "rerun.parquet").exists()
     tune_dir = ckpt[0].parent.parent
     assert tune_dir.name.startswith("final-domain-n48-0.5kimg-")
+    # the study's fault of tests/tuner/study/test_resume_damage.py, met by the final evaluation, which is
+    # assembled by the same function (tuner/study/assembly.py): a driver killed while copying a file into
+    # storage leaves a half-copied file beside a whole target; the continued run removes it, and says so
+    from tuner.study.storage import PARTIAL_PREFIX
+
+    partial = tune_dir / f"{PARTIAL_PREFIX}experiment_state-2026-12-04_00-00-00.json"
+    partial.write_text('{"trial_data": [')
 
     second = Driver(argv, tmp_path, "second", rerun)
     assert second.wait(300) == 0, second.log.read_text()[-3000:]
     log = second.log.read_text()
     assert "continuing the interrupted run" in log and str(tune_dir) in log
+    assert "removed 1 half-copied file(s)" in log and not partial.exists()
     assert [p.name for p in (exp / "rerun").iterdir()] == [tune_dir.name]  # one Tune experiment, restored
     rows = pd.read_parquet(exp / "rerun.parquet")
     trials = pd.read_parquet(exp / "trials.parquet")
