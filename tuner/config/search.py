@@ -78,7 +78,8 @@ class SearchConfig:
     one fused step, each still a trial of its own (Optuna trial, ASHA decisions, rows, grids, checkpoints).
     Each member reserves 1/K of --cpus-per-trial and --gpus-per-trial. 1 = every trial alone. Default: 1 on a
     CPU (a pack is not faster there: BENCHMARKS.md, gpu_packing); on a GPU, the largest power of two up to 64
-    whose members (at the space's largest shape) fit in a trial's share of GPU memory, printed at the start."""
+    whose members (at the space's largest shape) fit in a pack's share of GPU memory, and without
+    --gpus-per-trial one pack per CPU the cluster has per GPU, up to 4 packs per GPU; printed at the start."""
     max_concurrent: int = 0
     """Maximum trials running at once (0 = as many as the resources allow)."""
     reuse_actors: bool = True

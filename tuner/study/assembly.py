@@ -27,11 +27,11 @@ from tuner.study.worker import run_trial
 def run_tune(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes], *, restore: bool,
              build: Callable[[SearchConfig, TrainConfig, Any, Any], Any], keep_best_fid: bool = True,
              num_samples: int | None = None, budget_s: float | None = None,
-             resolve: Callable[[SearchConfig, TrainConfig], SearchConfig] | None = None):
+             resolve: Callable[[SearchConfig, TrainConfig], tuple[SearchConfig, TrainConfig]] | None = None):
     """Run a new Tune experiment at search.experiment_dir, or continue it (`restore`), to its end.
 
     `build(search, base, trainable, run_config)` returns the new Tuner; `resolve(search, base)` may set
-    what needs Ray running (the pack size). `keep_best_fid`: keep the 2 best-FID checkpoints besides the
+    what needs Ray running (the pack size, packs per GPU). `keep_best_fid`: keep the 2 best-FID checkpoints besides the
     latest (a study: best.json points at the best), else the last two. Returns (grid, search, base),
     the last two as resolved (GPUs per trial, device, pack)."""
     from ray import tune
@@ -46,7 +46,7 @@ def run_tune(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes], 
     init_ray(search)
     search, base = resolve_gpus(search, base)
     if resolve is not None:
-        search = resolve(search, base)
+        search, base = resolve(search, base)
     trainable = make_trainable(search, base, assets)
     guards = () if is_remote(search) else (StorageGuard(exp),)  # a full local results disk: one error, --resume continues
     if restore:

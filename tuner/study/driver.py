@@ -201,14 +201,40 @@ def check_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any
         raise ConfigError(f"invalid pack={search.pack}: allowed at most {fits} on this machine ({words})")
 
 
-def resolve_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> SearchConfig:
+# At most this many packs share one GPU by default: one GPU trial per CPU process hid host overhead up
+# to 4 processes (4.13x at 4 on an H200, 2026-12-04); more is unmeasured.
+MAX_PACKS_PER_GPU = 4
+
+
+def packs_per_gpu(cluster_cpus: float, cluster_gpus: float, cpus_per_trial: float) -> int:
+    """Packs that share one GPU by default: one per `cpus_per_trial` CPUs the cluster has per GPU (each
+    pack is a process that feeds its GPU from a CPU), at most MAX_PACKS_PER_GPU, at least 1."""
+    if cluster_gpus <= 0:
+        return 1
+    return max(1, min(MAX_PACKS_PER_GPU, int(cluster_cpus / cluster_gpus // cpus_per_trial)))
+
+
+def resolve_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any],
+                 gpus_given: bool = True) -> tuple[SearchConfig, TrainConfig]:
     """The pack size: --pack as given, else 1 on a CPU and, on a GPU, the largest power of two up to 64
-    whose members fit in a trial's share of GPU memory. One line says what was chosen and why."""
+    whose members fit in a pack's share of GPU memory. Without --gpus-per-trial, a GPU is shared by
+    `packs_per_gpu` packs (from the CPUs per GPU), each capped to its share of the GPU's memory. One line
+    says what was chosen and why."""
     import math
 
     if search.grid is not None or base.family != "gan":
-        return dataclasses.replace(search, pack=1)
+        return dataclasses.replace(search, pack=1), base
     on_gpu = (search.gpus_per_trial or 0) > 0
+    per_gpu = ""
+    if on_gpu and search.pack != 1 and not gpus_given:
+        import ray
+
+        resources = ray.cluster_resources()
+        packs = packs_per_gpu(resources.get("CPU", 1), resources.get("GPU", 0), search.cpus_per_trial)
+        if packs > 1:
+            search = dataclasses.replace(search, gpus_per_trial=1 / packs)
+            base = base.replace(gpu_memory_fraction=1 / packs)
+        per_gpu = f"; {packs} pack{'s' if packs > 1 else ''} per GPU (one per {search.cpus_per_trial:g} CPU the cluster has per GPU, at most {MAX_PACKS_PER_GPU})"
     if search.pack is not None:
         pack, why = search.pack, "--pack"
     elif not on_gpu:
@@ -218,8 +244,9 @@ def resolve_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, A
         pack = min(64, 2 ** int(math.log2(fits)))
         why = f"the default on a GPU: {words}; at most 64"
     share = f"{search.cpus_per_trial / pack:g} CPU" + (f" and {search.gpus_per_trial / pack:g} GPU" if on_gpu else "")
-    print(f"[gentune] packs: {pack} trial{'s' if pack > 1 else ''} per pack ({why}); each trial reserves {share}", flush=True)
-    return dataclasses.replace(search, pack=pack)
+    print(f"[gentune] packs: {pack} trial{'s' if pack > 1 else ''} per pack ({why}){per_gpu}; each trial reserves {share}",
+          flush=True)
+    return dataclasses.replace(search, pack=pack), base
 
 
 def fid_floor(base: TrainConfig) -> dict[str, Any]:
@@ -260,9 +287,10 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
         return tuner
 
     budget_s = parse_duration("time_budget", search.time_budget) if search.time_budget else None
+    gpus_given = search.gpus_per_trial is not None
     grid, search, base = run_tune(search, base, assets, restore=search.resume, build=new_tuner, budget_s=budget_s,
                                   num_samples=search.num_samples if not search.grid else None,
-                                  resolve=lambda search, base: resolve_pack(search, base, overrides))
+                                  resolve=lambda search, base: resolve_pack(search, base, overrides, gpus_given))
     if search.grid is None and Path(study_path(search)).is_file():
         import optuna
 

@@ -49,3 +49,14 @@ def test_a_packed_study_keeps_every_member_a_trial_of_its_own(idx_mnist, tmp_pat
     assert history["pack_members"].max() == 2  # members trained two at a time
     assert "stopped by ASHA" in out
 
+
+
+def test_packs_per_gpu_come_from_the_cpus_per_gpu():
+    from tuner.study.driver import MAX_PACKS_PER_GPU, packs_per_gpu
+
+    assert packs_per_gpu(16, 1, 1.0) == MAX_PACKS_PER_GPU == 4  # an H200 box: 16 CPUs for one GPU
+    assert packs_per_gpu(16, 8, 1.0) == 2  # 2 CPUs per GPU
+    assert packs_per_gpu(3, 1, 1.0) == 3
+    assert packs_per_gpu(16, 1, 8.0) == 2  # each pack takes 8 CPUs
+    assert packs_per_gpu(4, 8, 1.0) == 1  # fewer CPUs than GPUs: still one pack each
+    assert packs_per_gpu(2, 0, 1.0) == 1  # no GPU
