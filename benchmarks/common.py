@@ -1,9 +1,12 @@
-"""What every benchmark shares: the machine description, tables, timing and the BENCHMARKS.md section.
+"""What every benchmark shares: the machine description, tables, timing and the dated result file.
 
 Each benchmark prints one section (title, date, machine, exact command, tables, targets) and, for a
-real run, appends it to BENCHMARKS.md. A smoke run (`--smoke`) never touches BENCHMARKS.md: it
-appends to $GENTUNE_BENCH_REPORT when that is set (the smoke test points it at a temporary file),
-else nowhere. `--report PATH` overrides both.
+real run, writes it to a new file benchmarks/results/<benchmark>-<YYYY-MM-DD-HHMM>.md (UTC; never
+overwriting a file already there: a second run in the same minute gets a -2 suffix), then reminds the
+user to update that benchmark's "Latest result" in BENCHMARKS.md, which is a reference written by hand.
+A smoke run (`--smoke`) never writes under benchmarks/results/: it appends to $GENTUNE_BENCH_REPORT when
+that is set (the smoke test points it at a temporary file), else nowhere. `--report PATH` overrides
+both: a PATH ending in .md is appended to, any other PATH is a folder that gets the new dated file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python benchmarks/NAME.py` from anywhere imports the package
     sys.path.insert(0, str(ROOT))
 
-BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"  # the reference; the scripts never write to it
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 REPORT_ENV = "GENTUNE_BENCH_REPORT"
 NO_GPU = "not measured: no GPU on this machine"
@@ -34,14 +38,18 @@ COMMAND_ENV = ("GENTUNE_DATA_MIRROR", "GENTUNE_CACHE", "GENTUNE_DATA_ROOT", REPO
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true",
-                   help=f"tiny sizes (< 20 s), for tests; never appends to BENCHMARKS.md (only to ${REPORT_ENV} if set)")
+                   help=f"tiny sizes (< 20 s), for tests; never writes under benchmarks/results/ (appends to "
+                        f"${REPORT_ENV} if set)")
     p.add_argument("--report", default=None,
-                   help="append the section to this file instead [default: BENCHMARKS.md; with --smoke: $" + REPORT_ENV + "]")
-    p.add_argument("--no-report", action="store_true", help="print only, append nowhere")
+                   help="where the section goes instead: a PATH ending in .md is appended to; any other PATH is a "
+                        "folder that gets a new dated file <benchmark>-<date-time>.md [default: benchmarks/results/; "
+                        "with --smoke: $" + REPORT_ENV + "]")
+    p.add_argument("--no-report", action="store_true", help="print only, write nowhere")
     return p
 
 
 def report_path(args: argparse.Namespace) -> Path | None:
+    """Where publish() puts the section: a .md file to append to, a folder for a new dated file, or None."""
     if args.no_report:
         return None
     if args.report:
@@ -49,7 +57,7 @@ def report_path(args: argparse.Namespace) -> Path | None:
     if args.smoke:
         env = os.environ.get(REPORT_ENV)
         return Path(env) if env else None
-    return BENCHMARKS_MD
+    return RESULTS_DIR
 
 
 # ------------------------------------------------------------------------------------------
@@ -66,6 +74,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The CPU's class for these benchmarks: AVX512-BF16 (bf16 training is fast), AVX2, or neither."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return "AVX512-BF16" if "avx512_bf16" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    except OSError:
+        pass
+    return "ISA unknown"
+
+
 def machine() -> dict[str, str]:
     import torch
 
@@ -75,6 +95,7 @@ def machine() -> dict[str, str]:
         device = "cpu (no CUDA device visible)"
     return {
         "cpu": cpu_model(),
+        "isa": cpu_isa(),
         "cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
@@ -199,7 +220,7 @@ def section(title: str, smoke: bool, blocks: list[str], load: LoadMonitor | None
         f"### {title}{' (SMOKE: tiny sizes, numbers mean nothing)' if smoke else ''}",
         "",
         f"- date: {now()}",
-        f"- machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']} "
+        f"- machine: {info['cpu']} ({info['isa']}), {info['cores']} cores; torch {info['torch']} "
         f"({info['torch threads']} threads), python {info['python']}; device {info['device']}",
         f"- command: `{command()}`",
     ]
@@ -208,17 +229,58 @@ def section(title: str, smoke: bool, blocks: list[str], load: LoadMonitor | None
     return "\n".join(head) + "\n\n" + "\n\n".join(b.strip("\n") for b in blocks if b) + "\n"
 
 
-def publish(text: str, args: argparse.Namespace) -> None:
-    """Print the section; append it to the report file (BENCHMARKS.md for a real run)."""
+def benchmark_name(text: str) -> str:
+    """The benchmark's name from its section's heading (`### NAME: what it measures`)."""
+    return text.lstrip("#").strip().split(":", 1)[0].split()[0]
+
+
+def write_new(folder: Path, name: str, text: str) -> Path:
+    """Write TEXT to a new file folder/NAME-<YYYY-MM-DD-HHMM>.md (UTC), atomically, never replacing a file:
+    the text goes to a temporary file first, which is then hard-linked under the first free name (-2, -3...
+    when runs end in the same minute); a reader never sees a half-written result."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = f"{name}-{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d-%H%M')}"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        n = 1
+        while True:
+            path = folder / (f"{base}.md" if n == 1 else f"{base}-{n}.md")
+            try:
+                os.link(tmp, path)  # fails if the name is taken: an existing result is never overwritten
+                return path
+            except FileExistsError:
+                n += 1
+    finally:
+        os.unlink(tmp)
+
+
+def publish(text: str, args: argparse.Namespace, name: str | None = None) -> Path | None:
+    """Print the section and write it where report_path() says: for a real run, a new dated file in
+    benchmarks/results/. Returns the file written or appended to (None: nowhere)."""
     print(text, flush=True)
     path = report_path(args)
     if path is None:
-        print("(smoke run: not appended anywhere)" if args.smoke else "(not appended: --no-report)")
-        return
-    import fcntl
+        print("(smoke run: written nowhere)" if args.smoke else "(written nowhere: --no-report)")
+        return None
+    name = name or benchmark_name(text)
+    if path.suffix == ".md":  # a file the user named (the smoke test's temporary one): append
+        import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.write("\n" + text)
-    print(f"(appended to {path})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write("\n" + text)
+        print(f"(appended to {path})")
+        return path
+    lines = text.split("\n", 1)
+    out = write_new(path, name, "# " + lines[0].lstrip("#").strip() + "\n" + (lines[1] if len(lines) > 1 else ""))
+    shown = os.path.relpath(out, ROOT) if out.resolve().is_relative_to(ROOT) else str(out)
+    print(f"(written to {shown})")
+    if not args.smoke:
+        print(f"Reminder: update the \"Latest result\" of `## {name}` in BENCHMARKS.md (and its row at a glance), "
+              f"with a link to {shown}.")
+    return out

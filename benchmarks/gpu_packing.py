@@ -1,7 +1,8 @@
 """Fused trial packs: K GAN trials in one fused step (tuner/training/pack.py) against the other ways to run K.
 
-    python benchmarks/gpu_packing.py --report benchmarks/results/gpu-packing-DATE.md   # 5-10 min on 2 CPU cores
-    python benchmarks/gpu_packing.py --smoke                                          # tiny sizes, one config, < 1 min
+    python benchmarks/gpu_packing.py            # 5-10 min on 2 CPU cores; the section goes to a new dated file
+                                                # in benchmarks/results/ (common.publish)
+    python benchmarks/gpu_packing.py --smoke    # tiny sizes, one config, < 1 min
 
 For each device (the CPU, and CUDA where torch sees it), each config and each pack size K:
 

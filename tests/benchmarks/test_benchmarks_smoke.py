@@ -1,8 +1,9 @@
-"""Every benchmark runs alone in smoke mode, prints its table, and never appends to BENCHMARKS.md.
+"""Every benchmark runs alone in smoke mode, prints its table, and never writes under benchmarks/results/;
+a real run writes its section to a new dated file there and never overwrites one.
 
 Each script runs as a subprocess (`python benchmarks/NAME.py --smoke`) with $GENTUNE_BENCH_REPORT
-pointing at a temporary file: the section must land there, not in BENCHMARKS.md. Nothing here
-asserts on a timing: the numbers of a smoke run mean nothing.
+pointing at a temporary file: the section must land there, not in benchmarks/results/ nor BENCHMARKS.md.
+Nothing here asserts on a timing: the numbers of a smoke run mean nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def test_benchmark_smoke_run(name: str, request: pytest.FixtureRequest, tmp_path
     report = tmp_path / "report.md"
     monkeypatch.setenv("GENTUNE_BENCH_REPORT", str(report))
     md = ROOT / "BENCHMARKS.md"
+    results_before = {p.name for p in (ROOT / "benchmarks" / "results").glob("*.md")}
     if name == "search_efficiency":  # its smoke plot goes to a mkdtemp folder, kept for a user to open: here, in tmp_path
         monkeypatch.setenv("TMPDIR", str(tmp_path))
 
@@ -53,12 +55,68 @@ def test_benchmark_smoke_run(name: str, request: pytest.FixtureRequest, tmp_path
     section = report.read_text()
     assert f"### {name}" in section and SMOKE_MARK in section and header in section
     assert not md.exists() or SMOKE_MARK not in md.read_text()
+    assert {p.name for p in (ROOT / "benchmarks" / "results").glob("*.md")} == results_before
     if name == "trainer_throughput" and not torch.cuda.is_available():
         # the fractional-trials code path runs on the CPU in smoke mode (k = 1, 2 processes at once);
         # a real run measures it only on a GPU and otherwise says so
         rows = [line for line in section.splitlines() if line.startswith(("| cpu | 1 | — |", "| cpu | 2 | — |"))]
         assert len(rows) == 2 and rows[0].endswith("| 1.00x |"), section
         assert "| GPU | 1, 2, 4 | — | not measured: no GPU on this machine |" in section
+
+
+def import_common():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return common
+
+
+def test_a_real_run_goes_to_the_results_folder_and_a_smoke_run_nowhere(monkeypatch):
+    common = import_common()
+    parse = common.parser("x").parse_args
+    monkeypatch.delenv(common.REPORT_ENV, raising=False)
+    assert common.report_path(parse([])) == common.RESULTS_DIR == ROOT / "benchmarks" / "results"
+    assert common.report_path(parse(["--smoke"])) is None
+    assert common.report_path(parse(["--no-report"])) is None
+    monkeypatch.setenv(common.REPORT_ENV, "/some/report.md")
+    assert common.report_path(parse(["--smoke"])) == Path("/some/report.md")
+
+
+def test_a_real_run_writes_a_new_dated_file_and_never_overwrites_one(tmp_path, monkeypatch, capsys):
+    """Three runs in the same minute into a folder that already holds that minute's file: that file keeps
+    its content, the runs get -2, -3 and -4, each a whole section under a `# ` title, no temporary
+    file is left, and each prints its path and the reminder to update BENCHMARKS.md."""
+    import datetime as real_dt
+
+    common = import_common()
+
+    class FixedClock:  # every call lands in the same minute
+        timezone = real_dt.timezone
+
+        class datetime:
+            @staticmethod
+            def now(tz=None):
+                return real_dt.datetime(2026, 12, 5, 0, 30, 59, tzinfo=tz)
+
+    monkeypatch.setattr(common, "dt", FixedClock)
+    out = tmp_path / "results"
+    out.mkdir()
+    taken = out / "fake_bench-2026-12-05-0030.md"
+    taken.write_text("an earlier run\n")
+    args = common.parser("x").parse_args(["--report", str(out)])
+    written = []
+    for k in range(3):
+        written.append(common.publish(f"### fake_bench: what it measures\n\n- date: now\n\n| a |\n| {k} |\n", args))
+        printed = capsys.readouterr().out
+        assert f"(written to {written[-1]})" in printed
+        assert "Reminder: update the \"Latest result\" of `## fake_bench` in BENCHMARKS.md" in printed
+    assert [p.name for p in written] == [f"fake_bench-2026-12-05-0030-{n}.md" for n in (2, 3, 4)]
+    assert taken.read_text() == "an earlier run\n"
+    assert [p.read_text() for p in written] == [
+        f"# fake_bench: what it measures\n\n- date: now\n\n| a |\n| {k} |\n" for k in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == sorted([taken.name] + [p.name for p in written])
 
 
 def test_final_eval_result_names_the_seeds_that_kept_an_ema(tmp_path):
