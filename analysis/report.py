@@ -405,10 +405,24 @@ def write_report(paths: list[str | Path], out: str | Path, top: int = 3, rebuild
     return path
 
 
-def expand_experiments(paths: list[str]) -> list[str]:
-    """A folder that is not an experiment but holds experiments (STORAGE_PATH) stands for all of them."""
+REMOTE_COPIES: dict[str, str] = {}  # local copy -> the s3:// experiment it was made from (shown in the report)
+
+
+def expand_experiments(paths: list[str], copies: str | Path | None = None) -> list[str]:
+    """A folder that is not an experiment but holds experiments (STORAGE_PATH) stands for all of them.
+    An experiment in remote storage (s3://BUCKET/PREFIX/NAME) is copied, without its checkpoints, into
+    the folder `copies` (a temporary folder of main) and read from there."""
     out = []
     for path in paths:
+        if "://" in path:
+            from tuner.study.remote import check_remote_storage, local_copy
+
+            check_remote_storage(path, field="EXPERIMENT_DIR")
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            local = str(local_copy(path, Path(copies) / str(len(out)) / name))
+            REMOTE_COPIES[str(Path(local).resolve())] = path.rstrip("/")
+            out.append(local)
+            continue
         p = Path(path).expanduser()
         inner = sorted(str(c) for c in p.iterdir() if (c / "search_config.json").is_file()) \
             if p.is_dir() and not (p / "search_config.json").is_file() else []
@@ -420,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR",
-                   help="experiment folders (STORAGE_PATH/NAME), or a folder holding several (e.g. a study's seeds)")
+                   help="experiment folders (STORAGE_PATH/NAME, local or s3://BUCKET/PREFIX/NAME), or a folder holding several (e.g. a study's seeds)")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md and its images")
     p.add_argument("--top", type=int, default=3, help="best trials per experiment shown with samples and curves [3]")
     p.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=None,
@@ -429,9 +443,19 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.config import ConfigError
     from tuner.config.paths import output_folder
 
+    import tempfile
+
+    from tuner.config.atomic import write_whole
+
     try:
         output_folder("out", args.out)  # before anything is created or read
-        path = write_report(expand_experiments(args.experiments), args.out, top=args.top, rebuild=args.rebuild)
+        with tempfile.TemporaryDirectory(prefix="gentune-report-") as copies:  # experiments in remote storage
+            path = write_report(expand_experiments(args.experiments, copies), args.out, top=args.top, rebuild=args.rebuild)
+            if REMOTE_COPIES:  # the report names the experiments where they are stored, not their temporary copies
+                text = path.read_text()
+                for local, uri in REMOTE_COPIES.items():
+                    text = text.replace(local, uri)
+                write_whole(path, lambda tmp: tmp.write_text(text))
     except (FileNotFoundError, RuntimeError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ COMMANDS = {
     "train": (["-m", "tuner.train"], (TrainConfig,)),
     "fid": (["-m", "tuner.fid"], ()),
     "report": (["analysis/report.py"], ()),
+    "dashboard": (["-m", "tuner.study.dashboard"], ()),
     "rerun": (["analysis/rerun.py"], ()),
     "trainer_throughput": (["benchmarks/trainer_throughput.py"], ()),
     "fid_speed": (["benchmarks/fid_speed.py"], ()),

@@ -15,7 +15,7 @@ if __name__ == "__main__":  # run as a script (ray submit): import the package, 
 
 from tuner.study import driver as study  # noqa: E402
 from tuner.config.cli import one_line  # noqa: E402
-from tuner.study.location import upload  # noqa: E402
+from tuner.study.location import is_remote, upload  # noqa: E402
 from tuner.config import ConfigError  # noqa: E402
 
 
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from tuner.results.exports import summarize, write_exports
 
         frames = write_exports(local, allow_shrink=search.allow_shrink)
+        if is_remote(search):  # best.json names the checkpoint and samples in the experiment storage
+            from tuner.results.exports import relocate_best
+
+            relocate_best(local, search.experiment_dir, frames)
         upload(search, ["trials.csv", "trials.parquet", "history.parquet", "best.json", "optuna.journal"])
         print(summarize(frames, search.experiment_dir))
         return 0

@@ -86,7 +86,8 @@ class SearchConfig:
     """Start each new trial in the worker process of a finished one (Ray's reuse_actors): saves the
     process start and torch import, about 2.5 s per trial. --no-reuse-actors starts a fresh process each time."""
     storage_path: str = "~/gentune_results"
-    """Where experiments are stored (a local folder, or s3://bucket/prefix on a cluster)."""
+    """Where experiments are stored (a local folder, or s3://bucket/prefix on a cluster: the AWS credentials and,
+    for an S3-compatible server, $AWS_ENDPOINT_URL come from the environment; docs/cluster.md)."""
     name: str = "study"
     """Experiment name: results go to STORAGE_PATH/NAME."""
     resume: bool = False

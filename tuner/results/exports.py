@@ -218,7 +218,8 @@ def summarize(frames: dict[str, Any], exp: str | Path) -> str:
             f"checkpoint: {best['checkpoint']}",
             f"samples: {best['samples_dir']}",
         ]
-    lines.append(f"results: {Path(exp) / 'trials.csv'}, history.parquet, best.json, optuna.journal")
+    where = str(exp).rstrip("/") + "/trials.csv" if "://" in str(exp) else Path(exp) / "trials.csv"  # (Path mangles s3://)
+    lines.append(f"results: {where}, history.parquet, best.json, optuna.journal")
     return "\n".join(lines)
 
 
@@ -240,8 +241,26 @@ def parser():
     return p
 
 
+EXPORT_FILES = ["trials.csv", "trials.parquet", "history.parquet", "best.json"]
+
+
+def relocate_best(local: Path, uri: str, frames: dict[str, Any]) -> None:
+    """best.json (and frames["best"]) of exports written in `local`, a copy of the experiment at `uri`
+    (remote storage): its checkpoint and samples paths rewritten to point into `uri`."""
+    best = frames.get("best")
+    if not best:
+        return
+    for key in ("checkpoint", "samples_dir"):
+        value = best.get(key)
+        if isinstance(value, str) and value.startswith(str(local)):
+            best[key] = uri.rstrip("/") + value[len(str(local)):]
+    write_whole(local / "best.json", lambda p: Path(p).write_text(json.dumps(best, indent=2)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if "://" in args.experiment_dir:
+        return main_remote(args)
     exp = Path(args.experiment_dir)
     try:
         if not (exp / "search_config.json").is_file():
@@ -252,6 +271,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(summarize(frames, exp))
+    return 0
+
+
+def main_remote(args) -> int:
+    """An experiment folder in remote storage (s3://...): exported from a local copy without the
+    checkpoints, and the exports uploaded beside the experiment (each one object, replaced whole)."""
+    import tempfile
+
+    from tuner.study.remote import check_remote_storage, local_copy, write_remote
+
+    uri = args.experiment_dir.rstrip("/")
+    try:
+        check_remote_storage(uri, field="EXPERIMENT_DIR")
+        with tempfile.TemporaryDirectory(prefix="gentune-exports-") as tmp:
+            exp = local_copy(uri, Path(tmp) / uri.rsplit("/", 1)[-1])
+            if not (exp / "search_config.json").is_file():
+                raise ConfigError(f"invalid EXPERIMENT_DIR={uri!r}: allowed a gentune experiment folder "
+                                  "(one with search_config.json)")
+            frames = write_exports(exp, allow_shrink=getattr(args, "allow_shrink", False))
+            relocate_best(exp, uri, frames)
+            for name in EXPORT_FILES:
+                if (exp / name).is_file():
+                    write_remote(f"{uri}/{name}", (exp / name).read_bytes())
+    except ConfigError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(summarize(frames, uri))
     return 0
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
 
     args = parser().parse_args(argv)
     search = from_namespace(SearchConfig, args)
+    if is_remote(search):  # an unusable bucket, endpoint or credentials: one line, before anything starts
+        from tuner.study.remote import check_remote_storage
+
+        check_remote_storage(search.storage_path)
     if search.resume:
         given_search = {f.name: getattr(search, f.name) for f in dataclasses.fields(SearchConfig) if f.name in vars(args)}
         saved = load_saved(search)
@@ -157,6 +163,34 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
+class InterruptWatch(logging.Filter):
+    """Notes Tune's "Experiment has been interrupted" (Ctrl-C: Tune saves its state and `fit` returns).
+    Its trials are then marked TERMINATED in memory, though `--resume` runs them again: their Optuna
+    trials must stay RUNNING (the resume marks stale only those it does not run), or the resumed trials
+    would have no Optuna trial to report to."""
+
+    LOGGER = "ray.tune.tune"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Experiment has been interrupted"):
+            self.seen = True
+        return True
+
+
+def journal_mirror(search: SearchConfig):
+    """With remote storage, a running JournalMirror of the driver's journal into the experiment
+    folder (tuner/study/remote.py); None for a local (or shared) folder, which holds the journal itself."""
+    if not is_remote(search) or search.grid is not None:
+        return None
+    from tuner.study.remote import JournalMirror
+
+    return JournalMirror(study_path(search), f"{search.experiment_dir}/optuna.journal").start()
+
+
 def load_saved(search: SearchConfig) -> dict[str, Any]:
     if not is_experiment(search.experiment_dir):
         if not is_remote(search) and (local_dir(search) / "search_config.json").is_file():
@@ -268,6 +302,12 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
     if search.resume:
         from tuner.study.optuna_bridge import expect_restored_trials
 
+        if is_remote(search) and search.grid is None:  # a new head: the journal comes from the experiment storage
+            from tuner.study.remote import restore_journal
+
+            said = restore_journal(study_path(search), f"{exp}/optuna.journal")
+            if said:
+                print(said, file=sys.stderr, flush=True)
         expect_restored_trials(set() if is_remote(search) else check_restorable(Path(exp), search.grid is None),
                                journal=study_path(search), experiment_dir=exp)
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
@@ -288,16 +328,30 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
 
     budget_s = parse_duration("time_budget", search.time_budget) if search.time_budget else None
     gpus_given = search.gpus_per_trial is not None
-    grid, search, base = run_tune(search, base, assets, restore=search.resume, build=new_tuner, budget_s=budget_s,
-                                  num_samples=search.num_samples if not search.grid else None,
-                                  resolve=lambda search, base: resolve_pack(search, base, overrides, gpus_given))
-    if search.grid is None and Path(study_path(search)).is_file():
+    mirror = journal_mirror(search)  # remote storage: the journal follows every write into it
+    interrupt = InterruptWatch()
+    logging.getLogger(InterruptWatch.LOGGER).addFilter(interrupt)
+    try:
+        grid, search, base = run_tune(search, base, assets, restore=search.resume, build=new_tuner, budget_s=budget_s,
+                                      num_samples=search.num_samples if not search.grid else None,
+                                      resolve=lambda search, base: resolve_pack(search, base, overrides, gpus_given))
+    except BaseException:
+        if mirror is not None:
+            mirror.stop()
+        raise
+    finally:
+        logging.getLogger(InterruptWatch.LOGGER).removeFilter(interrupt)
+    if search.grid is None and Path(study_path(search)).is_file() and not interrupt.seen:
         import optuna
 
         from tuner.study.optuna_bridge import make_storage, mark_stale_trials
 
         study = optuna.load_study(study_name=search.name, storage=make_storage(study_path(search)))
         mark_stale_trials(study)  # everything has ended: nothing may stay RUNNING
+    if mirror is not None:
+        mirror.stop()
+        print(f"gentune: the Optuna journal was copied to {exp}/optuna.journal {len(mirror.lags)} times, each write "
+              f"at most {mirror.max_lag_s:.2f} s after it was made", file=sys.stderr, flush=True)
     if is_remote(search):  # exports are built from a local copy of the experiment, then uploaded
         import pyarrow.fs
 
