@@ -232,6 +232,9 @@ def row_of(cell: dict[str, Any], metrics: pd.DataFrame) -> dict[str, Any] | None
         "g_ema": float(cfg.g_ema), "kimg": float(last.get("kimg", math.nan)),
         "wall_time_s": float(last.get("time_s", math.nan)), "diverged": diverged, "precision": precision,
         "dataset": cfg.dataset, "family": cfg.family, "loss": cfg.loss, "scored_checkpoint": "last",
+        "domain_classifier_sha": (metrics["domain_classifier_sha"].dropna().iloc[-1]  # the domain FID's classifier
+                                  if "domain_classifier_sha" in metrics and metrics["domain_classifier_sha"].notna().any()
+                                  else None),
         "config": json.dumps(cfg.to_dict(), default=list), "finished_at": time.time(),
     }
 

@@ -168,6 +168,11 @@ def load_experiments(paths: list[str | Path], rebuild: bool | None = None) -> Ex
     trials = pd.concat([e.trials for e in exps], ignore_index=True) if exps else pd.DataFrame()
     history = pd.concat([e.history for e in exps if not e.history.empty], ignore_index=True) \
         if any(not e.history.empty for e in exps) else _empty_history()
+    from tuner.results.exports import classifier_mix
+
+    mix = classifier_mix(history, "the experiment" + ("s " if len(exps) > 1 else " ") + ", ".join(e.name for e in exps))
+    if mix:  # one table must not hold FIDs of two feature spaces
+        raise RuntimeError(mix)
     return ExperimentSet(exps, trials, history)
 
 

@@ -181,11 +181,40 @@ CASES: dict[str, Case] = {
                            ["B='{tmp}/fifo.yaml'", "not a regular file"], base=False),
     "fid-cache-dir-is-a-file": Case(FID, ["mnist:test", "mnist:train", "--backbone", "domain", "--cache-dir", "{tmp}/typo.yaml"],
                                     ["--cache-dir='{tmp}/typo.yaml'", "is not a folder", FOLDER_ALLOWED], base=False),
+    # a domain classifier file whose weights no longer match the SHA-256 it records (one value changed)
+    "domain-classifier-checksum": Case(SEARCH, ["--domain-classifier", "{tmp}/damaged-classifier.pt"],
+                                       ["domain classifier {tmp}/damaged-classifier.pt fails its checksum",
+                                        "expected {classifier_sha}"]),
+    "fid-domain-classifier-checksum": Case(FID, ["mnist:test", "mnist:train", "--backbone", "domain",
+                                                 "--domain-classifier", "{tmp}/damaged-classifier.pt"],
+                                           ["domain classifier {tmp}/damaged-classifier.pt fails its checksum",
+                                            "expected {classifier_sha}"], base=False),
+    "domain-classifier-typo": Case(SEARCH, ["--domain-classifier", "trian"],
+                                   ["domain_classifier='trian'", "allowed shipped, train or the path of a .pt classifier file"]),
 }
+
+
+def damaged_classifier(path: Path) -> str:
+    """A classifier file whose weights differ (one value) from those its recorded SHA-256 was taken of;
+    returns that recorded (expected) checksum."""
+    import torch
+
+    from tuner.metrics import domain
+
+    torch.manual_seed(0)
+    state = domain.DomainCNN().state_dict()
+    expected = domain.weights_sha256(state)
+    state["fc2.bias"][0] += 1.0
+    path.write_bytes(domain.classifier_bytes(state, {"dataset": "mnist", "weights_sha256": expected}))
+    return expected
+
+
+CLASSIFIER_SHA: dict[str, str] = {}  # the damaged classifier's expected checksum, once prepare() wrote it
 
 
 def prepare(tmp: Path) -> None:
     """The files the cases read."""
+    CLASSIFIER_SHA["expected"] = damaged_classifier(tmp / "damaged-classifier.pt")
     (tmp / "typo.yaml").write_text("lr: {low: 1.0e-5, hihg: 1.0e-3}\n")
     (tmp / "unknown.yaml").write_text("learning_rate: {low: 1.0e-5, high: 1.0e-3}\n")
     (tmp / "inverted.yaml").write_text("lr: {low: 1.0e-3, high: 1.0e-5, log: true}\n")
@@ -277,6 +306,7 @@ def test_bad_input_gives_one_clear_line_and_starts_nothing(name, outcomes):
     assert out["rc"] == 2, out["stderr"]
     assert len(lines) == 1 and lines[0].startswith("error: "), out["stderr"]
     for text in case.expect:
+        text = text.replace("{classifier_sha}", CLASSIFIER_SHA.get("expected", "?"))
         assert text.replace("{tmp}", str(out["tmp"])) in lines[0], lines[0]
     assert "Traceback" not in out["stdout"] + out["stderr"]
     assert not out["ray_started"] and "Ray instance" not in out["stdout"] + out["stderr"]

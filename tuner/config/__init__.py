@@ -129,6 +129,11 @@ class TrainConfig:
     fid_samples: int = 2000
     """Generated samples per FID, compared with as many test images. FID is biased by 1/N:
     compare only at equal fid_samples. The literature uses 10000."""
+    domain_classifier: str = "shipped"
+    """The domain classifier (the domain FID's features and the diversity metrics): shipped (the
+    package's, the same on every machine; MNIST has none yet and trains one on first use) | train
+    (train one on this machine, cached) | the path of a classifier file (tools/train_domain_classifier.py).
+    Each evaluation records its checksum prefix as domain_classifier_sha: FIDs of two classifiers do not compare."""
 
     # --- runtime ----------------------------------------------------------------------------
     precision: str = "auto"
@@ -148,6 +153,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.domain_classifier not in ("shipped", "train"):  # a file: absolute, as trials run in their own folders
+            import os
+
+            object.__setattr__(self, "domain_classifier", os.path.abspath(os.path.expanduser(self.domain_classifier)))
 
     # -- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +207,8 @@ def validate(cfg: TrainConfig) -> None:
     _choice(cfg, "arch", ARCHS)
     _choice(cfg, "d_norm", D_NORMS)
     _choice(cfg, "fid_backbone", BACKBONES)
+    _require(cfg.domain_classifier in ("shipped", "train") or str(cfg.domain_classifier).endswith(".pt"),
+             "domain_classifier", "shipped, train or the path of a .pt classifier file", cfg.domain_classifier)
     _choice(cfg, "device", DEVICES)
     _choice(cfg, "precision", PRECISIONS)
     if cfg.optimizer is not None:

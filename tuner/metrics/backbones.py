@@ -9,7 +9,8 @@ network (weights included), so cached real-data statistics never mix two network
   to 3 channels, quantised to [0, 255], resized to 299x299 with its `nv_bilinear` resample (a
   float grid_sample that reproduces TF1's bilinear resize), then mapped to [-1, 0.9921875].
 - `domain`: the 128-d penultimate features of the dataset's small CNN classifier
-  (`tuner.metrics.domain`); `.probabilities()` gives its softmax for the diversity metrics.
+  (`tuner.metrics.domain`; the package's shipped one by default, or `classifier="train"` / a file);
+  `.probabilities()` gives its softmax for the diversity metrics; `.classifier_id` names it.
 
 Numbers from different backbones are not comparable: always report which one.
 """
@@ -17,6 +18,7 @@ Numbers from different backbones are not comparable: always report which one.
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -53,6 +55,25 @@ def as_uint8_images(images: torch.Tensor | np.ndarray, name: str = "images") -> 
     raise ValueError(f"invalid {name}: shape {shape}, allowed uint8 images shaped N×28×28 or N×1×28×28")
 
 
+@contextlib.contextmanager
+def exact_fp32(device: torch.device):
+    """FID features in true fp32: no autocast (even if a caller's bf16 step context is open) and, on
+    CUDA, no TF32 (cuDNN runs fp32 convolutions in TF32 by default: about 1e-3 relative on Ampere and
+    later, which would make FIDs depend on the GPU)."""
+    with torch.autocast(device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        matmul = torch.backends.cuda.matmul.allow_tf32
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True,
+                                        allow_tf32=False):
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                yield
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 class Backbone(abc.ABC):
     """A feature network. Subclasses set `name`, `dim`, `cache_key` and implement `_forward`."""
 
@@ -62,7 +83,7 @@ class Backbone(abc.ABC):
     cache_key: str
 
     def __init__(self, dataset: str | None, device: str = "cpu", cache_dir: str | None = None,
-                 mirror: str | None = None) -> None:
+                 mirror: str | None = None, classifier: str | None = None) -> None:
         self.dataset = dataset
         self.device = torch.device(device)
 
@@ -77,9 +98,10 @@ class Backbone(abc.ABC):
         if batch_size < 1:
             raise ValueError(f"invalid batch_size={batch_size}: allowed an integer >= 1")
         out = np.empty((len(images), self.dim), dtype=np.float64)
-        for i in range(0, len(images), batch_size):
-            batch = images[i:i + batch_size].to(self.device)
-            out[i:i + len(batch)] = self._forward(batch).double().cpu().numpy()
+        with exact_fp32(self.device):
+            for i in range(0, len(images), batch_size):
+                batch = images[i:i + batch_size].to(self.device)
+                out[i:i + len(batch)] = self._forward(batch).double().cpu().numpy()
         return out
 
     def __repr__(self) -> str:
@@ -112,11 +134,12 @@ def resolve_device(device: str | torch.device) -> str:
 
 
 def get_backbone(name: str, dataset: str | None = None, device: str = "cpu", cache_dir: str | None = None,
-                 mirror: str | None = None) -> Backbone:
+                 mirror: str | None = None, classifier: str | None = None) -> Backbone:
     """The backbone `name` for `dataset`, built once per process for each distinct setting.
 
     Environment defaults ($GENTUNE_CACHE, $GENTUNE_DATA_MIRROR, $GENTUNE_DOMAIN_TRAIN_LIMIT,
     device auto) are resolved before the lookup, so changing them gives a new instance.
+    `classifier`: the domain classifier (shipped | train | a file; default shipped).
     """
     if name not in BACKBONE_CLASSES:
         raise ValueError(f"invalid backbone={name!r}: allowed one of {', '.join(BACKBONE_CLASSES)}")
@@ -127,13 +150,15 @@ def get_backbone(name: str, dataset: str | None = None, device: str = "cpu", cac
     if dataset is None:
         raise ValueError(f"backbone {name!r} needs a dataset: allowed one of {', '.join(domain.TARGET_ACCURACY)}")
     return _build(name, dataset, device, str(cache_root(cache_dir)), resolve_mirror(mirror),
-                  domain.resolve_train_limit(None))
+                  domain.resolve_train_limit(None), domain.resolve_source(classifier))
 
 
 @functools.cache
 def _build(name: str, dataset: str | None, device: str, cache_dir: str | None, mirror: str | None,
-           train_limit: int | None) -> Backbone:
+           train_limit: int | None, classifier: str = "shipped") -> Backbone:
     # train_limit is part of the lookup key only; DomainBackbone reads it from the environment.
+    if name == "domain" or issubclass(BACKBONE_CLASSES[name], DomainBackbone):
+        return BACKBONE_CLASSES[name](dataset, device=device, cache_dir=cache_dir, mirror=mirror, classifier=classifier)
     return BACKBONE_CLASSES[name](dataset, device=device, cache_dir=cache_dir, mirror=mirror)
 
 
@@ -194,7 +219,7 @@ class InceptionBackbone(Backbone):
     dim = 2048
 
     def __init__(self, dataset: str | None = None, device: str = "cpu", cache_dir: str | None = None,
-                 mirror: str | None = None) -> None:
+                 mirror: str | None = None, classifier: str | None = None) -> None:
         super().__init__(dataset, device)
         path = inception_weights_path()
         digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
@@ -217,14 +242,15 @@ class DomainBackbone(Backbone):
     dim = domain.FEATURE_DIM
 
     def __init__(self, dataset: str | None, device: str = "cpu", cache_dir: str | None = None,
-                 mirror: str | None = None, train_limit: int | None = None) -> None:
+                 mirror: str | None = None, train_limit: int | None = None, classifier: str | None = None) -> None:
         super().__init__(dataset, device)
         if dataset is None:
             raise ValueError("the domain backbone needs a dataset")
-        self.model, self.meta = domain.load_or_train(dataset, cache_dir=cache_dir, mirror=mirror,
-                                                     train_limit=train_limit, device=self.device)
+        self.model, self.meta = domain.load_classifier(dataset, classifier, cache_dir=cache_dir, mirror=mirror,
+                                                       train_limit=train_limit, device=self.device)
         self.model.eval()
-        self.cache_key = f"domain-{dataset}-n{self.meta['n_train']}-v{domain.VERSION}-{self.meta['digest'][:12]}"
+        self.classifier_id = self.meta["id"]  # the first 12 hex digits of its weights' SHA-256
+        self.cache_key = f"domain-{dataset}-n{self.meta['n_train']}-v{domain.VERSION}-{self.classifier_id}"
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.embed(images)
@@ -236,10 +262,11 @@ class DomainBackbone(Backbone):
         images = as_uint8_images(images)
         feats = np.empty((len(images), self.dim), dtype=np.float64)
         probs = np.empty((len(images), domain.NUM_CLASSES), dtype=np.float64)
-        for i in range(0, len(images), batch_size):
-            embedded = self.model.embed(images[i:i + batch_size].to(self.device))
-            feats[i:i + len(embedded)] = embedded.double().cpu().numpy()
-            probs[i:i + len(embedded)] = torch.softmax(self.model.fc2(embedded).double(), dim=1).cpu().numpy()
+        with exact_fp32(self.device):
+            for i in range(0, len(images), batch_size):
+                embedded = self.model.embed(images[i:i + batch_size].to(self.device))
+                feats[i:i + len(embedded)] = embedded.double().cpu().numpy()
+                probs[i:i + len(embedded)] = torch.softmax(self.model.fc2(embedded).double(), dim=1).cpu().numpy()
         return feats, probs
 
     def probabilities(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> np.ndarray:

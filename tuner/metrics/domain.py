@@ -9,6 +9,14 @@ with Adam 1e-3, batch 128, 5 epochs, a fixed seed, and batches sliced from the u
 memory (channels_last: about 15 s per Fashion-MNIST epoch on 2 CPU threads).
 It is cached as `cache_root()/domain/{dataset}-n{n_train}-v1.pt`: a state_dict plus metadata,
 written with `torch.save` and read back with `torch.load(weights_only=True)`.
+
+Shipped classifiers: the package holds the Fashion-MNIST classifier, trained once by
+tools/train_domain_classifier.py (deterministic, one thread) and pinned by its file's SHA-256
+(`SHIPPED`), so every machine scores in the same feature space. `load_classifier` chooses:
+`shipped` (the default: the package's file; a dataset without one, MNIST today, is trained on first
+use as above), `train` (train on this machine, cached), or the path of a classifier file (one the
+script wrote). A classifier's identity is the SHA-256 of its weights (`weights_sha256`); its first
+12 hex digits are the `domain_classifier` of every evaluation record.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from tuner.config.atomic import write_whole
-from tuner.data import cache_root, load_split, resolve_mirror
+from tuner.data import DataError, cache_root, load_split, resolve_mirror
 
 VERSION = 1
 FEATURE_DIM = 128
@@ -38,6 +46,24 @@ LR = 1e-3
 TRAIN_LIMIT_ENV = "GENTUNE_DOMAIN_TRAIN_LIMIT"
 # Test accuracy the full-data classifier is expected to reach; below it a warning is printed.
 TARGET_ACCURACY = {"mnist": 0.985, "fashion-mnist": 0.90}
+
+# The classifiers shipped in tuner/metrics/assets/ (package data), written by tools/train_domain_classifier.py.
+# sha256: of the file (what `sha256sum` prints); weights_sha256: of its weights (`weights_sha256`), the
+# classifier's identity. MNIST has none: it was not available where the shipped files were trained.
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
+SHIPPED: dict[str, dict[str, str]] = {
+    "fashion-mnist": {  # 1,690,061 bytes; test accuracy 0.9131; 133 s on one thread (AMD EPYC, torch 2.14.1)
+        "file": "domain-fashion-mnist-v1.pt",
+        "sha256": "b57f4db54666bbf92e64d4165a90bf323553e9bcfb80ec12161c2650826aea16",
+        "weights_sha256": "ecc1ff6c28ff39a0ac2e42b74bcac6ad0b550b16ee1a55ec420f3d7e1d3bc3bd",
+    },
+}
+CLASSIFIER_SOURCES = ("shipped", "train")  # or the path of a classifier file
+ID_LENGTH = 12  # hex digits of weights_sha256 in records and cache keys
+
+
+class ClassifierError(DataError):
+    """A domain classifier file is missing, unreadable or fails its checksum (bad input: exit 2)."""
 
 
 class DomainCNN(nn.Module):
@@ -237,3 +263,114 @@ def _train_and_save(dataset: str, path: Path, x: torch.Tensor, y: torch.Tensor, 
               file=sys.stderr, flush=True)
     write_whole(path, lambda tmp: torch.save({"state_dict": state, "meta": meta}, tmp))
     return state, meta
+
+
+# ------------------------------------------------------------------------------------------
+# shipped and user classifier files: checksums, deterministic bytes, loading
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state_dict: every tensor's name, dtype, shape and bytes, in sorted name order."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def classifier_bytes(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+    """A classifier file's bytes (`torch.save` into memory): the same state and meta give the same bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {k: state[k].detach().cpu().contiguous() for k in sorted(state)}, "meta": meta}, buffer)
+    return buffer.getvalue()
+
+
+def shipped_path(dataset: str) -> Path | None:
+    """The package's classifier file for `dataset`, or None where the package ships none."""
+    entry = SHIPPED.get(dataset)
+    return None if entry is None else ASSET_DIR / entry["file"]
+
+
+def load_classifier_file(path: str | Path, expected_sha256: str | None = None,
+                         dataset: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, meta) of a classifier file, checked: its file SHA-256 against `expected_sha256`
+    (the shipped files), its weights against the weights_sha256 it records, its tensors against
+    DomainCNN's, its dataset against `dataset`. Raises ClassifierError (one line) on any failure."""
+    from tuner.config.paths import file_problem
+
+    path = Path(path)
+    problem = file_problem(path)
+    if problem is not None:
+        raise ClassifierError(f"invalid domain classifier {path}: {problem}; allowed a classifier file written by "
+                              f"tools/train_domain_classifier.py")
+    if expected_sha256 is not None:
+        actual = file_sha256(path)
+        if actual != expected_sha256:
+            raise ClassifierError(f"domain classifier {path} fails its checksum: SHA-256 {actual}, expected "
+                                  f"{expected_sha256} (a damaged or replaced file: reinstall gentune, or pass "
+                                  f"--domain-classifier train)")
+    try:
+        state, meta = _load(path)
+        DomainCNN().load_state_dict(state)
+    except Exception as err:
+        raise ClassifierError(f"invalid domain classifier {path}: cannot read it ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]}); allowed a classifier file written by "
+                              f"tools/train_domain_classifier.py") from None
+    recorded = meta.get("weights_sha256") if isinstance(meta, dict) else None
+    actual_w = weights_sha256(state)
+    if recorded is not None and recorded != actual_w:
+        raise ClassifierError(f"domain classifier {path} fails its checksum: weights SHA-256 {actual_w}, expected "
+                              f"{recorded} (recorded in the file): a damaged file")
+    if dataset is not None and meta.get("dataset") not in (None, dataset):
+        raise ClassifierError(f"invalid domain classifier {path}: trained on {meta.get('dataset')}, "
+                              f"allowed a {dataset} classifier")
+    return state, {**meta, "weights_sha256": actual_w}
+
+
+def resolve_source(source: str | None) -> str:
+    """'shipped' (also for None), 'train', or a classifier file's absolute path."""
+    if source is None or source in CLASSIFIER_SOURCES:
+        return source or "shipped"
+    return os.path.abspath(os.path.expanduser(source))  # not resolve(): the error names the path as given
+
+
+def load_classifier(dataset: str, source: str | None = "shipped", *, cache_dir: str | None = None,
+                    mirror: str | None = None, train_limit: int | None = None,
+                    device: str | torch.device = "cpu") -> tuple[DomainCNN, dict[str, Any]]:
+    """The dataset's domain classifier (eval mode, on `device`) and its metadata, from `source`:
+
+    - `shipped` (default): the package's checked file (`SHIPPED`); where the package ships none for
+      `dataset` (MNIST), or when a train limit is set ($GENTUNE_DOMAIN_TRAIN_LIMIT), as `train`;
+    - `train`: trained on this machine on first use, then cached (`load_or_train`);
+    - a path: a classifier file (tools/train_domain_classifier.py --out PATH), checked.
+
+    meta gains `source` (shipped | trained | file), `weights_sha256` and `id` (its first 12 hex digits).
+    """
+    if dataset not in TARGET_ACCURACY:
+        raise ValueError(f"invalid dataset={dataset!r}: allowed one of {', '.join(TARGET_ACCURACY)}")
+    source = resolve_source(source)
+    limit = resolve_train_limit(train_limit)
+    if source == "shipped" and limit is None and dataset in SHIPPED:
+        path = shipped_path(dataset)
+        state, meta = load_classifier_file(path, SHIPPED[dataset]["sha256"], dataset)
+        meta = {**meta, "source": "shipped", "path": str(path)}
+    elif source not in CLASSIFIER_SOURCES:
+        state, meta = load_classifier_file(source, None, dataset)
+        meta = {**meta, "source": "file", "path": source}
+    else:
+        model, meta = load_or_train(dataset, cache_dir=cache_dir, mirror=mirror, train_limit=limit, device=device)
+        state = model.state_dict()
+        meta = {**meta, "source": "trained", "weights_sha256": weights_sha256(state)}
+        return model, {**meta, "id": meta["weights_sha256"][:ID_LENGTH]}
+    model = DomainCNN()
+    model.load_state_dict(state)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return model, {**meta, "id": meta["weights_sha256"][:ID_LENGTH]}
+

@@ -27,7 +27,8 @@ def prepare_assets(cfg: TrainConfig) -> dict[str, bytes]:
         load_split(cfg.dataset, split, mirror)
     root = cache_root(cfg.cache_dir)
     for name in dict.fromkeys((cfg.fid_backbone, "domain")):
-        backbone = get_backbone(name, cfg.dataset, device="cpu", cache_dir=cfg.cache_dir, mirror=mirror)
+        backbone = get_backbone(name, cfg.dataset, device="cpu", cache_dir=cfg.cache_dir, mirror=mirror,
+                                classifier=cfg.domain_classifier)
         if name == cfg.fid_backbone:
             real_statistics(cfg.dataset, "test", backbone, cfg.fid_samples, mirror=mirror, cache_dir=cfg.cache_dir)
     assets = {}

@@ -218,9 +218,32 @@ def summarize(frames: dict[str, Any], exp: str | Path) -> str:
             f"checkpoint: {best['checkpoint']}",
             f"samples: {best['samples_dir']}",
         ]
+    mix = classifier_mix(frames.get("history"), "this study")
+    if mix:
+        lines.append(f"WARNING: {mix} ({CLASSIFIER_COLUMN} in history.parquet)")
     where = str(exp).rstrip("/") + "/trials.csv" if "://" in str(exp) else Path(exp) / "trials.csv"  # (Path mangles s3://)
     lines.append(f"results: {where}, history.parquet, best.json, optuna.journal")
     return "\n".join(lines)
+
+
+CLASSIFIER_COLUMN = "domain_classifier_sha"  # each evaluation's domain classifier (tuner/training/evaluate.py)
+
+
+def classifier_mix(history: pd.DataFrame, where: str = "these records") -> str | None:
+    """One line when the domain FIDs of `history` come from more than one domain classifier (their
+    numbers do not compare), else None. Records made before gentune recorded the classifier count as
+    one more ("unrecorded"): those classifiers were trained on each machine."""
+    if history is None or history.empty or "fid_backbone" not in history:
+        return None
+    rows = history[history["fid_backbone"] == "domain"]
+    if rows.empty:
+        return None
+    ids = rows[CLASSIFIER_COLUMN].fillna("unrecorded") if CLASSIFIER_COLUMN in rows else pd.Series("unrecorded", index=rows.index)
+    found = sorted(set(ids.astype(str)))
+    if len(found) < 2:
+        return None
+    return (f"{where} scored the domain FID with {len(found)} different domain classifiers ({', '.join(found)}): "
+            f"their FIDs do not compare; report each classifier's experiments separately")
 
 
 def floor_note(floor: dict[str, Any] | None, cfg: dict[str, Any]) -> str:

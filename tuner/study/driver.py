@@ -345,10 +345,17 @@ def resolve_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, A
 def fid_floor(base: TrainConfig) -> dict[str, Any]:
     """The real-vs-real FID floor of the study's metric (train vs test images, same backbone and N)."""
     from tuner.data import resolve_mirror
+    from tuner.metrics.backbones import get_backbone
     from tuner.metrics.fid import real_floor
 
-    fid = real_floor(base.dataset, base.fid_backbone, base.fid_samples, resolve_mirror(base.data_mirror), base.cache_dir)
-    return {"fid": fid, "dataset": base.dataset, "fid_backbone": base.fid_backbone, "fid_samples": base.fid_samples}
+    mirror = resolve_mirror(base.data_mirror)
+    backbone = get_backbone(base.fid_backbone, base.dataset, cache_dir=base.cache_dir, mirror=mirror,
+                            classifier=base.domain_classifier)
+    fid = real_floor(base.dataset, backbone, base.fid_samples, mirror, base.cache_dir)
+    domain_id = get_backbone("domain", base.dataset, cache_dir=base.cache_dir, mirror=mirror,
+                             classifier=base.domain_classifier).classifier_id
+    return {"fid": fid, "dataset": base.dataset, "fid_backbone": base.fid_backbone, "fid_samples": base.fid_samples,
+            "domain_classifier_sha": domain_id}
 
 
 def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> Path:

@@ -63,8 +63,10 @@ class Evaluator:
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.mirror = resolve_mirror(cfg.data_mirror)
-        self.backbone = get_backbone(cfg.fid_backbone, cfg.dataset, device=str(device), cache_dir=cfg.cache_dir, mirror=self.mirror)
-        self.domain = get_backbone("domain", cfg.dataset, device=str(device), cache_dir=cfg.cache_dir, mirror=self.mirror)
+        self.backbone = get_backbone(cfg.fid_backbone, cfg.dataset, device=str(device), cache_dir=cfg.cache_dir, mirror=self.mirror,
+                                     classifier=cfg.domain_classifier)
+        self.domain = get_backbone("domain", cfg.dataset, device=str(device), cache_dir=cfg.cache_dir, mirror=self.mirror,
+                                   classifier=cfg.domain_classifier)
         # the real side: the first fid_samples test images (a first-time computation is not trial time)
         self.reference = real_reference(cfg.dataset, "test", self.backbone, cfg.fid_samples, self.mirror, cfg.cache_dir)
         self.autoencoder = FAMILY_SPECS[cfg.family].autoencoder
@@ -86,6 +88,7 @@ class Evaluator:
                 "fid": self.reference.fid(features),
                 "fid_backbone": cfg.fid_backbone,
                 "fid_samples": cfg.fid_samples,
+                "domain_classifier_sha": self.domain.classifier_id,  # its weights' SHA-256 prefix: which domain features
             }
             metrics.update(diversity_metrics(probabilities))
             save_grid(decode(trial, trial.fixed_noise), out_dir / "samples" / f"kimg_{tag}.png")

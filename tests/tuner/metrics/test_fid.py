@@ -227,7 +227,8 @@ def test_cli_npz_vs_npz_json_equals_library(idx_mnist, tmp_path, capsys):
                            "--dataset", "mnist", "--limit", "50")
     assert code == 0
     expected = fid_from_features(bb.features(a[:50]), bb.features(b[:50]))
-    assert out.strip() == f"FID (domain, 50 vs 50): {expected:.4f}"
+    assert out.strip() == f"FID (domain classifier {bb.classifier_id}, 50 vs 50): {expected:.4f}"
+    assert result["domain_classifier_sha"] == bb.classifier_id == bb.meta["weights_sha256"][:12]
 
 
 def test_cli_dataset_spec_and_png_folder(idx_mnist, tmp_path, capsys):

@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"feature network: {' | '.join(BACKBONES)} [default: inception]")
     parser.add_argument("--dataset", default=None,
                         help="dataset whose classifier the domain backbone uses when neither A nor B is a dataset split")
+    parser.add_argument("--domain-classifier", default="shipped",
+                        help="the domain backbone's classifier: shipped (the package's; MNIST has none and trains one "
+                             "on first use) | train (train one on this machine, cached) | PATH of a classifier file "
+                             "[default: shipped]")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of each set")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     parser.add_argument("--data-mirror", dest="mirror", default=None,
@@ -169,12 +173,19 @@ def run(args: argparse.Namespace) -> dict:
     if BACKBONE_CLASSES[args.backbone].dataset_specific and dataset is None:
         raise UsageError(f"missing --dataset: the {args.backbone} backbone needs one when neither A nor B is a "
                          f"dataset split; allowed one of {', '.join(DATASET_CLASSES)}")
-    backbone = get_backbone(args.backbone, dataset, device=args.device, cache_dir=args.cache_dir, mirror=args.mirror)
+    if args.domain_classifier not in ("shipped", "train") and not args.domain_classifier.endswith(".pt"):
+        raise UsageError(f"invalid --domain-classifier={args.domain_classifier!r}: allowed shipped, train or the "
+                         f"path of a .pt classifier file")
+    backbone = get_backbone(args.backbone, dataset, device=args.device, cache_dir=args.cache_dir, mirror=args.mirror,
+                            classifier=args.domain_classifier)
     mu_a, sigma_a, n_a = _statistics(src_a, "A", backbone, args.limit, args)
     mu_b, sigma_b, n_b = _statistics(src_b, "B", backbone, args.limit, args)
     fid = frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
-    return {"fid": fid, "backbone": args.backbone, "n_a": n_a, "n_b": n_b,
-            "backbone_key": backbone.cache_key, "a": args.a, "b": args.b}
+    result = {"fid": fid, "backbone": args.backbone, "n_a": n_a, "n_b": n_b,
+              "backbone_key": backbone.cache_key, "a": args.a, "b": args.b}
+    if getattr(backbone, "classifier_id", None):
+        result["domain_classifier_sha"] = backbone.classifier_id
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if result["n_a"] != result["n_b"]:
             print("note: FID is biased by 1/N; compare only numbers made at equal sample counts", file=sys.stderr)
-        print(f"FID ({result['backbone']}, {result['n_a']} vs {result['n_b']}): {result['fid']:.4f}")
+        which = result["backbone"] + (f" classifier {result['domain_classifier_sha']}" if "domain_classifier_sha" in result else "")
+        print(f"FID ({which}, {result['n_a']} vs {result['n_b']}): {result['fid']:.4f}")
     return 0 if math.isfinite(result["fid"]) else 1
 
 
