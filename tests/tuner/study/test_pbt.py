@@ -160,8 +160,10 @@ def test_pbt_study_resumes_after_its_driver_is_killed(idx_mnist, tmp_path):
              "--num-samples", str(n), "--max-kimg", "0.75", "--perturbation-kimg", "0.25"]
     drivers = [Driver(flags, tmp_path, "0")]
     try:
-        wait_for(lambda: read_exploits(exp) and snapshot_kimg(exp), 240, "an exploit and an evaluation in Tune's snapshot",
-                 drivers[0].proc)
+        # killed once a trial with training left has an evaluation in Tune's snapshot (a trial that has
+        # reached max_kimg there is finished: a resume does not run it again)
+        wait_for(lambda: read_exploits(exp) and any(k < 0.75 for k in snapshot_kimg(exp).values()), 240,
+                 "an exploit and an unfinished trial's evaluation in Tune's snapshot", drivers[0].proc)
         drivers[0].kill()
         snapshotted = snapshot_kimg(exp)
         killed_at = time.time()
@@ -178,7 +180,9 @@ def test_pbt_study_resumes_after_its_driver_is_killed(idx_mnist, tmp_path):
     assert not history.duplicated(subset=["trial_id", "kimg"]).any()
     assert (history.groupby("trial_id")["kimg"].max() >= 0.75).all()
     rows = result_rows(exp)
-    for trial_id, kimg in snapshotted.items():  # resumed from its checkpoint, not from scratch
+    unfinished = {trial_id: kimg for trial_id, kimg in snapshotted.items() if kimg < 0.75}
+    assert unfinished, snapshotted
+    for trial_id, kimg in unfinished.items():  # resumed from its checkpoint, not from scratch
         after = [r["kimg"] for r in rows[trial_id] if "kimg" in r and r["timestamp"] >= killed_at]
         assert after and min(after) > kimg, (trial_id, kimg, after)
     # the resume asked for no new population, and every member was told what it reached
