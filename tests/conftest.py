@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import secrets
 import shutil
@@ -253,3 +254,25 @@ class Driver:
 
     def started_its_own_ray(self) -> bool:
         return any((self.ray_tmp / "ray").glob("session_2*"))
+
+
+def snapshot_kimg(exp: Path) -> dict[str, float]:
+    """Trial id -> kimg of its last result in Tune's newest experiment snapshot (what a resume starts from)."""
+    newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.name, default=None)
+    try:
+        state = json.loads(newest.read_text()) if newest else {"trial_data": []}
+    except json.JSONDecodeError:  # being written
+        return {}
+    return {json.loads(t)["trial_id"]: json.loads(m)["last_result"]["kimg"] for t, m in state["trial_data"]
+            if "kimg" in json.loads(m)["last_result"]}
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop a server this test started, by its PID: SIGTERM, then SIGKILL after 20 s."""
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+

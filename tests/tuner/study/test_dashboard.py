@@ -2,9 +2,7 @@
 trials' sample grids (artifacts uploaded by tuner.study.watch) over its HTTP API on 127.0.0.1."""
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +14,7 @@ import optuna
 import pytest
 from PIL import Image
 
+from conftest import stop_server
 from tuner.study.optuna_bridge import make_storage
 from tuner.study.watch import upload_grids
 
@@ -82,11 +81,6 @@ def test_dashboard_serves_the_study_and_the_trials_sample_grids(tmp_path):
             served = get(f"{base}/artifacts/{study_id}/{t['trial_id']}/{artifact['artifact_id']}")
             assert served == pngs[t["number"]]
     finally:
-        os.kill(proc.pid, signal.SIGTERM)  # the server this test started, by its PID
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server(proc)  # the server this test started, by its PID
     with pytest.raises(OSError):
         get(f"{base}/api/studies")  # stopped

@@ -41,7 +41,7 @@ from tuner.study.optuna_bridge import HonestOptunaSearch, make_storage
 from tuner.training.checkpoint import CheckpointError, load_checkpoint
 from tuner.training.loop import train
 
-from conftest import REPO, TINY_MODEL, TINY_TRIAL, Driver, load_study, processes_under, wait_for
+from conftest import REPO, TINY_MODEL, TINY_TRIAL, Driver, load_study, processes_under, snapshot_kimg, wait_for
 from tuner.training.trial import build_trial
 
 TINY = TINY_TRIAL
@@ -542,20 +542,11 @@ def test_driver_of_a_packed_study_killed_resumes_every_member_from_its_checkpoin
              str(space), "--no-warm-start", "--pack", "2", "--num-samples", str(n), "--max-kimg", "0.75",
              "--eval-every-kimg", "0.25", "--grace-kimg", "0.75"]
     resume = ["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"]
-    def reported_in_snapshot() -> dict[str, float]:  # trial -> kimg of its last result (and checkpoint) Tune snapshotted
-        newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.name, default=None)
-        try:
-            state = json.loads(newest.read_text()) if newest else {"trial_data": []}
-        except json.JSONDecodeError:  # being written
-            return {}
-        return {json.loads(t)["trial_id"]: json.loads(m)["last_result"]["kimg"] for t, m in state["trial_data"]
-                if "kimg" in json.loads(m)["last_result"]}
-
     drivers = [Driver(flags, tmp_path, "0")]
     try:
-        wait_for(reported_in_snapshot, 240, "a member's evaluation in Tune's snapshot", drivers[0].proc)
+        wait_for(lambda: snapshot_kimg(exp), 240, "a member's evaluation in Tune's snapshot", drivers[0].proc)
         drivers[0].kill()
-        checkpointed = reported_in_snapshot()
+        checkpointed = snapshot_kimg(exp)
         drivers.append(Driver(resume, tmp_path, "1"))
         assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-3000:]
     finally:

@@ -16,7 +16,7 @@ from tuner.results.exports import read_trials_csv
 from tuner.study.pbt import ClipToRanges, explore_beta2, mutated_fields, read_exploits
 from tuner.training.trial import build_trial
 
-from conftest import TINY_TRIAL, Driver, load_study, run_study, wait_for
+from conftest import TINY_TRIAL, Driver, load_study, run_study, snapshot_kimg, wait_for
 from test_faults import result_rows
 
 TINY_PBT = [*TINY_TRIAL, "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8",
@@ -136,17 +136,6 @@ def test_tiny_pbt_study_records_every_trial_its_schedule_and_its_exploits(idx_mn
     best = json.loads((exp / "best.json").read_text())["trial_id"]
     assert f"The schedule of the best trial, `{best}`" in section
     assert f"population-based training (PBT) of a population of {n}" in text
-
-
-def snapshot_kimg(exp) -> dict[str, float]:
-    """Trial id -> kimg of its last evaluation in Tune's newest experiment snapshot (what a resume starts from)."""
-    newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.name, default=None)
-    try:
-        state = json.loads(newest.read_text()) if newest else {"trial_data": []}
-    except json.JSONDecodeError:  # being written
-        return {}
-    return {json.loads(t)["trial_id"]: json.loads(m)["last_result"]["kimg"] for t, m in state["trial_data"]
-            if "kimg" in json.loads(m)["last_result"]}
 
 
 @pytest.mark.slow

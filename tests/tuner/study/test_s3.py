@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_TRIAL, Driver, wait_for
+from conftest import TINY_TRIAL, Driver, stop_server, wait_for
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -340,7 +340,6 @@ def test_s3_study_on_two_nodes_killed_and_resumed_on_a_new_head_keeps_every_tria
 
 
 def test_grids_uploaded_to_s3_are_served_by_the_dashboard_command(s3, tmp_path):
-    import signal
     import subprocess
     import sys
     import urllib.request
@@ -396,12 +395,7 @@ def test_grids_uploaded_to_s3_are_served_by_the_dashboard_command(s3, tmp_path):
             # the image the dashboard shows is the trial's PNG, byte for byte, read from S3
             assert get(f"/artifacts/{studies[0]['study_id']}/{t['trial_id']}/{artifact['artifact_id']}") == pngs[t["number"]]
     finally:
-        os.kill(proc.pid, signal.SIGTERM)  # the server this test started, by its PID
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server(proc)  # the server this test started, by its PID
 
 
 # ------------------------------------------------------------------------------------------
