@@ -205,3 +205,24 @@ def test_command_lines_start_without_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_old_flat_module_names_still_load_a_study_pickled_before_the_layers():
+    """Tune pickles a study's searcher, trainable and callbacks by module path; a study started before
+    the layers were folders names tuner.optuna_bridge, tuner.space, ...: those names resolve to the new
+    modules (a pre-folder study, interrupted, resumed and finished this way on 2026-12-05)."""
+    import importlib
+    import pickle
+
+    import tuner
+    from tuner.config.space import Range
+    from tuner.study.optuna_bridge import HonestOptunaSearch
+
+    assert pickle.loads(b"ctuner.space\nRange\n.") is Range  # a protocol-0 reference by the old path
+    assert pickle.loads(b"ctuner.optuna_bridge\nHonestOptunaSearch\n.") is HonestOptunaSearch
+    modules = set(project_modules())
+    for old, new in tuner.MOVED.items():
+        assert f"tuner.{new}" in modules and f"tuner.{old}" not in modules, old  # a real target; no file shadows it
+        assert importlib.import_module(f"tuner.{old}") is importlib.import_module(f"tuner.{new}")
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("tuner.nosuch")
