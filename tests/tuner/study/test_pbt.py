@@ -139,11 +139,15 @@ def test_tiny_pbt_study_records_every_trial_its_schedule_and_its_exploits(idx_mn
 
 
 @pytest.mark.slow
-def test_pbt_study_resumes_after_its_driver_is_killed(idx_mnist, tmp_path):
+def test_pbt_study_resumes_after_its_driver_is_killed(idx_mnist, tmp_path, monkeypatch):
     """A population of 2 (the worse member clones the better at each of 2 perturbation points): the
     driver is SIGKILLed once an exploit is recorded and Tune's snapshot holds an evaluation, then
     resumed; the study ends with every member trained to max_kimg, from its checkpoint, and told to Optuna."""
     name, n = "pbtkill", 2
+    # Tune snapshots a PBT study (which keeps every checkpoint, so no checkpoint forces a snapshot) every
+    # 10 s by default: on a quiet machine the tiny study ended before a snapshot held an unfinished trial
+    # (CI, 2026-12-05). Every 0.5 s, a snapshot follows each evaluation closely; the study is unchanged.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.5")
     exp = tmp_path / "store" / name
     flags = ["--storage-path", str(tmp_path / "store"), "--name", name, *TINY_PBT, "--scheduler", "pbt",
              "--num-samples", str(n), "--max-kimg", "0.75", "--perturbation-kimg", "0.25"]
