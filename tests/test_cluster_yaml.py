@@ -321,7 +321,7 @@ def environment_of_ray_start(command: str, home: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_every_node_starts_ray_with_token_auth_and_its_own_tmpdir(path: Path, tmp_path: Path) -> None:
-    # pitfall 8: one auth mode on every node, token; pitfall 11: Ray's locks in a per-account folder
+    # docs/ray-optuna.md §8: one auth mode on every node, token; §11: Ray's locks in a per-account folder
     cfg = validated(raw(path))
     for key, commands in start_commands(cfg).items():
         for command in commands:

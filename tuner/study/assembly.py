@@ -127,7 +127,7 @@ def init_ray(search: SearchConfig) -> None:
             _enable_token_auth()
         ray.init(address=search.address, log_to_driver=True)
     else:
-        # address="local": a stale /tmp/ray/ray_current_cluster must not redirect us (pitfall 8);
+        # address="local": a stale /tmp/ray/ray_current_cluster must not redirect us (docs/ray-optuna.md §8);
         # the dashboard, if installed, listens on loopback only, and so do no Prometheus endpoints.
         metrics_off_unless_asked()
         ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)

@@ -21,6 +21,7 @@ from tuner.study.assembly import is_experiment, run_tune
 from tuner.study.location import check_writable, is_remote, local_dir, study_path, upload
 from tuner.study.resume import RestoreFailed, check_restorable
 
+
 def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, Any]]:
     """Flags -> (study config, base trial config, space overrides). Raises ConfigError.
 

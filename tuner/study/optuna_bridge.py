@@ -15,7 +15,7 @@ With `experiment_dir`, each result's sample grids (the `grid_*` paths run_trial 
 artifacts of the Optuna trial, read from the trial folder on storage (tuner/study/watch.py).
 
 On restore after a killed driver, Optuna trials that were asked but never recorded in the
-searcher's snapshot stay RUNNING for ever (pitfall 3); `restore` marks them FAIL with the user
+searcher's snapshot stay RUNNING for ever (docs/ray-optuna.md §3); `restore` marks them FAIL with the user
 attribute `stale=True`, so nothing is left RUNNING and the dashboard shows what happened. Trials
 that Tune re-runs from an older checkpoint report evaluations the study already holds (skipped), or
 finished after the snapshot and were told then (their first record stands: Optuna refuses updates).

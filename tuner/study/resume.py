@@ -35,14 +35,14 @@ def _newest(folder: Path, pattern: str) -> Path | None:
 def check_restorable(exp: Path, searched: bool) -> set[str]:
     """Read, before Ray starts, what Tune's restore reads; refuse with one line naming the file, or repair.
 
-    Tune restarts an experiment from scratch when its restore fails (pitfall 10), so every part of a
+    Tune restarts an experiment from scratch when its restore fails (docs/ray-optuna.md §10), so every part of a
     local experiment's state is checked here first:
     - the newest experiment_state-*.json (every trial's record): missing or unreadable -> refused;
     - search_gen_state-*.json (Ray's pickle of how many trials the searcher has created, read with
       Tune's own loader as its restore would): its count is set to the trials in the experiment
       state when they differ (a driver killed while Tune copied its snapshot files into storage
       leaves them from two moments); unreadable -> rebuilt from an older one, else refused;
-    - Tune's lock folder in the system temp (pitfall 11): unusable -> refused;
+    - Tune's lock folder in the system temp (docs/ray-optuna.md §11): unusable -> refused;
     - half-copied files of a driver killed during a copy (tuner/study/storage.py) -> removed.
     The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
     journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
