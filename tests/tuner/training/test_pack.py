@@ -37,6 +37,17 @@ VARIANTS = {  # every layer kind and step part a pack fuses
     "mlp-batch-hinge": dict(arch="mlp", d_norm="batch", loss="hinge"),
     "mlp-spectral-bce": dict(arch="mlp", d_norm="spectral", loss="bce"),
 }
+# How far a fused step's optimiser moments may be from the solo step's, relative to the net's largest entry.
+# float32 rounding (the fused nets' grouped convolutions sum in another order): 1e-5. wgan-gp: its gradient
+# penalty differentiates D's input gradient, which holds LeakyReLU's slope (0.2 or 1, a step function of the
+# pre-activation): a pre-activation within rounding of 0 flips one sample's penalty gradient by a finite
+# amount, and with n_critic 5 a flip in an early step moves the later ones. Measured 7e-4 (D) and 4e-5 (G)
+# with one torch thread (a flip in the member with lr 1e-3, beta1 0), 3e-7 with two; members that mixed
+# their penalties would differ by O(1).
+def moment_rel(loss: str) -> float:
+    return 1e-2 if loss == "wgan-gp" else 1e-5
+
+
 IMAGES = torch.randint(0, 256, (256, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
@@ -86,7 +97,7 @@ def test_one_fused_step_gives_each_member_its_solo_gradients_and_update(variant)
                 # against the net's largest entry: a bias gradient sums B*H*W terms that mostly cancel,
                 # so its own relative error can be far above the terms' rounding
                 scale = max(sa[key].abs().max().item() for sa, _ in pairs)
-                assert all((sa[key] - sb[key]).abs().max().item() <= 1e-5 * scale for sa, sb in pairs), (name, key)
+                assert all((sa[key] - sb[key]).abs().max().item() <= moment_rel(cfgs[0].loss) * scale for sa, sb in pairs), (name, key)
             for (sa, sb), (p, q) in zip(pairs, zip(a.nets[name].parameters(), b.nets[name].parameters())):
                 assert float(sa["step"]) == float(sb["step"]) == (cfgs[0].n_critic if name == "D" else 1)
                 # a first move is lr * grad / |grad| (Adam) or 10 lr * grad / |grad| (RMSprop, alpha 0.99): a gradient within
