@@ -54,12 +54,44 @@ class GentunePBT(PopulationBasedTraining):
         time) and lets only members strictly behind it run: when every member has reached that point
         (a resumed study, whose fresh scheduler starts at the first point while the population has
         passed it, or evaluations overshooting their point), none may run and the study hangs. Move
-        the next sync point past them, to the next multiple of the interval."""
+        the next sync point past them, to the next multiple of the interval (docs/ray-optuna.md §12)."""
         live = [state for t, state in self._trial_state.items() if not t.is_finished()]
         times = [state.last_train_time for state in live]
         if times and min(times) >= self._next_perturbation_sync:
             every = self._perturbation_interval
             self._next_perturbation_sync = (math.floor(max(times) / every + 1e-9) + 1) * every
+
+    def choose_trial_to_run(self, tune_controller):
+        if self._synch:
+            self._release_abandoned_sync(tune_controller)
+        return super().choose_trial_to_run(tune_controller)
+
+    def _release_abandoned_sync(self, tune_controller) -> None:
+        """Synchronous PBT ranks the population only in on_trial_result, when the last member behind
+        the sync point reports reaching it. A member can end without ever reporting that point: its
+        last result (CONTINUE above, it is not ranked), a divergence, an error; after a --resume, whose
+        fresh scheduler knows nothing of the members' progress, the member the others wait for may be
+        one perturbation point ahead and report its last result next. The members waiting at the point
+        are then PAUSED at or past it, choose_trial_to_run lets only members behind it run, and nothing
+        ever reports again: Tune's loop spins (is_finished / step) for ever. When no live member runs or
+        waits to start and every one is paused at or past the point, the point is reached: rank them
+        there, as the last member's result would have, and move the point on (docs/ray-optuna.md §12)."""
+        from ray.tune.experiment import Trial
+
+        live = [t for t in tune_controller.get_live_trials() if not t.is_finished() and t in self._trial_state]
+        if not live or any(t.status != Trial.PAUSED for t in live):
+            return  # a member runs (or starts): its next result moves the sync on
+        if any(self._trial_state[t].last_train_time < self._next_perturbation_sync for t in live):
+            return  # Ray lets this one run
+        lower, upper = self._quantiles()
+        middle = [t for t in live if t not in lower and t not in upper]
+        for t in upper + middle + lower:  # the order of Ray's ranking: donors' checkpoints first
+            state = self._trial_state[t]
+            state.last_perturbation_time = state.last_train_time
+            self._checkpoint_or_exploit(t, tune_controller, upper, lower)
+        times = [self._trial_state[t].last_train_time for t in live]
+        self._next_perturbation_sync = max(self._next_perturbation_sync + self._perturbation_interval, max(times))
+        self._next_sync_ahead()
 
     def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
         before = self._num_perturbations

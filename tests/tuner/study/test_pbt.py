@@ -57,6 +57,100 @@ def test_explore_stays_inside_the_space():
     assert explore_beta2(0.95, 0.95 * 0.8, 0.9, 0.999) == pytest.approx(0.96)
 
 
+class _Controller:
+    """What Ray's PBT asks of Tune's controller: the trials, the live ones, a checkpoint, a pause."""
+    search_alg = None
+
+    def __init__(self, trials):
+        self.trials = trials
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        return {t for t in self.trials if not t.is_finished()}
+
+    def _schedule_trial_save(self, trial, result=None):
+        return trial.checkpoint
+
+    def pause_trial(self, trial, should_checkpoint=True):
+        from ray.tune.experiment import Trial
+
+        trial.set_status(Trial.PAUSED)
+
+
+def _population(tmp_path, n):
+    """A fresh GentunePBT (as after a --resume: Tune does not save its state) and n running members,
+    each with a checkpoint, and a controller that runs them."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+    from ray.tune.experiment import Trial
+
+    from tuner.study.pbt import mutations
+    from tuner.study.pbt_scheduler import PBT_TIME, GentunePBT
+
+    limits = {"lr": (1e-4, 1e-3, True)}
+    scheduler = GentunePBT(time_attr=PBT_TIME, metric="fid", mode="min", perturbation_interval=0.25,
+                           hyperparam_mutations=mutations(limits), quantile_fraction=0.25, resample_probability=0.25,
+                           require_attrs=False, log_config=False, synch=True, fields=("lr",), bounds_=limits,
+                           experiment_dir=str(tmp_path), max_kimg=0.75)
+    trials = [Trial("run_trial", config={"lr": 2e-4 * (i + 1)}, trial_id=f"t{i}", stub=True) for i in range(n)]
+    controller = _Controller(trials)
+    for i, trial in enumerate(trials):
+        scheduler.on_trial_add(controller, trial)
+        (tmp_path / f"ckpt{i}").mkdir()
+        trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
+            checkpoint=Checkpoint.from_directory(str(tmp_path / f"ckpt{i}")), metrics={})
+        trial.set_status(Trial.RUNNING)
+    return scheduler, controller, trials
+
+
+def _end(scheduler, controller, trial, result):
+    """A member's last result: gentune's PBT lets it continue (nothing to rank), and Tune ends it."""
+    from ray.tune.experiment import Trial
+
+    assert scheduler.on_trial_result(controller, trial, result) == scheduler.CONTINUE
+    scheduler.on_trial_complete(controller, trial, result)
+    trial.set_status(Trial.TERMINATED)
+
+
+def test_synchronous_pbt_goes_on_when_the_member_it_waits_for_ends_first(tmp_path):
+    """The resume hang (fresh-clone CI, 2026-12-05): resumed, one member restarts from its 0.25 kimg
+    checkpoint, the other from its 0.5 one. The first reports 0.5 and is paused to wait for the other
+    (whose fresh PBT state is at 0); the other reports its last result (0.75) and ends. Ray's PBT
+    ranks only when the last member behind the sync point reports it: nobody does, the paused member
+    was never chosen again, and Tune's loop spun for ever."""
+    from ray.tune.experiment import Trial
+
+    scheduler, controller, (ahead, waiting) = _population(tmp_path, 2)
+    assert scheduler.on_trial_result(controller, waiting, {"kimg": 0.512, "fid": 300.0}) == scheduler.PAUSE
+    waiting.set_status(Trial.PAUSED)
+    assert scheduler.choose_trial_to_run(controller) is None  # the other member still runs
+    _end(scheduler, controller, ahead, {"kimg": 0.768, "fid": 250.0})
+    assert scheduler.choose_trial_to_run(controller) is waiting
+
+
+def test_synchronous_pbt_ranks_the_waiting_members_when_the_last_one_ends_before_the_point(tmp_path, capsys):
+    """A member that ends before the sync point (diverged here, or its last result after a resume):
+    the members waiting there are ranked at it (the bottom one clones the top one) and go on."""
+    from ray.tune.experiment import Trial
+
+    scheduler, controller, (best, worst, ends) = _population(tmp_path, 3)
+    for trial, fid in ((best, 100.0), (worst, 400.0)):
+        assert scheduler.on_trial_result(controller, trial, {"kimg": 0.256, "fid": fid}) == scheduler.PAUSE
+        trial.set_status(Trial.PAUSED)
+    assert scheduler.choose_trial_to_run(controller) is None
+    _end(scheduler, controller, ends, {"kimg": 0.128, "fid": float("nan"), "diverged": True})
+    chosen = scheduler.choose_trial_to_run(controller)
+    assert chosen in (best, worst)
+    exploits = read_exploits(tmp_path)
+    assert [(e["trial_id"], e["donor_id"], e["kimg"]) for e in exploits] == [("t1", "t0", 0.256)]
+    assert "trial t1 cloned trial t0 at 0.256 kimg" in capsys.readouterr().out
+    assert worst.checkpoint.path == best.checkpoint.path  # it continues from the donor's checkpoint
+    assert scheduler._next_perturbation_sync == 0.5  # the next point: both may run to it
+    assert scheduler.choose_trial_to_run(controller) is not None
+
+
 def test_pbt_study_evaluates_and_checkpoints_at_its_perturbation_points(tmp_path, monkeypatch):
     from tuner.study import driver as study
 
