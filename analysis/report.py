@@ -85,6 +85,7 @@ class Report:
         self.add(f"# gentune report: {names}", "")
         self.section_experiments()
         self.section_results()
+        self.section_pbt()
         self.section_samples()
         self.section_lab_plots()
         self.section_search_plots()
@@ -119,6 +120,9 @@ class Report:
                 s = e.search["search"]
                 extra = (f"; ASHA on FID over kimg with grace {fmt.kimg(s.get('grace_kimg'))} kimg and reduction factor "
                          f"{s.get('reduction_factor')}; searched: {', '.join(e.space) or 'n/a'}")
+                if s.get("scheduler") == "pbt":
+                    extra = (f"; population-based training (PBT) of a population of {s.get('num_samples')} proposed by "
+                             f"Optuna, every trial trained the full budget; searched: {', '.join(e.space) or 'n/a'}")
             self.add(f"- `{e.name}`: `{e.path}`, frames {src}{extra}.")
             running = int((e.trials["status"].isin(["running", "pending"])).sum()) if len(e.trials) else 0
             if running:
@@ -162,6 +166,42 @@ class Report:
                          + (f": `{x.diverge_reason}`" if isinstance(x.diverge_reason, str) and x.diverge_reason else "") + ")"
                          for x in failed.itertuples()]
                 self.add("Trials without a finite FID: " + "; ".join(items) + ".", "")
+
+    def section_pbt(self) -> None:
+        """Population-based training: the exploits, and the schedule of the best trial (tuner/study/pbt.py)."""
+        from tuner.study.pbt import PBT_FIELDS, change_words, default_perturbation_kimg, read_exploits
+
+        pbt = [e for e in self.exps if not e.is_grid and e.search["search"].get("scheduler") == "pbt"]
+        if not pbt:
+            return
+        self.add("## Population-based training", "")
+        for e in pbt:
+            s = e.search["search"]
+            every = s.get("perturbation_kimg") or default_perturbation_kimg(e.max_kimg)
+            exploits = read_exploits(e.path)
+            cloned = sorted({x["trial_id"] for x in exploits})
+            self.add(f"### `{e.name}`", "",
+                     f"A population of {fmt.trials(len(e.trials))}, ranked by FID every {fmt.kimg(every)} kimg; "
+                     f"{len(exploits)} exploit(s): a trial in the bottom quarter continued from a top-quarter trial's "
+                     f"checkpoint with its lr, lr_d_ratio and betas perturbed ({len(cloned)} trial(s) cloned at least once).", "")
+            rows = [{"kimg": fmt.kimg(x.get("kimg")), "trial": f"`{x['trial_id']}`", "cloned": f"`{x['donor_id']}`",
+                     "its FID": fmt.fid(x.get("trial_fid")), "donor's FID": fmt.fid(x.get("donor_fid")),
+                     "new settings": change_words(x.get("donor", {}), x.get("new", {}), PBT_FIELDS)}
+                    for x in exploits[:20]]
+            if rows:
+                more = f" (first 20 of {len(exploits)})" if len(exploits) > 20 else ""
+                self.add(f"Exploits{more}:", "", fmt.table(rows), "")
+            r = ranked(e.trials)
+            h = e.history
+            if len(r) and len(h) and "hp_lr" in h:
+                best = r.iloc[0]["trial_id"]
+                sched = h[h["trial_id"] == best].sort_values("kimg")
+                rows = [{"kimg": fmt.kimg(x["kimg"]), "FID": fmt.fid(x["fid"]),
+                         **{name: fmt.param(x.get(f"hp_{name}")) for name in PBT_FIELDS if f"hp_{name}" in sched},
+                         "continued from": f"`{x['cloned_from']}`" if isinstance(x.get("cloned_from"), str) and x["cloned_from"] else ""}
+                        for x in sched.to_dict("records")]
+                self.add(f"The schedule of the best trial, `{best}` (the settings in force at each evaluation):", "",
+                         fmt.table(rows), "")
 
     def section_samples(self) -> None:
         self.add("## Samples", "")

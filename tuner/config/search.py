@@ -30,6 +30,9 @@ The path of one study:
 """
 
 SAMPLERS = ("tpe", "tpe-independent", "random")
+SCHEDULERS = ("asha", "pbt", "pb2")
+PB2_MISSING = ("scheduler='pb2': Ray's PB2 needs GPy and scikit-learn, which gentune does not install; "
+               "allowed asha or pbt")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,13 @@ class SearchConfig:
     are evaluated there (and at max_kimg), where ASHA decides."""
     reduction_factor: int = 3
     """ASHA reduction factor: keep the best 1/r of trials at each rung (>= 2)."""
+    scheduler: str = "asha"
+    """How trials are scheduled: asha (Optuna's sampler proposes each config, ASHA stops weak trials at its
+    rungs) | pbt (population-based training, docs/pbt.md: Optuna proposes a population of --num-samples configs,
+    all trained to max_kimg; every --perturbation-kimg the bottom quarter continues from a top-quarter
+    trial's checkpoint with its lr, lr_d_ratio and betas perturbed) | pb2 (not available: it needs GPy and scikit-learn)."""
+    perturbation_kimg: float | None = None
+    """PBT only: kimg between two rankings of the population (each one an evaluation). Default: max_kimg / 8."""
     space: str = "default"
     """GAN search space: default (ranges calibrated on Fashion-MNIST, docs/search-space.md) | wide (the
     calibration study's space: published values widened about a decade each way)."""
@@ -121,6 +131,21 @@ class SearchConfig:
         require(self.n_startup_trials >= 0, "n_startup_trials", "an integer >= 0", self.n_startup_trials)
         require(self.grace_kimg > 0, "grace_kimg", "a number > 0", self.grace_kimg)
         require(self.reduction_factor >= 2, "reduction_factor", "an integer >= 2", self.reduction_factor)
+        require(self.scheduler in SCHEDULERS, "scheduler", "one of asha, pbt (pb2 needs GPy and scikit-learn)", self.scheduler)
+        if self.scheduler == "pb2":
+            raise ConfigError(f"invalid {PB2_MISSING}")
+        if self.perturbation_kimg is not None:
+            require(self.perturbation_kimg > 0, "perturbation_kimg", "a number > 0", self.perturbation_kimg)
+            require(self.scheduler == "pbt", "perturbation_kimg", "only with --scheduler pbt", self.perturbation_kimg)
+        if self.scheduler == "pbt":
+            require(self.grid is None, "scheduler", "asha with --grid (a grid trains fixed cells, there is no population)",
+                    self.scheduler)
+            require(self.pack in (None, 1), "pack", "1 with --scheduler pbt (PBT restores one trial at a time from "
+                    "another's checkpoint; a pack's members share one process)", self.pack)
+            require(self.num_samples >= 2, "num_samples", "an integer >= 2 with --scheduler pbt (a population)",
+                    self.num_samples)
+            require(self.max_concurrent == 0, "max_concurrent", "0 with --scheduler pbt (the whole population is "
+                    "created at once, and PBT shares the resources among its members)", self.max_concurrent)
         require(self.grid is None or self.grid in GRIDS, "grid", "one of " + ", ".join(GRIDS), self.grid)
         require(self.cpus_per_trial > 0, "cpus_per_trial", "a number > 0", self.cpus_per_trial)
         if self.gpus_per_trial is not None:

@@ -103,7 +103,12 @@ def make_trainable(search: SearchConfig, base: TrainConfig, assets: dict[str, by
 
         return make_member_trainable(base.to_dict(), assets, search.cpus_per_trial, search.gpus_per_trial or 0,
                                      search.pack, env, search.experiment_dir)
-    trainable = tune.with_parameters(run_trial, base=base.to_dict(), assets=assets, cpus=search.cpus_per_trial, env=env)
+    pbt = {}
+    if search.scheduler == "pbt":
+        from tuner.study.pbt import mutated_fields
+
+        pbt = {"adopt": mutated_fields(base.family)}  # the fields an exploit's checkpoint may differ in
+    trainable = tune.with_parameters(run_trial, base=base.to_dict(), assets=assets, cpus=search.cpus_per_trial, env=env, **pbt)
     return tune.with_resources(trainable, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial or 0})
 
 

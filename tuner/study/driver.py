@@ -44,7 +44,7 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         search = build(SearchConfig, {**saved["search"], **given_search, "resume": True,
                                       "allow_shrink": given_search.get("allow_shrink", False)})
         return search, TrainConfig.from_dict(saved["base"]), saved.get("space_overrides", {})
-    if search.time_budget is not None and "num_samples" not in vars(args):
+    if search.time_budget is not None and "num_samples" not in vars(args) and search.scheduler != "pbt":
         search = dataclasses.replace(search, num_samples=BUDGET_SAMPLES)  # the budget ends the study
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
     base = from_namespace(TrainConfig, args, **untyped_defaults(SEARCH_TRAIN_DEFAULTS, given))
@@ -68,12 +68,29 @@ def parse(argv: list[str] | None) -> tuple[SearchConfig, TrainConfig, dict[str, 
         overrides[key] = value.split(",") if "," in value else value
     if (search.pack or 1) > 1 and base.family != "gan":
         raise ConfigError(f"invalid pack={search.pack}: allowed 1 for family={base.family} (packs train GANs only)")
+    if search.grid is None and search.scheduler == "pbt":
+        return search, pbt_schedule(search, base, overrides, set(vars(args))), overrides
     if search.grid is None:
         build_ranges(base.family, overrides, search.space)  # validate now, before Ray starts
         # evaluate where ASHA decides: at its rungs (and at max_kimg, always)
         rungs = asha_rungs(base.max_kimg, search.grace_kimg, search.reduction_factor)
         base = base.replace(eval_at_kimg=tuple(sorted(set(base.eval_at_kimg) | set(rungs))))
     return search, base, overrides
+
+
+def pbt_schedule(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], given: set[str]) -> TrainConfig:
+    """--scheduler pbt: evaluations (and checkpoints) at every perturbation point, where PBT decides."""
+    from tuner.study.pbt import perturbation_kimg, perturbation_points
+    from tuner.config.space import build_ranges
+
+    build_ranges(base.family, overrides, search.space)  # validate now, before Ray starts
+    every = perturbation_kimg(search, base)
+    if every > base.max_kimg:
+        raise ConfigError(f"invalid perturbation_kimg={every}: allowed <= max_kimg ({base.max_kimg})")
+    base = base.replace(eval_at_kimg=tuple(sorted(set(base.eval_at_kimg) | set(perturbation_points(search, base)))))
+    if "checkpoint_every_kimg" not in given:
+        base = base.replace(checkpoint_every_kimg=every)
+    return base
 
 
 def searched_losses(search: SearchConfig, base: TrainConfig) -> tuple[str, ...]:
@@ -88,17 +105,12 @@ def searched_losses(search: SearchConfig, base: TrainConfig) -> tuple[str, ...]:
 # the study (runs on the driver)
 
 
-def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]):
-    """Optuna's TPE over the define-by-run space, told honestly about pruned and diverged trials."""
+def make_sampler(search: SearchConfig, base: TrainConfig):
+    """The study's Optuna sampler (--sampler)."""
     import warnings
 
     import optuna
 
-    from tuner.study.optuna_bridge import HonestOptunaSearch, make_storage
-    from tuner.config.space import build_ranges, define_by_run, warm_start_points
-
-    losses = searched_losses(search, base)
-    ranges = build_ranges(base.family, overrides, search.space)
     if search.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=base.seed)
     else:
@@ -110,6 +122,17 @@ def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(seed=base.seed, constant_liar=True, multivariate=joint, group=joint,
                                                  n_startup_trials=search.n_startup_trials)
+    return sampler
+
+
+def make_searcher(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]):
+    """Optuna's TPE over the define-by-run space, told honestly about pruned and diverged trials."""
+    from tuner.study.optuna_bridge import HonestOptunaSearch, make_storage
+    from tuner.config.space import build_ranges, define_by_run, warm_start_points
+
+    losses = searched_losses(search, base)
+    ranges = build_ranges(base.family, overrides, search.space)
+    sampler = make_sampler(search, base)
     kind, extra = HonestOptunaSearch, {}
     if (search.pack or 1) > 1:
         from tuner.study.packing import PackingOptunaSearch, registry_name
@@ -144,6 +167,8 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
         space = {"cell": tune.grid_search(GRIDS[search.grid])}
         return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
+    if search.scheduler == "pbt":
+        return build_pbt_tuner(search, base, overrides, trainable, run_config, budget_s)
     searcher = make_searcher(search, base, overrides)
     scheduler = ASHAScheduler(
         time_attr=TIME_ATTR,
@@ -190,6 +215,40 @@ def journal_mirror(search: SearchConfig):
     from tuner.study.remote import JournalMirror
 
     return JournalMirror(study_path(search), f"{search.experiment_dir}/optuna.journal").start()
+
+
+def build_pbt_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], trainable, run_config, budget_s):
+    """--scheduler pbt (tuner/study/pbt.py): the population Optuna proposes, as fixed points, under PBT."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tuner.config.space import build_ranges, define_by_run, warm_start_points
+    from tuner.study.pbt import initial_population
+    from tuner.study.pbt_scheduler import KeepResultFiles, make_scheduler
+
+    losses = searched_losses(search, base)
+    ranges = build_ranges(base.family, overrides, search.space)
+    points = warm_start_points(losses, ranges, set(overrides)) if search.warm_start and base.family == "gan" else None
+    population = initial_population(search, study_path(search), make_sampler(search, base),
+                                    define_by_run(base.family, losses, ranges, small_n_critic="n_critic" not in overrides),
+                                    points)
+    # PBT's exploits point a trial at another's checkpoint: Tune must not delete any while the study runs
+    run_config.checkpoint_config = tune.CheckpointConfig(num_to_keep=None)
+    # PBT pauses and restarts its members: their result files must survive each restart
+    run_config.callbacks = [*(run_config.callbacks or []), KeepResultFiles()]
+    tune_config = tune.TuneConfig(
+        search_alg=BasicVariantGenerator(points_to_evaluate=population),
+        scheduler=make_scheduler(search, base, ranges),
+        metric=METRIC,
+        mode=MODE,
+        num_samples=len(population),  # the whole population at once: PBT time-shares the resources among it
+        reuse_actors=search.reuse_actors,
+        time_budget_s=budget_s,
+    )
+    # Tune takes preset points only for keys of the param space: every key a member has (a conditional one,
+    # e.g. clip_value, is None, its default, where a member lacks it)
+    space = {key: None for point in population for key in point}
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
 
 def load_saved(search: SearchConfig) -> dict[str, Any]:
@@ -257,7 +316,7 @@ def resolve_pack(search: SearchConfig, base: TrainConfig, overrides: dict[str, A
     says what was chosen and why."""
     import math
 
-    if search.grid is not None or base.family != "gan":
+    if search.grid is not None or base.family != "gan" or search.scheduler == "pbt":
         return dataclasses.replace(search, pack=1), base
     on_gpu = (search.gpus_per_trial or 0) > 0
     per_gpu = ""
@@ -316,7 +375,7 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
             said = restore_journal(study_path(search), f"{exp}/optuna.journal")
             if said:
                 print(said, file=sys.stderr, flush=True)
-        expect_restored_trials(set() if is_remote(search) else check_restorable(Path(exp), search.grid is None),
+        expect_restored_trials(set() if is_remote(search) else check_restorable(Path(exp), search.grid is None and search.scheduler != "pbt"),
                                journal=study_path(search), experiment_dir=exp)
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
     check_pack(search, base, overrides)
@@ -349,6 +408,10 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
         raise
     finally:
         logging.getLogger(InterruptWatch.LOGGER).removeFilter(interrupt)
+    if search.grid is None and search.scheduler == "pbt" and Path(study_path(search)).is_file():
+        from tuner.study.pbt import tell_population
+
+        tell_population(search, study_path(search), grid, base.max_kimg)  # each member's Optuna trial: what it reached
     if search.grid is None and Path(study_path(search)).is_file() and not interrupt.seen:
         import optuna
 

@@ -68,7 +68,9 @@ def make_report(out_dir: Path):
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, bytes], cpus: float = 1.0,
-              env: dict[str, str] | None = None) -> None:
+              env: dict[str, str] | None = None, adopt: tuple[str, ...] = ()) -> None:
+    """`adopt` (a PBT study, tuner/study/pbt.py): the fields a restored checkpoint may differ in (another
+    trial's, with perturbed settings); each evaluation then also reports the settings in force."""
     from ray import tune
 
     from tuner.training import loop  # looked up at call time: the fault tests wrap loop.train inside the workers
@@ -96,14 +98,38 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], assets: dict[str, by
                 shutil.rmtree(resume_from, ignore_errors=True)
                 candidate.to_directory(str(resume_from))
                 try:
-                    loop.train(cfg, out_dir, report=report, resume_from=resume_from, checkpoint_dir=staged / "checkpoint")
+                    reporter = report if not adopt else schedule_report(report, cfg, adopt, str(candidate.path))
+                    loop.train(cfg, out_dir, report=reporter, resume_from=resume_from, checkpoint_dir=staged / "checkpoint",
+                               **({"adopt": adopt} if adopt else {}))
                     return
                 except CheckpointError as err:
                     instead = f"resuming from the older {candidates[i + 1].path}" if i + 1 < len(candidates) else "restarting the trial from scratch"
                     print(f"gentune: cannot resume from {candidate.path}: {err}; {instead}", file=sys.stderr, flush=True)
-            loop.train(cfg, out_dir, report=report, resume_from=None, checkpoint_dir=staged / "checkpoint")
+            reporter = report if not adopt else schedule_report(report, cfg, adopt, "")
+            loop.train(cfg, out_dir, report=reporter, resume_from=None, checkpoint_dir=staged / "checkpoint")
         finally:  # also when ASHA stops the trial: Tune ends it with SystemExit inside report()
             images.close()
+
+
+def schedule_report(report, cfg, fields: tuple[str, ...], restored_from: str):
+    """PBT: `report` with the settings in force added to every evaluation (hp_lr, hp_beta1, ...), and
+    `cloned_from` (the donor trial's id; '' otherwise) on the first one after restoring another trial's
+    checkpoint. The record itself is left as the trainer keeps it (its history, metrics.jsonl)."""
+    from ray import tune
+
+    from tuner.study.pbt import cloned_from
+
+    donor = [cloned_from(restored_from, tune.get_context().get_trial_id())] if restored_from else [""]
+    settings = {f"hp_{name}": getattr(cfg, name) for name in fields}
+
+    def reporter(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if record.get("checkpoint_only"):
+            report(record, checkpoint_dir)
+            return
+        report({**record, **settings, "cloned_from": donor[0]}, checkpoint_dir)
+        donor[0] = ""
+
+    return reporter
 
 
 def checkpoint_metrics(record: dict[str, Any], node_id: str) -> dict[str, Any]:

@@ -67,7 +67,10 @@ def _load_failure(err: Exception) -> str:
     return " ".join(text.split(". ")[0].split()) or type(err).__name__
 
 
-def load_checkpoint(trial: Trial, path: Path) -> None:
+def load_checkpoint(trial: Trial, path: Path, adopt: tuple[str, ...] = ()) -> None:
+    """Restore `trial` from the checkpoint at `path`. `adopt`: config fields the checkpoint may differ
+    in, the trial's own values replacing the checkpoint's in its optimisers (a PBT exploit continues
+    another trial's checkpoint with perturbed settings, tuner/study/pbt.py); () for a plain resume."""
     path = checkpoint_file(path)
     try:
         with warnings.catch_warnings():  # e.g. torch's note on a foreign pickle protocol: the error says it all
@@ -79,7 +82,7 @@ def load_checkpoint(trial: Trial, path: Path) -> None:
     except Exception as err:  # truncated zip, wrong format, missing keys, objects weights_only refuses
         raise CheckpointError(f"checkpoint file {path} is unreadable or corrupt: {_load_failure(err)}") from err
     differing = sorted(
-        k for k, v in saved.to_dict().items() if k not in RESUMABLE_CHANGES and trial.cfg.to_dict()[k] != v
+        k for k, v in saved.to_dict().items() if k not in RESUMABLE_CHANGES and k not in adopt and trial.cfg.to_dict()[k] != v
     )
     if differing:
         raise CheckpointError(f"checkpoint file {path} was written by another config (fields differ: {', '.join(differing)})")
@@ -87,6 +90,8 @@ def load_checkpoint(trial: Trial, path: Path) -> None:
         net.load_state_dict(state["nets"][k])
     for k, opt in trial.opts.items():
         opt.load_state_dict(state["opts"][k])
+    if adopt:
+        apply_optimizer_settings(trial)
     trial.gen.set_state(state["gen"].cpu() if trial.device.type == "cpu" else state["gen"])
     torch.set_rng_state(state["torch_rng"].cpu())
     trial.step = state["step"]
@@ -99,3 +104,16 @@ def load_checkpoint(trial: Trial, path: Path) -> None:
         interval = dict(interval)
         interval["sums"] = {k: v.to(trial.device) for k, v in interval["sums"].items()}
     trial.interval = interval
+
+
+def apply_optimizer_settings(trial: Trial) -> None:
+    """Set each optimiser's learning rate (and Adam's betas) to the trial's config, keeping its state
+    (moments, step counts): what a PBT exploit changes in a restored trial."""
+    from tuner.training.families import FAMILY_SPECS
+
+    cfg = trial.cfg
+    for name, lr in FAMILY_SPECS[cfg.family].learning_rates(cfg).items():
+        for group in trial.opts[name].param_groups:
+            group["lr"] = lr
+            if "betas" in group and cfg.beta1 is not None and cfg.beta2 is not None:
+                group["betas"] = (cfg.beta1, cfg.beta2)

@@ -107,11 +107,13 @@ def check_divergence(sums: dict[str, torch.Tensor | float]) -> str | None:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, resume_from: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+          checkpoint_dir: str | Path | None = None, progress: Callable[[int], None] | None = None,
+          adopt: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Train one config, evaluating every eval_every_kimg; returns the list of evaluation records.
 
     Checkpoints go to `checkpoint_dir` (default OUT/checkpoint), overwritten at each evaluation.
     `progress(images_seen)`, if given, is called after every training step (tuner/training/progress.py).
+    `adopt`: the config fields `resume_from` may differ in (PBT's exploit, tuner/training/checkpoint.py:load_checkpoint).
     """
     cfg = cfg.resolved()
     out_dir = Path(out_dir)
@@ -122,7 +124,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, report: Report | None = None, r
     evaluator = Evaluator(cfg, device)  # a first-time domain classifier / statistics are not trial time
     trial = build_trial(cfg, device)
     if resume_from is not None:
-        load_checkpoint(trial, Path(resume_from))
+        load_checkpoint(trial, Path(resume_from), adopt=adopt)
     metrics_path = write_run_files(trial, out_dir)
 
     step_fn = STEPS[cfg.family]
