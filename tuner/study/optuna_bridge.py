@@ -32,6 +32,7 @@ import warnings
 
 import optuna
 from optuna.trial import TrialState
+from optuna.storages.journal._file import BaseJournalFileLock  # not exported; JournalFileBackend's lock_obj type
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.config.schema import is_checkpoint_only
@@ -240,4 +241,36 @@ def make_storage(path: str) -> optuna.storages.BaseStorage:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    return JournalStorage(JournalFileBackend(path))
+    return JournalStorage(JournalFileBackend(path, lock_obj=KernelJournalLock(path)))
+
+
+class KernelJournalLock(BaseJournalFileLock):
+    """The journal's write lock as a kernel lock (flock) on `<journal>.flock`, which the kernel releases
+    when its holder ends, however it ends. Optuna's own locks (a symlink, or a file made with O_EXCL)
+    outlive a driver SIGKILLed while it writes: the resumed driver then waited out their 30 s grace
+    period ("It is taking longer than 10.0 seconds to acquire the lock file ... Forcibly releasing the
+    lock file"), seen on resumes after a kill (docs/ray-optuna.md §13). Each acquire opens its own
+    descriptor, so the driver's threads exclude each other as processes do. The file is made on the
+    first write: a resume refused before it writes leaves the folder as it was."""
+
+    def __init__(self, journal_path: str) -> None:
+        self._path = f"{journal_path}.flock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+        import os
+
+        fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        import fcntl
+        import os
+
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

@@ -7,6 +7,9 @@ one FAIL; each is told once, and a checkpoint between evaluations reports nothin
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import threading
 
 import optuna
 import pytest
@@ -70,3 +73,36 @@ def test_trials_a_killed_driver_left_running_are_marked_failed_and_stale(searche
     asked = frozen(searcher, "asked")
     assert asked.state == TrialState.FAIL and asked.user_attrs.get("stale") is True
     assert frozen(searcher, "told").state == TrialState.COMPLETE
+
+
+# a child that takes the journal's write lock, says so, and waits to be killed while holding it
+HOLD_LOCK = """
+import sys, time
+from tuner.study.optuna_bridge import KernelJournalLock
+KernelJournalLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_writer_killed_while_holding_the_journal_lock_does_not_stall_the_next(tmp_path):
+    """docs/ray-optuna.md §13: Optuna's own lock file outlives a killed writer (the next one waits 30 s);
+    the kernel lock ends with its holder."""
+    journal = str(tmp_path / "optuna.journal")
+    optuna.create_study(study_name="s", storage=make_storage(journal))
+    child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, journal], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        writer = optuna.load_study(study_name="s", storage=make_storage(journal))
+        # held: a write from here waits (in a thread, so the test can look while it blocks)
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (writer.enqueue_trial({"x": 1.0}), done.set()), daemon=True)
+        thread.start()
+        assert not done.wait(1.0)
+        child.kill()
+        child.wait()
+        assert done.wait(10.0)  # Optuna's own lock would hold it for its 30 s grace period
+    finally:
+        child.kill()
+        child.wait()
+    assert len(optuna.load_study(study_name="s", storage=make_storage(journal)).trials) == 1
