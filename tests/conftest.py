@@ -61,6 +61,36 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than about 10 s on 2 CPU cores")
 
 
+# The test files that take longest, longest first (pytest --durations=0 on 2 cores, 2026-12-05). With
+# `--dist loadfile` a file runs whole on one worker; started last, a long file would run alone at the
+# end while the other worker idles. The README's command keeps this order (--no-loadscope-reorder);
+# files not named here follow, in their usual order. A stale entry costs time, never a test.
+LONGEST_FIRST = (
+    "tests/tuner/study/test_faults_kill.py",
+    "tests/tuner/study/test_faults.py",
+    "tests/tuner/study/test_s3.py",
+    "tests/test_bad_input.py",
+    "tests/tuner/study/test_study.py",
+    "tests/benchmarks/test_benchmarks_smoke.py",
+    "tests/tuner/study/test_resume_damage.py",
+    "tests/analysis/test_final.py",
+    "tests/tuner/study/test_resume_damage_interrupted.py",
+    "tests/tuner/study/test_pbt.py",
+    "tests/tuner/metrics/test_fid.py",
+    "tests/tuner/study/test_watch.py",
+    "tests/tuner/training/test_pack.py",
+    "tests/analysis/test_analysis.py",
+    "tests/test_security.py",
+    "tests/tuner/training/test_loop.py",
+    "tests/test_layout.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
+
+
 # The variables that cap torch's and its libraries' instruction sets (docs/testing.md: the suite as an
 # AVX2 CPU runs it). They must be set before Python starts: torch reads ATEN_CPU_CAPABILITY when imported.
 CPU_ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
@@ -261,6 +291,30 @@ class Driver:
 
     def started_its_own_ray(self) -> bool:
         return any((self.ray_tmp / "ray").glob("session_2*"))
+
+
+def result_rows(exp: Path) -> dict[str, list[dict]]:
+    """Ray Tune's own record of every result: {trial_id: [result.json rows]}."""
+    rows: dict[str, list[dict]] = {}
+    for path in exp.glob("*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if lines:
+            rows[lines[0]["trial_id"]] = lines
+    return rows
+
+
+def uninterrupted(cfg, out: Path) -> list[dict]:
+    """A TrainConfig trained in one go, in this process, with a Ray trial's 1 torch thread."""
+    import torch
+
+    from tuner.training.loop import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(cfg, out)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def snapshot_kimg(exp: Path) -> dict[str, float]:

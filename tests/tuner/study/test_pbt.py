@@ -16,8 +16,7 @@ from tuner.results.exports import read_trials_csv
 from tuner.study.pbt import ClipToRanges, explore_beta2, mutated_fields, read_exploits
 from tuner.training.trial import build_trial
 
-from conftest import TINY_TRIAL, Driver, load_study, run_study, snapshot_kimg, wait_for
-from test_faults import result_rows
+from conftest import TINY_TRIAL, Driver, load_study, result_rows, run_study, snapshot_kimg, wait_for
 
 TINY_PBT = [*TINY_TRIAL, "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8",
             "batch_size=16,32", "--no-warm-start"]

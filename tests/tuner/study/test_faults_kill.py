@@ -1,0 +1,335 @@
+"""Faults injected for real: a study or final-evaluation driver SIGKILLed and resumed (test_faults.py has
+the other faults; two files, so that both test workers run them).
+
+Every test runs the real thing at tiny size (the `idx_mnist` data, widths 8, batch 16): a real Ray
+runtime (in-process, a multi-node `ray.cluster_utils.Cluster`, or a `python tuner/search.py`
+subprocess), a real Optuna journal, real checkpoints. Faults that must strike at a given point of a
+trial (right after its first checkpoint) are placed there by a Ray worker setup hook
+(`fault_hook`), not by timing: the hook wraps `tuner.training.loop.train` inside the Ray workers and acts
+after the trial's checkpoint has been reported, so nothing races against the trial's progress.
+
+docs/faults.md lists every fault tested here and what the user sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from tuner.config import TrainConfig
+from tuner.study import staging
+from tuner.results.exports import read_trials_csv
+
+from conftest import TINY_TRIAL, Driver, load_study, processes_under, result_rows, snapshot_kimg, uninterrupted, wait_for
+
+TINY = TINY_TRIAL
+TINY_CFG = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
+
+
+# ------------------------------------------------------------------------------------------
+# the driver is SIGKILLed at three points of one study, and resumed each time
+
+
+def snapshot_statuses(exp: Path) -> dict[str, str]:
+    """Trial statuses in the newest experiment snapshot (what a resumed run starts from)."""
+    newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.name, default=None)
+    if newest is None:
+        return {}
+    try:
+        state = json.loads(newest.read_text())
+    except json.JSONDecodeError:  # being written
+        return {}
+    return {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in state["trial_data"]}
+
+
+@pytest.mark.slow
+def test_driver_killed_three_times_resumes_without_rerunning_or_losing_trials(idx_mnist, tmp_path):
+    name, n = "killed", 4
+    exp = tmp_path / "store" / name
+    flags = ["--storage-path", str(tmp_path / "store"), "--name", name, *TINY, "--losses", "hinge",
+             "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--num-samples", str(n),
+             "--max-concurrent", "2", "--max-kimg", "0.75", "--eval-every-kimg", "0.25", "--grace-kimg", "0.75"]
+    resume = ["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"]
+
+    def total_results() -> int:
+        return sum(len(r) for r in result_rows(exp).values())
+
+    def finished_in_snapshot() -> list[str]:
+        return [t for t, s in snapshot_statuses(exp).items() if s == "TERMINATED"]
+
+    # Every trial needs 3 evaluations and none is stopped early (grace = max), so the kill points
+    # fall where work is left whatever the timing: (1) the study's first evaluation is on disk (no
+    # trial has two); (2) the first resumed run adds one evaluation (no trial has three: none has
+    # finished); (3) the second resumed run's snapshot records a finished trial (two trials at least
+    # have not started yet: two run at a time). A fourth run resumes to the end.
+    drivers: list[Driver] = []
+    done_at_kill: dict[str, int] = {}  # trial id -> result rows when a snapshot already had it TERMINATED
+    try:
+        for k, args in enumerate([flags, resume, resume, resume]):
+            before = total_results()
+            drivers.append(driver := Driver(args, tmp_path, str(k)))
+            if k == 0:
+                wait_for(lambda: list(exp.glob("*/checkpoint_000000")), 240, "the first checkpoint", driver.proc)
+                dashboards = [c for c in processes_under(driver.ray_tmp).values() if "dashboard/dashboard.py" in c]
+                assert dashboards and all("--host=127.0.0.1" in c for c in dashboards)  # loopback only
+            elif k == 1:
+                wait_for(lambda: total_results() > before, 240, "an evaluation by the resumed run", driver.proc)
+            elif k == 2:
+                wait_for(finished_in_snapshot, 240, "a finished trial in the snapshot", driver.proc)
+            else:
+                assert driver.wait(300) == 0, driver.log.read_text()[-3000:]
+                break
+            driver.kill()
+            assert driver.started_its_own_ray()
+            rows = result_rows(exp)
+            for trial_id in finished_in_snapshot():
+                done_at_kill.setdefault(trial_id, len(rows[trial_id]))
+            journal_study = load_study(exp, name)
+            running = [t for t in journal_study.trials if t.state.name == "RUNNING"]
+            assert running  # the kill leaves Optuna trials RUNNING: the resume must clean them up
+            assert k == 2 or not finished_in_snapshot()
+    finally:
+        for driver in drivers:
+            driver.kill()
+    with explained_on_failure(exp, drivers):
+        check_killed_study(exp, name, n, drivers, done_at_kill)
+
+
+@pytest.mark.slow
+def test_driver_of_a_packed_study_killed_resumes_every_member_from_its_checkpoint(idx_mnist, tmp_path):
+    """--pack 2 in a space of one shape: the driver is SIGKILLed once a member has a checkpoint, then
+    resumed; every member trial resumes from its checkpoint in a new pack and the study ends complete."""
+    name, n = "packed", 4
+    exp = tmp_path / "store" / name
+    space = tmp_path / "one-shape.yaml"
+    space.write_text("{g_width: [8], d_width: [8], batch_size: [16], z_dim: [8], n_critic: [1], d_norm: [none]}")
+    flags = ["--storage-path", str(tmp_path / "store"), "--name", name, *TINY, "--losses", "hinge", "--space-file",
+             str(space), "--no-warm-start", "--pack", "2", "--num-samples", str(n), "--max-kimg", "0.75",
+             "--eval-every-kimg", "0.25", "--grace-kimg", "0.75"]
+    resume = ["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"]
+    drivers = [Driver(flags, tmp_path, "0")]
+    try:
+        wait_for(lambda: snapshot_kimg(exp), 240, "a member's evaluation in Tune's snapshot", drivers[0].proc)
+        drivers[0].kill()
+        checkpointed = snapshot_kimg(exp)
+        drivers.append(Driver(resume, tmp_path, "1"))
+        assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-3000:]
+    finally:
+        for driver in drivers:
+            driver.kill()
+    with explained_on_failure(exp, drivers):
+        trials = read_trials_csv(exp / "trials.csv")
+        assert len(trials) == n and trials["trial_id"].is_unique and (trials["status"] == "completed").all()
+        history = pd.read_parquet(exp / "history.parquet")
+        assert not history.duplicated(subset=["trial_id", "kimg"]).any()
+        assert (history.groupby("trial_id")["kimg"].max() >= 0.75).all()
+        assert history["pack_members"].max() == 2
+        rows = result_rows(exp)
+        for trial_id, kimg in checkpointed.items():  # it went on from that checkpoint: no evaluation up to it twice
+            # (an evaluation after it, reported before the kill but not yet snapshotted, is reported again)
+            reported = [r["kimg"] for r in rows[trial_id]]
+            assert kimg in reported and all(reported.count(k) == 1 for k in reported if k <= kimg), (trial_id, reported)
+        journal_study = load_study(exp, name)
+        assert not [t for t in journal_study.trials if t.state.name == "RUNNING"]
+        told = {t.user_attrs["ray_trial_id"]: t for t in journal_study.trials if "status" in t.user_attrs}
+        assert set(told) == set(trials["trial_id"]) and all(t.state.name == "COMPLETE" for t in told.values())
+
+
+@contextlib.contextmanager
+def explained_on_failure(exp: Path, drivers: list[Driver]):
+    """On a failed check, print what is needed to tell why: each trial's status and error, the
+    files of Tune's snapshot, and the tail of every driver's log (the last one in full detail)."""
+    try:
+        yield
+    except BaseException:
+        print("\n==== explanation of the failure ====")
+        for name in ("trials.csv",):
+            path = exp / name
+            print(f"-- {name}: {path.stat().st_size if path.exists() else 'absent'} bytes")
+            try:
+                print(read_trials_csv(path)[["trial_id", "status", "kimg", "fid_final", "error"]].to_string())
+            except Exception as err:  # noqa: BLE001
+                print(f"   unreadable: {err!r}")
+        for error in sorted(exp.glob("*/error.txt")):
+            print(f"-- {error.parent.name}/error.txt:\n{error.read_text()[-1500:]}")
+        print("-- state files: " + ", ".join(f"{p.name} ({p.stat().st_size} B)" for p in sorted(exp.iterdir()) if p.is_file()))
+        for k, driver in enumerate(drivers):
+            text = driver.log.read_text(errors="replace")
+            keep = 6000 if k == len(drivers) - 1 else 1500
+            print(f"-- driver {k} log ({driver.log}), last {keep} characters:\n{text[-keep:]}")
+        raise
+
+
+def check_killed_study(exp: Path, name: str, n: int, drivers: list[Driver], done_at_kill: dict[str, int]) -> None:
+    assert all(d.started_its_own_ray() for d in drivers)
+    assert not any(processes_under(d.ray_tmp) for d in drivers)
+    assert done_at_kill  # kill point 3 happened after a trial had finished
+
+    trials = read_trials_csv(exp / "trials.csv")
+    assert len(trials) == n and trials["trial_id"].is_unique
+    assert not trials.duplicated(subset=["lr", "beta1", "z_dim", "n_critic", "batch_size"]).any()
+    assert (trials["status"] == "completed").all()
+    rows = result_rows(exp)
+    for trial_id, count in done_at_kill.items():
+        assert len(rows[trial_id]) == count, f"finished trial {trial_id} was run again"
+    history = pd.read_parquet(exp / "history.parquet")
+    assert set(history["trial_id"]) == set(trials["trial_id"])
+    assert not history.duplicated(subset=["trial_id", "kimg"]).any()
+    assert json.loads((exp / "best.json").read_text())["trial_id"] in set(trials["trial_id"])
+    # a killed worker (or one Tune ended inside report()) leaves its trial's checkpoint staging folder;
+    # later trials on the node and the driver's sweep at the end remove it
+    left = [staging.staging_dir(t) for t in trials["trial_id"]]
+    assert not [p for p in left if p.exists() or staging.lock_path(p).exists()]
+
+    journal_study = load_study(exp, name)
+    assert not [t for t in journal_study.trials if t.state.name == "RUNNING"]
+    # every Optuna trial names its Ray trial right after it is asked (a second journal write: a SIGKILL
+    # between the two leaves an unnamed trial, which the resume marks stale like any asked, unsnapshotted
+    # one); the told ones carry a status
+    unnamed = [t for t in journal_study.trials if "ray_trial_id" not in t.user_attrs]
+    assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") and "status" not in t.user_attrs for t in unnamed)
+    assert len(unnamed) <= len(drivers) - 1  # at most one ask cut short per kill
+    told = [t for t in journal_study.trials if "status" in t.user_attrs]
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in told}
+    assert len(by_ray_id) == len(told)
+    assert set(by_ray_id) == set(trials["trial_id"])  # each trial told exactly once, to its own Optuna trial
+    for row in trials.itertuples():
+        # a trial re-run from an older checkpoint reproduces its results exactly (seeded, CPU: the same
+        # machine and environment, so the same kernels); the journal and the CSV hold copies of one
+        # float64, and rel 1e-9 allows only for their decimal text
+        assert by_ray_id[row.trial_id].state.name == "COMPLETE"
+        assert by_ray_id[row.trial_id].value == pytest.approx(row.fid_final, rel=1e-9)
+    others = [t for t in journal_study.trials if "status" not in t.user_attrs]  # asked, never snapshotted: stale
+    assert all(t.state.name == "FAIL" and t.user_attrs.get("stale") for t in others)
+    assert not set(trials["trial_id"]) & {t.user_attrs.get("ray_trial_id") for t in others}
+    # sample grids as Optuna artifacts survive the kills: never one twice, and every trial holds its final one
+    for row in trials.itertuples():
+        names = [m.filename for m in optuna.artifacts.get_all_artifact_meta(by_ray_id[row.trial_id], storage=journal_study._storage)]
+        assert len(names) == len(set(names)), names
+        final = max(p.name for p in (exp / row.trial_dir / "samples").glob("kimg_*.png"))
+        assert final in names, (final, names)
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoints between evaluations: a driver SIGKILLed between two of them resumes from the last one
+
+
+def snapshot_checkpoint_kimg(exp: Path) -> dict[str, float]:
+    """trial id -> checkpoint_kimg of its last result in the newest experiment snapshot, for trials
+    whose last result there is a checkpoint between evaluations (what a resumed run restores)."""
+    newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.name, default=None)
+    if newest is None:
+        return {}
+    try:
+        state = json.loads(newest.read_text())
+        out = {}
+        for trial, metadata in state["trial_data"]:
+            last = json.loads(metadata).get("last_result") or {}
+            if isinstance(last, dict) and last.get("checkpoint_only"):
+                out[json.loads(trial)["trial_id"]] = float(last["checkpoint_kimg"])
+        return out
+    except (json.JSONDecodeError, KeyError, TypeError):  # being written
+        return {}
+
+
+def position(row: dict) -> float:
+    return float(row["kimg"] if "kimg" in row and row["kimg"] is not None else row["checkpoint_kimg"])
+
+
+def resumed_from(rows: list[dict], killed_at: float, every: float) -> float:
+    """The first position the trial reported after Tune restored it; checks that it is the first
+    checkpoint after `killed_at` (the snapshot's) and that nothing before the restore was at or past it."""
+    restarts = [i for i, r in enumerate(rows) if i > 0 and r["iterations_since_restore"] == 1]
+    assert len(restarts) == 1, [(position(r), r["iterations_since_restore"]) for r in rows]
+    first = position(rows[restarts[0]])
+    assert killed_at < first < killed_at + every + 0.2, (killed_at, first)  # from that checkpoint: not from zero
+    return first
+
+
+@pytest.mark.slow
+def test_study_driver_killed_between_two_rungs_resumes_from_the_checkpoint_between_them(idx_mnist, tmp_path):
+    # rungs at 2 and 6 kimg, the end at 12; checkpoints every 0.5 kimg. The driver is killed once
+    # Tune's snapshot holds a checkpoint past the last rung; resumed, the trial continues from that
+    # checkpoint (not from the 6-kimg rung, nor from zero) and ends with the uninterrupted run's FID.
+    name = "between"
+    exp = tmp_path / "store" / name
+    flags = ["--storage-path", str(tmp_path / "store"), "--name", name, *TINY, "--losses", "hinge",
+             "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--num-samples", "1",
+             "--max-kimg", "12", "--grace-kimg", "2", "--checkpoint-every-kimg", "0.5", "--checkpoint-every-min", "0"]
+    drivers = [Driver(flags, tmp_path, "0")]
+    try:
+        snap = wait_for(lambda: {t: k for t, k in snapshot_checkpoint_kimg(exp).items() if k > 6.5}, 240,
+                        "a checkpoint past the last rung in Tune's snapshot", drivers[0].proc)
+        drivers[0].kill()
+        (trial_id,) = snap
+        killed_at = snapshot_checkpoint_kimg(exp)[trial_id]  # the snapshot at the kill (the driver may have written a newer one)
+        assert 6.5 < killed_at < 12
+        drivers.append(Driver(["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"], tmp_path, "1"))
+        assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-3000:]
+    finally:
+        for driver in drivers:
+            driver.kill()
+    with explained_on_failure(exp, drivers):
+        rows = result_rows(exp)[trial_id]
+        resumed_from(rows, killed_at, 0.5)
+        trials = read_trials_csv(exp / "trials.csv")
+        assert list(trials["status"]) == ["completed"]
+        history = pd.read_parquet(exp / "history.parquet")  # evaluations only: the rungs and the end
+        assert len(history) == 3 and history["fid"].map(math.isfinite).all()
+        assert "checkpoint_only" not in history and "checkpoint_kimg" not in history
+        (ot,) = load_study(exp, name).trials
+        assert ot.state.name == "COMPLETE" and ot.value == trials["fid_final"].iloc[0]
+        assert sorted(ot.intermediate_values) == [round(k * 1000) for k in history["kimg"][:2]]  # no checkpoint
+        (trial_dir,) = exp.glob(f"*{trial_id}*")
+        cfg = TrainConfig.from_dict(json.loads((trial_dir / "config.json").read_text()))
+        (*_, last) = uninterrupted(cfg, tmp_path / "uninterrupted")
+        final = history.iloc[-1]
+        assert (last["kimg"], last["fid"], last["loss_d"], last["loss_g"]) == \
+               (final["kimg"], final["fid"], final["loss_d"], final["loss_g"])  # bit for bit, loss averages included
+
+
+@pytest.mark.slow
+def test_final_evaluation_killed_between_checkpoints_resumes_from_the_last_one(idx_mnist, tmp_path):
+    # analysis.rerun with one evaluation, at the end (as --final: 1000 kimg, --eval-every-kimg 1000),
+    # shrunk to 10 kimg with checkpoints every 0.5 kimg; killed mid-way, the same command continues.
+    exp = tmp_path / "study"
+    exp.mkdir()
+    row = {**TrainConfig(**TINY_CFG, loss="hinge", max_kimg=2.0).to_dict(), "trial_id": "t0", "status": "completed",
+           "fid_best": 100.0}
+    row["eval_at_kimg"] = list(row["eval_at_kimg"])
+    pd.DataFrame([row]).to_parquet(exp / "trials.parquet")
+    argv = [str(exp), "--top", "1", "--seeds", "1", "--first-seed", "3", "--max-kimg", "10", "--fid-backbone", "domain",
+            "--fid-samples", "48", "--eval-every-kimg", "10", "--checkpoint-every-kimg", "0.5",
+            "--checkpoint-every-min", "0", "--cpus-per-trial", "1"]
+    rerun = ("-m", "analysis.rerun")
+    drivers = [Driver(argv, tmp_path, "first", rerun)]
+    try:
+        def snapshot():
+            return {(tune_dir, t): k for tune_dir in (exp / "rerun").glob("final-*")
+                    for t, k in snapshot_checkpoint_kimg(tune_dir).items() if k >= 3}
+
+        ((tune_dir, trial_id), _), = wait_for(snapshot, 240, "a checkpoint in Tune's snapshot", drivers[0].proc).items()
+        drivers[0].kill()
+        killed_at = snapshot_checkpoint_kimg(tune_dir)[trial_id]  # the snapshot at the kill
+        assert 3 <= killed_at < 10
+        assert not (exp / "rerun.parquet").exists()
+        drivers.append(Driver(argv, tmp_path, "second", rerun))
+        assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-3000:]
+    finally:
+        for driver in drivers:
+            driver.kill()
+    assert "continuing the interrupted run" in drivers[1].log.read_text()
+    rows = result_rows(tune_dir)[trial_id]
+    resumed_from(rows, killed_at, 0.5)
+    assert [position(r) for r in rows if "kimg" in r] == [rows[-1]["kimg"]]  # one evaluation, at the end
+    (rerun_row,) = pd.read_parquet(exp / "rerun.parquet").to_dict("records")
+    cfg = TrainConfig.from_dict(json.loads(rerun_row["config"]))
+    assert (cfg.seed, cfg.max_kimg, cfg.eval_every_kimg, cfg.checkpoint_every_kimg) == (3, 10.0, 10.0, 0.5)
+    (last,) = uninterrupted(cfg, tmp_path / "uninterrupted")
+    assert (rerun_row["kimg"], rerun_row["fid_final"]) == (last["kimg"], last["fid"])  # bit for bit
