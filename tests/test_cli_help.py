@@ -29,6 +29,7 @@ COMMANDS = {
     "fid_speed": (["benchmarks/fid_speed.py"], ()),
     "search_efficiency": (["benchmarks/search_efficiency.py"], ()),
     "scaling": (["benchmarks/scaling.py"], ()),
+    "vs_plain_optuna": (["benchmarks/vs_plain_optuna.py"], ()),
 }
 
 

@@ -27,6 +27,7 @@ SCRIPTS = {
     "scaling": (False, "| trainable | setup | slots |"),
     "gpu_packing": (True, "| device | config | K | precision | method | img/s (median) |"),
     "checkpoint_cost": (True, "| trial | kimg | evaluations | checkpoints between |"),
+    "vs_plain_optuna": (True, "| arm | seed | total kimg | equal compute (kimg) | best FID at equal compute |"),
 }
 
 
