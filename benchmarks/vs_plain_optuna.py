@@ -81,6 +81,10 @@ def build_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="study seeds [default: 0 1 2]")
     p.add_argument("--storage", default=str(Path(tempfile.gettempdir()) / "gentune-bench"),
                    help="where both arms' experiments are written, in a dated folder [default: $TMPDIR/gentune-bench]")
+    p.add_argument("--analyze", metavar="DIR", default=None,
+                   help="analyse the finished seeds of an earlier run's dated folder (STORAGE/STAMP) without running "
+                        "anything; wall-clocks come from its times.json, else from the files' creation and last "
+                        "modification times (said so in the result)")
     return p
 
 
@@ -282,32 +286,61 @@ def plot(curves: dict[tuple[str, int], pd.DataFrame], path: Path, backbone: str,
     plt.close(fig)
 
 
+def file_times(exp: Path, log: Path | None) -> tuple[float, float]:
+    """(start, end) of an arm from its files, for --analyze of a run without times.json: the creation time
+    of its first file (the gentune log, opened as its command started; the Optuna folder, made as its arm
+    started) and the last modification of what it wrote last (the log: the summary; the Optuna events)."""
+    first = log if log is not None else exp
+    born = os.stat(first).st_birthtime if hasattr(os.stat(first), "st_birthtime") else None
+    if born is None:  # Linux: statx's birth time through the stat command
+        import subprocess
+
+        born = float(subprocess.run(["stat", "-c", "%W", str(first)], capture_output=True, text=True).stdout)
+    ends = [log] if log is not None else [*exp.glob("events-*.jsonl"), exp / "optuna.journal"]
+    return born, max(os.stat(f).st_mtime for f in ends)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tuner.study.driver import parse
 
     st = common.stamp()
-    storage = Path(args.storage) / st
+    storage = Path(args.analyze) if args.analyze else Path(args.storage) / st
     seeds = list(args.seeds[:1] if args.smoke else args.seeds)
+    if args.analyze:  # the seeds whose both arms finished
+        seeds = [s for s in seeds if any((storage / f"optuna-seed{s}").glob("events-*.jsonl"))
+                 and (storage / f"gentune-seed{s}" / "trials.parquet").is_file()]
+        if not seeds:
+            raise SystemExit(f"{storage}: no seed with both arms finished")
+    times_file = storage / "times.json"
+    times = json.loads(times_file.read_text()) if args.analyze and times_file.is_file() else {}
+    from_files = bool(args.analyze) and not times
     curves: dict[tuple[str, int], pd.DataFrame] = {}
     wall: dict[tuple[str, int], float] = {}
     states: dict[tuple[str, int], dict[str, int]] = {}
     load = common.LoadMonitor()
     with load:
         for seed in seeds:
-            argv_g = gentune_argv(str(storage), seed, args.smoke)
+            argv_g = gentune_argv(str(storage if not args.analyze else storage.parent), seed, args.smoke)
             search, base, overrides = parse(argv_g)
-            storage.mkdir(parents=True, exist_ok=True)
-            t0 = time.time()
-            wall["gentune", seed] = run_search(argv_g, storage / f"gentune-seed{seed}.log")
-            exp = storage / f"gentune-seed{seed}"
-            curves["gentune", seed] = with_wall(compute_curve(load_history(exp)), t0)
-            states["gentune", seed] = gentune_states(exp)
-            folder = storage / f"optuna-seed{seed}"
-            t0 = time.time()
-            wall["optuna", seed] = run_optuna(search, base, overrides, seed, folder)
-            curves["optuna", seed] = with_wall(compute_curve(optuna_history(folder)), t0)
-            states["optuna", seed] = optuna_states(folder)
+            exp, folder = storage / f"gentune-seed{seed}", storage / f"optuna-seed{seed}"
+            for arm in ("gentune", "optuna"):
+                key = f"{arm}-seed{seed}"
+                if from_files:
+                    t0, t1 = file_times(exp if arm == "gentune" else folder,
+                                        storage / f"{key}.log" if arm == "gentune" else None)
+                    times[key] = [t0, t1 - t0]
+                elif not args.analyze:
+                    storage.mkdir(parents=True, exist_ok=True)
+                    t0 = time.time()
+                    seconds = (run_search(argv_g, storage / f"{key}.log") if arm == "gentune"
+                               else run_optuna(search, base, overrides, seed, folder))
+                    times[key] = [t0, seconds]
+                    times_file.write_text(json.dumps(times, indent=1))
+                t0, wall[arm, seed] = times[key]
+                history = load_history(exp) if arm == "gentune" else optuna_history(folder)
+                curves[arm, seed] = with_wall(compute_curve(history), t0)
+                states[arm, seed] = gentune_states(exp) if arm == "gentune" else optuna_states(folder)
 
     out_dir = Path(tempfile.mkdtemp(prefix="gentune-bench-smoke-")) if args.smoke else common.RESULTS_DIR
     png, csv = out_dir / f"vs_plain_optuna_{st}.png", out_dir / f"vs_plain_optuna_{st}_curves.csv"
@@ -357,8 +390,12 @@ def main(argv: list[str] | None = None) -> int:
              "Compute = cumulative kimg over all evaluations in wall-clock order (each evaluation adds what its trial "
              "trained since its previous one; pruned and failed trials count what they used). Equal compute = the "
              "smaller of the two arms' totals; equal wall-clock = the shorter arm's whole run.",
-             f"Experiments: under --storage, in the folder {st}: gentune-seedS (Ray) and optuna-seedS (journal, "
-             "trial folders, events-*.jsonl)."]
+             f"Experiments: under --storage, in the folder {storage.name}: gentune-seedS (Ray) and optuna-seedS "
+             "(journal, trial folders, events-*.jsonl); times.json: each arm's start and wall-clock."]
+    if args.analyze:
+        notes.append(f"Analysed afterwards with --analyze (seeds {', '.join(map(str, seeds))}: those whose both arms "
+                     "finished)" + ("; wall-clocks from the files' creation and modification times, not timed by "
+                                    "the run (a few seconds off)." if from_files else "."))
     common.publish(common.section("vs_plain_optuna: gentune's default study vs plain Optuna at the same budget",
                                   args.smoke, [budget, per_seed, targets, *notes], load), args)
     return 0
