@@ -29,6 +29,8 @@ COMMANDS = {
     "fid_speed": (["benchmarks/fid_speed.py"], ()),
     "search_efficiency": (["benchmarks/search_efficiency.py"], ()),
     "scaling": (["benchmarks/scaling.py"], ()),
+    "vs_plain_optuna": (["benchmarks/vs_plain_optuna.py"], ()),
+    "pbt_vs_asha": (["benchmarks/pbt_vs_asha.py"], ()),
 }
 
 

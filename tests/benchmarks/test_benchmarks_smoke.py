@@ -28,6 +28,7 @@ SCRIPTS = {
     "gpu_packing": (True, "| device | config | K | precision | method | img/s (median) |"),
     "checkpoint_cost": (True, "| trial | kimg | evaluations | checkpoints between |"),
     "pbt_vs_asha": (False, "| arm | seed | total kimg | equal compute (kimg) | best FID at equal compute |"),
+    "vs_plain_optuna": (True, "| arm | seed | total kimg | equal compute (kimg) | best FID at equal compute |"),
 }
 
 
