@@ -189,6 +189,8 @@ def fashion_mirror(_fashion_data_root: Path, tmp_path: Path, monkeypatch: pytest
 TINY_MODEL = ["--dataset", "mnist", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--train-limit", "256",
               "--fid-samples", "64"]  # python -m tuner.train takes these; a study also takes --cpus-per-trial
 TINY_TRIAL = [*TINY_MODEL, "--cpus-per-trial", "1"]
+# ... and the same trial as TrainConfig fields (seed 1), for tests that train it in-process
+TINY_CFG = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
 # ... and a tiny space: the default one's widths (up to 64) cost seconds per step on a CPU
 TINY_STUDY = [*TINY_TRIAL, "--max-concurrent", "2", "--ranges", "g_width=8,16", "d_width=8,16", "batch_size=16,32"]
 

@@ -218,3 +218,25 @@ def assert_recovered(proc: subprocess.CompletedProcess, earlier: dict[str, list[
         # the same float64 copied into the journal (JSON) and the CSV: rel 1e-9 allows only for their text
         assert told[trial_id].state.name == "COMPLETE" and told[trial_id].value == pytest.approx(fid, rel=1e-9)
     return trials
+
+
+# ------------------------------------------------------------------------------------------
+# the checks both studies get (each file calls them on its own study)
+
+
+def check_garbage_searcher_state_is_rebuilt(study: Path, work: Path, tmp_path: Path) -> None:
+    exp = copy_study(study, tmp_path)
+    earlier = result_fids(exp)
+    newest(exp, "searcher-state-*.pkl").write_bytes(b"\x80\x04 not a pickle at all")
+    proc = resume(exp, work)
+    assert_recovered(proc, earlier, exp)
+    assert "rebuilt from the Optuna journal" in proc.stderr
+    assert "Restarting experiment" not in proc.stderr
+
+
+def check_truncated_experiment_state_is_refused(study: Path, work: Path, tmp_path: Path) -> None:
+    exp = copy_study(study, tmp_path)
+    state = newest(exp, "experiment_state-*.json")
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    before = digest(exp)
+    assert_refused(resume(exp, work), before, exp, state.name, "is unreadable", "nothing was run or changed")

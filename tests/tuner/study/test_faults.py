@@ -37,11 +37,10 @@ from tuner.study.optuna_bridge import HonestOptunaSearch, make_storage
 from tuner.training.checkpoint import CheckpointError, load_checkpoint
 from tuner.training.loop import train
 
-from conftest import REPO, TINY_MODEL, TINY_TRIAL, load_study, result_rows, wait_for
+from conftest import REPO, TINY_CFG, TINY_MODEL, TINY_TRIAL, load_study, result_rows, wait_for
 from tuner.training.trial import build_trial
 
 TINY = TINY_TRIAL
-TINY_CFG = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
 
 
 # ------------------------------------------------------------------------------------------

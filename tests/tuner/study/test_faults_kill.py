@@ -1,14 +1,10 @@
-"""Faults injected for real: a study or final-evaluation driver SIGKILLed and resumed (test_faults.py has
-the other faults; two files, so that both test workers run them).
+"""Faults injected for real: a study's or a final evaluation's driver SIGKILLed, then resumed.
 
-Every test runs the real thing at tiny size (the `idx_mnist` data, widths 8, batch 16): a real Ray
-runtime (in-process, a multi-node `ray.cluster_utils.Cluster`, or a `python tuner/search.py`
-subprocess), a real Optuna journal, real checkpoints. Faults that must strike at a given point of a
-trial (right after its first checkpoint) are placed there by a Ray worker setup hook
-(`fault_hook`), not by timing: the hook wraps `tuner.training.loop.train` inside the Ray workers and acts
-after the trial's checkpoint has been reported, so nothing races against the trial's progress.
-
-docs/faults.md lists every fault tested here and what the user sees.
+Each driver is a `python tuner/search.py` or `python -m analysis.rerun` subprocess in its own session
+(conftest `Driver`), with its own local Ray, a real Optuna journal and real checkpoints, at tiny size
+(the `idx_mnist` data, widths 8, batch 16); the kill waits for a state in Tune's snapshot, not for a
+time. test_faults.py has the other faults (two files, so that both test workers run them);
+docs/faults.md lists every fault and what the user sees.
 """
 
 from __future__ import annotations
@@ -26,10 +22,10 @@ from tuner.config import TrainConfig
 from tuner.study import staging
 from tuner.results.exports import read_trials_csv
 
-from conftest import TINY_TRIAL, Driver, load_study, processes_under, result_rows, snapshot_kimg, uninterrupted, wait_for
+from conftest import (TINY_CFG, TINY_TRIAL, Driver, load_study, processes_under, result_rows, snapshot_kimg, uninterrupted,
+                      wait_for)
 
 TINY = TINY_TRIAL
-TINY_CFG = dict(dataset="mnist", g_width=8, d_width=8, batch_size=16, train_limit=256, fid_samples=64, seed=1)
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 
 from damaged_studies import (  # noqa: F401 (the fixtures work and finished)
-    assert_recovered, assert_refused, copy_study, digest, env_for, finished, newest, result_fids, resume,
-    run, search_gen_state, snapshot_records, work, write_search_gen_state,
+    assert_recovered, assert_refused, check_garbage_searcher_state_is_rebuilt,
+    check_truncated_experiment_state_is_refused, copy_study, digest, env_for, finished, newest, result_fids,
+    resume, run, search_gen_state, snapshot_records, work, write_search_gen_state,
 )
 from tuner.results.exports import read_trials_csv
 
@@ -32,13 +33,7 @@ from tuner.results.exports import read_trials_csv
 
 @pytest.mark.slow
 def test_garbage_searcher_state_is_rebuilt_from_the_journal(finished, work, tmp_path):
-    exp = copy_study(finished, tmp_path)
-    earlier = result_fids(exp)
-    newest(exp, "searcher-state-*.pkl").write_bytes(b"\x80\x04 not a pickle at all")
-    proc = resume(exp, work)
-    assert_recovered(proc, earlier, exp)
-    assert "rebuilt from the Optuna journal" in proc.stderr
-    assert "Restarting experiment" not in proc.stderr
+    check_garbage_searcher_state_is_rebuilt(finished, work, tmp_path)
 
 
 @pytest.mark.slow
@@ -84,11 +79,7 @@ def test_garbage_search_generator_state_is_rebuilt_from_an_older_copy(finished, 
 
 @pytest.mark.slow
 def test_truncated_experiment_state_is_refused_and_nothing_changes(finished, work, tmp_path):
-    exp = copy_study(finished, tmp_path)
-    state = newest(exp, "experiment_state-*.json")
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    before = digest(exp)
-    assert_refused(resume(exp, work), before, exp, state.name, "is unreadable", "nothing was run or changed")
+    check_truncated_experiment_state_is_refused(finished, work, tmp_path)
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 
 from damaged_studies import (  # noqa: F401 (the fixtures work and interrupted)
-    assert_recovered, assert_refused, copy_study, digest, interrupted, newest, result_fids, resume,
+    assert_recovered, assert_refused, check_garbage_searcher_state_is_rebuilt,
+    check_truncated_experiment_state_is_refused, copy_study, digest, interrupted, newest, result_fids, resume,
     search_gen_state, snapshot_records, work, write_search_gen_state,
 )
 
@@ -24,13 +25,7 @@ from damaged_studies import (  # noqa: F401 (the fixtures work and interrupted)
 
 @pytest.mark.slow
 def test_garbage_searcher_state_is_rebuilt_from_the_journal(interrupted, work, tmp_path):
-    exp = copy_study(interrupted, tmp_path)
-    earlier = result_fids(exp)
-    newest(exp, "searcher-state-*.pkl").write_bytes(b"\x80\x04 not a pickle at all")
-    proc = resume(exp, work)
-    assert_recovered(proc, earlier, exp)
-    assert "rebuilt from the Optuna journal" in proc.stderr
-    assert "Restarting experiment" not in proc.stderr
+    check_garbage_searcher_state_is_rebuilt(interrupted, work, tmp_path)
 
 
 @pytest.mark.slow
@@ -96,11 +91,7 @@ def test_torn_snapshot_concurrency_limiter_is_set_to_the_experiment_states_runni
 
 @pytest.mark.slow
 def test_truncated_experiment_state_is_refused_and_nothing_changes(interrupted, work, tmp_path):
-    exp = copy_study(interrupted, tmp_path)
-    state = newest(exp, "experiment_state-*.json")
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    before = digest(exp)
-    assert_refused(resume(exp, work), before, exp, state.name, "is unreadable", "nothing was run or changed")
+    check_truncated_experiment_state_is_refused(interrupted, work, tmp_path)
 
 
 @pytest.mark.slow
