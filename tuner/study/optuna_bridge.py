@@ -25,8 +25,10 @@ sampler's random streams past the draws it made since, so that no config is draw
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 import sys
 import warnings
 
@@ -258,18 +260,12 @@ class KernelJournalLock(BaseJournalFileLock):
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        import fcntl
-        import os
-
         fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd = fd
         return True
 
     def release(self) -> None:
-        import fcntl
-        import os
-
         fd, self._fd = self._fd, None
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
