@@ -61,7 +61,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository root on sys.path too)
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from search_efficiency import best_at, compute_curve, load_history, run_search  # noqa: E402
@@ -102,13 +101,12 @@ class Diverged(Exception):
     """A trial whose losses or FID became non-finite: Optuna records it as FAIL (as gentune does)."""
 
 
-def make_sampler(seed: int, n_startup_trials: int):
-    import optuna
+def make_sampler(search, base: dict, seed: int):
+    """gentune's own sampler for the study's flags (tuner.study.driver.make_sampler), seeded `seed`."""
+    from tuner.config import TrainConfig
+    from tuner.study.driver import make_sampler as gentune_sampler
 
-    with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna 5
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=n_startup_trials)
+    return gentune_sampler(search, TrainConfig.from_dict(base).replace(seed=seed))
 
 
 def make_pruner(grace_kimg: float, max_kimg: float, reduction_factor: int):
@@ -138,7 +136,7 @@ def optuna_worker(rank: int, plan: dict) -> None:
     warnings.filterwarnings("ignore", message=r"Fixed parameter .* is out of range", category=UserWarning)
     base, n_trials, max_kimg = plan["base"], plan["n_trials"], plan["base"]["max_kimg"]
     study = optuna.load_study(study_name=plan["study_name"], storage=journal_storage(plan["journal"]),
-                              sampler=make_sampler(plan["seed"] + rank * SECOND_SEED, plan["n_startup_trials"]),
+                              sampler=make_sampler(plan["search"], base, plan["seed"] + rank * SECOND_SEED),
                               pruner=make_pruner(plan["grace_kimg"], max_kimg, plan["reduction_factor"]))
     events = open(Path(plan["dir"]) / f"events-{rank}.jsonl", "a")
 
@@ -195,14 +193,14 @@ def run_optuna(search, base, overrides, seed: int, folder: Path) -> float:
     ranges = build_ranges(base.family, overrides, search.space)
     journal = str(folder / "optuna.journal")
     study = optuna.create_study(study_name=folder.name, storage=journal_storage(journal), direction="minimize",
-                                sampler=make_sampler(seed, search.n_startup_trials),
+                                sampler=make_sampler(search, base.to_dict(), seed),
                                 pruner=make_pruner(search.grace_kimg, base.max_kimg, search.reduction_factor))
     if search.warm_start and base.family == "gan":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             for point in warm_start_points(losses, ranges, set(overrides)):
                 study.enqueue_trial(point)
-    plan = {"journal": journal, "study_name": folder.name, "seed": seed, "n_startup_trials": search.n_startup_trials,
+    plan = {"journal": journal, "study_name": folder.name, "seed": seed, "search": search,
             "grace_kimg": search.grace_kimg, "reduction_factor": search.reduction_factor, "n_trials": search.num_samples,
             "base": base.to_dict(), "dir": str(folder),
             "space": define_by_run(base.family, losses, ranges, small_n_critic="n_critic" not in overrides)}
