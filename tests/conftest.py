@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny MNIST written as real IDX files, and the offline Fashion-MNIST mirror.
 
 - `idx_mnist`: 512 train / 256 test 28×28 images in 10 learnable classes, written in the MNIST IDX
-  format into a temporary $GENTUNE_DATA_ROOT/MNIST/raw/, read by torchvision's own parser. It also
+  format into a temporary $GENTUNE_DATA_ROOT/MNIST/raw/, parsed by torchvision's own parser. It also
   points $GENTUNE_CACHE at a temporary folder, clears the mirror / domain-limit variables, and
   clears `load_split`'s per-process cache before and after the test.
 - `fashion_mirror`: the Debian Fashion-MNIST folder (skips the test where it is missing), with
@@ -149,6 +149,15 @@ def _clear_split_cache() -> None:
     load_split.cache_clear()
 
 
+def _parse_splits(dataset: str) -> None:
+    """Parse both splits with torchvision here, once, as a user's first run does: the drivers and
+    trial processes a test starts then load the saved tensors (tuner/data's docstring)."""
+    from tuner.data import load_split
+
+    for split in ("train", "test"):
+        load_split(dataset, split)
+
+
 @pytest.fixture
 def idx_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tiny MNIST (512 train / 256 test, 10 classes) as the only data; returns the data root."""
@@ -159,6 +168,7 @@ def idx_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("GENTUNE_DATA_MIRROR", raising=False)
     monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
     _clear_split_cache()
+    _parse_splits("mnist")
     yield root
     _clear_split_cache()  # the cached tensors belong to this test's temporary data
 

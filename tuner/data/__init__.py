@@ -4,6 +4,13 @@ Online users get torchvision's normal download. Offline users point `--data-mirr
 $GENTUNE_DATA_MIRROR) at a folder of the original `*-ubyte.gz` files; they are checked and
 gunzipped into `<data root>/<ClassName>/raw/`, where torchvision's own parser reads them.
 
+The first process on a machine to load a split saves torchvision's tensors beside the raw files
+(`<ClassName>/parsed-<split>.pt`, stamped with the raw files' sizes and modification times); the
+processes after it (the trials: Ray starts one per trial) load that file and never import
+torchvision, whose import pulls in torch._dynamo and cost a tiny trial more CPU than its
+training (docs/testing.md). A raw file replaced or touched since makes the stamp stale: torchvision
+parses again.
+
 The training loop never touches a DataLoader: `load_split` returns the whole split as a uint8
 tensor (N, 28, 28) once per process, and `sample_batch` draws batches by index on the trial's
 device.
@@ -18,13 +25,15 @@ import os
 from pathlib import Path
 
 import torch
-from torchvision import datasets
 
 from tuner.config.atomic import write_whole
 from tuner.config.cli import one_line  # torchvision's download errors span several lines (one per mirror tried)
 
-DATASET_CLASSES = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
+DATASET_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # torchvision.datasets class names
 SPLITS = ("train", "test")
+# the decompressed IDX files of each split, as torchvision's MNIST and FashionMNIST name them
+SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 MIRROR_ENV = "GENTUNE_DATA_MIRROR"
 
 # md5 of the *decompressed* IDX files. torchvision pins the md5 of the upstream .gz files, but
@@ -67,16 +76,29 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def install_mirror(dataset: str, mirror: str | Path, root: Path | None = None) -> Path:
-    """Check the mirror's .gz files and gunzip them where torchvision expects them."""
-    cls = DATASET_CLASSES[dataset]
+def torchvision_class(dataset: str) -> type:
+    from torchvision import datasets  # here, not at the top: see the module docstring
+
+    return getattr(datasets, DATASET_CLASSES[dataset])
+
+
+def check_mirror_files(dataset: str, mirror: str | Path) -> None:
+    """The mirror is a folder with the dataset's four .gz files (their checksums: install_mirror)."""
     mirror = Path(mirror)
-    raw = (root or data_root()) / cls.__name__ / "raw"
     if not mirror.is_dir():
         raise DataError(f"data_mirror {str(mirror)!r} is not a folder. {how_to_get(dataset)}")
-    missing = [name for name, _ in cls.resources if not (mirror / name).is_file()]
+    names = [f"{name}.gz" for split in SPLITS for name in SPLIT_FILES[split]]
+    missing = [name for name in names if not (mirror / name).is_file()]
     if missing:
         raise DataError(f"data_mirror {str(mirror)!r} lacks {', '.join(missing)}. {how_to_get(dataset)}")
+
+
+def install_mirror(dataset: str, mirror: str | Path, root: Path | None = None) -> Path:
+    """Check the mirror's .gz files and gunzip them where torchvision expects them."""
+    check_mirror_files(dataset, mirror)
+    cls = torchvision_class(dataset)
+    mirror = Path(mirror)
+    raw = (root or data_root()) / cls.__name__ / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name, gz_md5 in cls.resources:
         target = raw / name.removesuffix(".gz")
@@ -107,8 +129,14 @@ def load_split(dataset: str, split: str, mirror: str | None = None) -> tuple[tor
         raise DataError(f"invalid dataset={dataset!r}: allowed one of {', '.join(DATASET_CLASSES)}")
     if split not in SPLITS:
         raise DataError(f"invalid split={split!r}: allowed one of {', '.join(SPLITS)}")
-    cls = DATASET_CLASSES[dataset]
     mirror = resolve_mirror(mirror)
+    if mirror:
+        check_mirror_files(dataset, mirror)
+    folder = data_root() / DATASET_CLASSES[dataset]
+    parsed = _load_parsed(folder, split)
+    if parsed is not None:  # installed from the mirror (checksums checked) or downloaded, and parsed, before
+        return parsed
+    cls = torchvision_class(dataset)
     if mirror:
         install_mirror(dataset, mirror)
     try:
@@ -117,7 +145,43 @@ def load_split(dataset: str, split: str, mirror: str | None = None) -> tuple[tor
         raise DataError(f"{dataset} not found under {data_root()} ({one_line(err)}). {how_to_get(dataset)}") from err
     except OSError as err:  # no network
         raise DataError(f"{dataset} could not be downloaded ({one_line(err)}). {how_to_get(dataset)}") from err
-    return ds.data.contiguous(), ds.targets.long()
+    images, labels = ds.data.contiguous(), ds.targets.long()
+    _save_parsed(folder, split, images, labels)
+    return images, labels
+
+
+def _raw_stamp(folder: Path, split: str) -> dict[str, list[int]] | None:
+    """{file: [size, mtime_ns]} of the split's raw IDX files, or None where one is missing."""
+    try:
+        return {name: [(st := (folder / "raw" / name).stat()).st_size, st.st_mtime_ns] for name in SPLIT_FILES[split]}
+    except OSError:
+        return None
+
+
+def _load_parsed(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The tensors torchvision parsed from the raw files as they are now, or None (not saved, stale, unreadable)."""
+    stamp = _raw_stamp(folder, split)
+    path = folder / f"parsed-{split}.pt"
+    if stamp is None or not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - damaged: torchvision parses again and the file is rewritten
+        return None
+    if saved.get("stamp") != stamp:
+        return None
+    return saved["images"], saved["labels"]
+
+
+def _save_parsed(folder: Path, split: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    stamp = _raw_stamp(folder, split)
+    if stamp is None:
+        return
+    try:
+        write_whole(folder / f"parsed-{split}.pt",
+                    lambda tmp: torch.save({"stamp": stamp, "images": images, "labels": labels}, tmp), fsync=False)
+    except OSError:  # a read-only data folder: every process parses with torchvision, as before
+        pass
 
 
 def _present(cls: type) -> bool:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torchvision
 
 from models.vae import vae_loss
 from tuner.metrics.backbones import get_backbone
@@ -34,10 +34,25 @@ def to_uint8(unit: torch.Tensor) -> torch.Tensor:
     return unit.clamp(0, 1).mul(255).round().to(torch.uint8).reshape(-1, 28, 28).cpu()
 
 
+GRID_PAD = 2  # white pixels around and between the images of a grid
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    """uint8 (N, 28, 28) -> one PNG grid."""
+    """uint8 (N, 28, 28) -> one PNG grid, `nrow` images a row, the same file as torchvision's
+    `save_image(images / 255, nrow=nrow, padding=2, pad_value=1.0)` (tests/tuner/training/test_evaluate.py
+    compares them). Written here because importing torchvision costs a trial process more CPU than a
+    tiny trial's training (tuner/data's docstring)."""
+    from PIL import Image
+
+    n, h, w = images.shape
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    grid = np.full((rows * (h + GRID_PAD) + GRID_PAD, cols * (w + GRID_PAD) + GRID_PAD), 255, dtype=np.uint8)
+    for k, image in enumerate(images.numpy()):
+        top, left = (k // cols) * (h + GRID_PAD) + GRID_PAD, (k % cols) * (w + GRID_PAD) + GRID_PAD
+        grid[top:top + h, left:left + w] = image
     path.parent.mkdir(parents=True, exist_ok=True)
-    torchvision.utils.save_image(images.unsqueeze(1).float() / 255, path, nrow=nrow, padding=2, pad_value=1.0)
+    Image.fromarray(np.repeat(grid[:, :, None], 3, axis=2)).save(path)  # RGB, as torchvision writes it
 
 
 @torch.no_grad()

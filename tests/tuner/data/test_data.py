@@ -66,3 +66,53 @@ def test_fashion_mirror_lays_out_files_for_torchvision(fashion_mirror, tmp_path,
     assert images.shape == (10000, 28, 28) and labels.bincount().tolist() == [1000] * 10
     assert (tmp_path / "root" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
     data.load_split.cache_clear()
+
+
+# a trial process: the modules of a trial's path, then the data, as Ray's worker loads them
+TRIAL_PROCESS = """
+import sys
+import tuner.study.worker, tuner.training.loop, tuner.training.evaluate, tuner.training.pack, tuner.metrics.fid
+from tuner.data import load_split
+images, labels = load_split("mnist", "train")
+print(int(images.sum()), int(labels.sum()), "torchvision" in sys.modules)
+"""
+
+
+def test_a_split_parsed_once_is_loaded_without_torchvision_until_a_raw_file_changes(idx_mnist):
+    import subprocess
+    import sys
+
+    from conftest import REPO, write_idx_dataset
+
+    images, labels = data.load_split("mnist", "train")  # torchvision parses, the tensors are saved
+    parsed = idx_mnist / "MNIST" / "parsed-train.pt"
+    assert parsed.is_file()
+
+    def trial_process() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", TRIAL_PROCESS], cwd=REPO, capture_output=True, text=True, check=True)
+        return done.stdout.split()
+
+    assert trial_process() == [str(int(images.sum())), str(int(labels.sum())), "False"]
+
+    # other raw files (a different seed): the saved tensors are stale, torchvision parses the new ones
+    write_idx_dataset(idx_mnist, "MNIST", seed=99)
+    data.load_split.cache_clear()
+    fresh_images, fresh_labels = data.load_split("mnist", "train")
+    assert not torch.equal(fresh_images, images)
+    assert trial_process() == [str(int(fresh_images.sum())), str(int(fresh_labels.sum())), "False"]
+
+    # a damaged saved file is parsed again and rewritten
+    parsed.write_bytes(b"not a torch file")
+    data.load_split.cache_clear()
+    assert torch.equal(data.load_split("mnist", "train")[0], fresh_images)
+    assert trial_process()[2] == "False"
+
+
+def test_a_bad_mirror_is_refused_even_where_the_split_was_parsed_before(fashion_mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path / "root"))
+    data.load_split.cache_clear()
+    data.load_split("fashion-mnist", "test", str(fashion_mirror))
+    data.load_split.cache_clear()
+    with pytest.raises(data.DataError, match="is not a folder"):
+        data.load_split("fashion-mnist", "test", str(tmp_path / "nowhere"))
+    data.load_split.cache_clear()
