@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = ["--storage-path", str(store), "--name", "ckpt-cost", "--num-samples", str(args.num_samples)]
     if args.smoke:
         flags += ["--train-limit", "256", "--g-width", "8", "--d-width", "8", "--batch-size", "16", "--fid-samples", "64",
-                  "--max-kimg", "2", "--grace-kimg", "0.5", "--checkpoint-every-kimg", "0.25", "--ranges",
+                  "--max-kimg", "1", "--grace-kimg", "0.5", "--checkpoint-every-kimg", "0.25", "--ranges",
                   "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--no-warm-start"]
     flags += extra
     command = [sys.executable, str(root / "tuner" / "search.py"), *flags]

@@ -71,7 +71,7 @@ ARMS = {"gentune": "gentune default study (Ray Tune + TPE + ASHA)",
         "optuna": "plain Optuna (TPE + HyperbandPruner, 2 processes, JournalStorage)"}
 # --smoke: tiny trials, both arms for real
 SMOKE_FLAGS = ["--train-limit", "256", "--fid-samples", "64", "--max-kimg", "0.2", "--grace-kimg", "0.1",
-               "--num-samples", "4", "--ranges", "g_width=32:32", "d_width=32:32", "batch_size=16,32",
+               "--num-samples", "4", "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32",
                "--losses", "hinge", "lsgan"]
 
 

@@ -6,10 +6,10 @@ gunzipped into `<data root>/<ClassName>/raw/`, where torchvision's own parser re
 
 The first process on a machine to load a split saves torchvision's tensors beside the raw files
 (`<ClassName>/parsed-<split>.pt`, stamped with the raw files' sizes and modification times); the
-processes after it (the trials: Ray starts one per trial) load that file and never import
-torchvision, whose import pulls in torch._dynamo and cost a tiny trial more CPU than its
-training (docs/testing.md). A raw file replaced or touched since makes the stamp stale: torchvision
-parses again.
+processes after it (a resumed driver, the trial processes) load that file and need not import
+torchvision, whose import pulls in torch._dynamo (1.3 s of CPU; a study's driver took 4.5 s of CPU
+instead of 6.6, docs/testing.md). A raw file replaced or touched since makes the stamp stale:
+torchvision parses again.
 
 The training loop never touches a DataLoader: `load_split` returns the whole split as a uint8
 tensor (N, 28, 28) once per process, and `sample_batch` draws batches by index on the trial's

@@ -40,8 +40,8 @@ GRID_PAD = 2  # white pixels around and between the images of a grid
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     """uint8 (N, 28, 28) -> one PNG grid, `nrow` images a row, the same file as torchvision's
     `save_image(images / 255, nrow=nrow, padding=2, pad_value=1.0)` (tests/tuner/training/test_evaluate.py
-    compares them). Written here because importing torchvision costs a trial process more CPU than a
-    tiny trial's training (tuner/data's docstring)."""
+    compares them). Written here so that a process that writes grids need not import torchvision
+    (tuner/data's docstring)."""
     from PIL import Image
 
     n, h, w = images.shape
