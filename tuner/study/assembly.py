@@ -87,9 +87,15 @@ def run_tune(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes], 
         raise
     finally:
         tune_logger.removeFilter(guard)
-    sweep_after(grid)
+    sweep_after(grid, local=search.address is None and one_node())
     check_space(search)
     return grid, search, base
+
+
+def one_node() -> bool:
+    import ray
+
+    return sum(bool(node.get("Alive")) for node in ray.nodes()) == 1
 
 
 def make_trainable(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes]):
@@ -135,7 +141,14 @@ def init_ray(search: SearchConfig) -> None:
         # address="local": a stale /tmp/ray/ray_current_cluster must not redirect us (docs/ray-optuna.md §8);
         # the dashboard, if installed, listens on loopback only, and so do no Prometheus endpoints.
         metrics_off_unless_asked()
-        ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True,
+                 _system_config=LOCAL_RAY_CONFIG)
+
+
+# No idle worker processes started ahead for the first driver: Ray starts one per CPU, with the
+# default runtime env, and none can host a trial, whose actor has Tune's runtime env (docs/ray-optuna.md
+# §14); they cost 0.35-0.5 s of CPU each and Ray ends them a second later.
+LOCAL_RAY_CONFIG = {"prestart_worker_first_driver": False}
 
 
 # Ray's Prometheus endpoints answer anyone, without the token, on every interface: Ray (2.60) never
