@@ -207,10 +207,13 @@ TINY_STUDY = [*TINY_TRIAL, "--max-concurrent", "2", "--ranges", "g_width=8,16", 
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray with 2 CPUs for a test module (token auth, as every Ray of the session)."""
+    """One local Ray with 2 CPUs for a test module (token auth, as every Ray of the session), with a
+    local study's Ray config (no idle workers started ahead: tuner/study/assembly.py)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from tuner.study.assembly import LOCAL_RAY_CONFIG
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_CONFIG)
     yield
     ray.shutdown()
 

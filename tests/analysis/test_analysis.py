@@ -54,7 +54,9 @@ def env(tmp_path_factory):
         mp.delenv("GENTUNE_DATA_MIRROR", raising=False)
         mp.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
         load_split.cache_clear()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from tuner.study.assembly import LOCAL_RAY_CONFIG
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_CONFIG)
         try:
             yield root
         finally:
