@@ -61,28 +61,28 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than about 10 s on 2 CPU cores")
 
 
-# The test files that take longest, longest first (pytest --durations=0 on 2 cores, 2026-12-05). With
+# The test files that take longest, longest first (pytest --durations=0 on 2 cores, 2026-12-05 07:06). With
 # `--dist loadfile` a file runs whole on one worker; started last, a long file would run alone at the
 # end while the other worker idles. The README's command keeps this order (--no-loadscope-reorder);
 # files not named here follow, in their usual order. A stale entry costs time, never a test.
 LONGEST_FIRST = (
     "tests/tuner/study/test_faults_kill.py",
-    "tests/tuner/study/test_faults.py",
-    "tests/tuner/study/test_s3.py",
-    "tests/test_bad_input.py",
     "tests/tuner/study/test_study.py",
     "tests/benchmarks/test_benchmarks_smoke.py",
-    "tests/tuner/study/test_resume_damage.py",
-    "tests/analysis/test_final.py",
+    "tests/tuner/study/test_s3.py",
+    "tests/tuner/study/test_faults.py",
     "tests/tuner/study/test_resume_damage_interrupted.py",
+    "tests/tuner/study/test_resume_damage.py",
     "tests/tuner/study/test_pbt.py",
-    "tests/tuner/metrics/test_fid.py",
-    "tests/tuner/study/test_watch.py",
-    "tests/tuner/training/test_pack.py",
+    "tests/analysis/test_final.py",
     "tests/analysis/test_analysis.py",
     "tests/test_security.py",
+    "tests/tuner/study/test_watch.py",
+    "tests/test_bad_input.py",
     "tests/tuner/training/test_loop.py",
-    "tests/test_layout.py",
+    "tests/tuner/study/test_packing.py",
+    "tests/tuner/metrics/test_fid.py",
+    "tests/tuner/training/test_pack.py",
 )
 
 
