@@ -166,11 +166,11 @@ def _load_parsed(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor] 
         return None
     try:
         saved = torch.load(path, weights_only=True)
-    except Exception:  # noqa: BLE001 - damaged: torchvision parses again and the file is rewritten
-        return None
-    if saved.get("stamp") != stamp:
-        return None
-    return saved["images"], saved["labels"]
+        if saved["stamp"] == stamp:
+            return saved["images"], saved["labels"]
+    except Exception:  # noqa: BLE001 - damaged or foreign: torchvision parses again and the file is rewritten
+        pass
+    return None
 
 
 def _save_parsed(folder: Path, split: str, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -101,11 +101,15 @@ def test_a_split_parsed_once_is_loaded_without_torchvision_until_a_raw_file_chan
     assert not torch.equal(fresh_images, images)
     assert trial_process() == [str(int(fresh_images.sum())), str(int(fresh_labels.sum())), "False"]
 
-    # a damaged saved file is parsed again and rewritten
-    parsed.write_bytes(b"not a torch file")
-    data.load_split.cache_clear()
-    assert torch.equal(data.load_split("mnist", "train")[0], fresh_images)
-    assert trial_process()[2] == "False"
+    # a damaged or foreign saved file is parsed again and rewritten
+    for other in (b"not a torch file", None):
+        if other is None:
+            torch.save(torch.zeros(3), parsed)  # a readable file, but not a saved split
+        else:
+            parsed.write_bytes(other)
+        data.load_split.cache_clear()
+        assert torch.equal(data.load_split("mnist", "train")[0], fresh_images)
+        assert trial_process()[2] == "False"
 
 
 def test_a_bad_mirror_is_refused_even_where_the_split_was_parsed_before(fashion_mirror, tmp_path, monkeypatch):
