@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -159,22 +160,48 @@ def _parse_splits(dataset: str) -> None:
         load_split(dataset, split)
 
 
+def use_idx_mnist(mp: pytest.MonkeyPatch, data_root: Path, cache: Path) -> None:
+    """Point gentune at `data_root` (the tiny IDX MNIST) as the only data and at `cache`, with no
+    mirror or classifier train limit, and forget the splits this process loaded before."""
+    mp.setenv("GENTUNE_DATA_ROOT", str(data_root))
+    mp.setenv("GENTUNE_CACHE", str(cache))
+    mp.delenv("GENTUNE_DATA_MIRROR", raising=False)
+    mp.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
+    _clear_split_cache()
+
+
+@contextlib.contextmanager
+def idx_mnist_env(root: Path):
+    """The tiny IDX MNIST written under root/data and root/cache as the cache, for a module or session
+    fixture (idx_mnist is per test); yields `root`."""
+    write_idx_dataset(root / "data", "MNIST")
+    with pytest.MonkeyPatch.context() as mp:
+        use_idx_mnist(mp, root / "data", root / "cache")
+        try:
+            yield root
+        finally:
+            _clear_split_cache()  # the cached tensors belong to this temporary data
+
+
+def start_local_ray(**options) -> None:
+    """A local Ray with 2 CPUs, configured as a local study's (no idle workers started ahead:
+    tuner/study/assembly.py), with the session's token auth."""
+    import ray
+
+    from tuner.study.assembly import LOCAL_RAY_CONFIG
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _system_config=LOCAL_RAY_CONFIG, **options)
+
+
 @pytest.fixture(scope="session")
 def _idx_mnist_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The domain classifier of the idx_mnist data, trained once per test worker exactly as a study's
     first run trains it (same data, epochs and seed: the same file); returns its cache file."""
-    root = tmp_path_factory.mktemp("idx-mnist-classifier")
-    write_idx_dataset(root / "data", "MNIST")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GENTUNE_DATA_ROOT", str(root / "data"))
-        mp.setenv("GENTUNE_CACHE", str(root / "cache"))
-        mp.delenv("GENTUNE_DATA_MIRROR", raising=False)
-        mp.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
-        _clear_split_cache()
-        from tuner.metrics import domain
+    from tuner.metrics import domain
 
+    with idx_mnist_env(tmp_path_factory.mktemp("idx-mnist-classifier")):
         domain.load_or_train("mnist")
-        _clear_split_cache()
         return domain.classifier_path("mnist", IDX_N_TRAIN)
 
 
@@ -183,11 +210,7 @@ def idx_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _idx_mnist_classi
     """A tiny MNIST (512 train / 256 test, 10 classes) as the only data; returns the data root."""
     root = tmp_path / "data"
     write_idx_dataset(root, "MNIST")
-    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(root))
-    monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("GENTUNE_DATA_MIRROR", raising=False)
-    monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
-    _clear_split_cache()
+    use_idx_mnist(monkeypatch, root, tmp_path / "cache")
     _parse_splits("mnist")
     seeded = tmp_path / "cache" / "domain" / _idx_mnist_classifier.name
     seeded.parent.mkdir(parents=True)
@@ -230,13 +253,10 @@ TINY_STUDY = [*TINY_TRIAL, "--max-concurrent", "2", "--ranges", "g_width=8,16", 
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray with 2 CPUs for a test module (token auth, as every Ray of the session), with a
-    local study's Ray config (no idle workers started ahead: tuner/study/assembly.py)."""
+    """One local Ray for a test module (start_local_ray)."""
     import ray
 
-    from tuner.study.assembly import LOCAL_RAY_CONFIG
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_CONFIG)
+    start_local_ray()
     yield
     ray.shutdown()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_TRIAL, run_study, write_idx_dataset
+from conftest import TINY_TRIAL, idx_mnist_env, run_study, start_local_ray
 from PIL import Image
 
 from analysis import fmt
@@ -42,26 +42,14 @@ def env(tmp_path_factory):
     import ray
     import torch
 
-    from tuner.data import load_split
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the re-runs train on this process next to Ray's workers: no oversubscription
-    root = tmp_path_factory.mktemp("analysis")
-    write_idx_dataset(root / "data", "MNIST")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GENTUNE_DATA_ROOT", str(root / "data"))
-        mp.setenv("GENTUNE_CACHE", str(root / "cache"))
-        mp.delenv("GENTUNE_DATA_MIRROR", raising=False)
-        mp.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
-        load_split.cache_clear()
-        from tuner.study.assembly import LOCAL_RAY_CONFIG
-
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_CONFIG)
+    with idx_mnist_env(tmp_path_factory.mktemp("analysis")) as root:
+        start_local_ray()
         try:
             yield root
         finally:
             ray.shutdown()
-            load_split.cache_clear()
             torch.set_num_threads(threads)
 
 

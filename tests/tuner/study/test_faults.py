@@ -31,13 +31,13 @@ import torch
 
 from tuner import search
 from tuner.config.search import SearchConfig
-from tuner.study.assembly import LOCAL_RAY_CONFIG, init_ray
+from tuner.study.assembly import init_ray
 from tuner.config import TrainConfig
 from tuner.study.optuna_bridge import HonestOptunaSearch, make_storage
 from tuner.training.checkpoint import CheckpointError, load_checkpoint
 from tuner.training.loop import train
 
-from conftest import REPO, TINY_CFG, TINY_MODEL, TINY_TRIAL, load_study, result_rows, wait_for
+from conftest import REPO, TINY_CFG, TINY_MODEL, TINY_TRIAL, load_study, result_rows, start_local_ray, wait_for
 from tuner.training.trial import build_trial
 
 TINY = TINY_TRIAL
@@ -458,8 +458,7 @@ def hooked_ray(tmp_path_factory):
     Ray and then starts one with another mode sees all its actors dropped (Ray 2.60), so no test
     switches the mode."""
     control = tmp_path_factory.mktemp("fault-control")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_CONFIG,
-             runtime_env={"worker_process_setup_hook": fault_hook(str(control))})
+    start_local_ray(runtime_env={"worker_process_setup_hook": fault_hook(str(control))})
     yield control
     ray.shutdown()
 
