@@ -1,6 +1,12 @@
 """The two damaged-study fixtures and their helpers, shared by test_resume_damage.py (the finished
 study) and test_resume_damage_interrupted.py (the interrupted one): two files, so that the two
-studies are made and resumed on both test workers at once.
+studies are made and resumed on both test workers at once. Each study is made once per module with
+real `python tuner/search.py` subprocesses (own Ray each, tiny IDX data).
+
+Each test damages a copy of the experiment folder and runs `--resume` as a subprocess. Either the
+study finishes with every earlier trial kept (same trial ids, same FIDs) and `--num-samples` trials
+in all, or the command exits 2 with one `error:` line and every file in the folder is unchanged
+(sha256 before/after). docs/faults.md lists each case and what the user sees.
 """
 
 from __future__ import annotations

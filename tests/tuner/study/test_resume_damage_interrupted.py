@@ -1,11 +1,7 @@
 """A resume never loses a study: damaged Tune state either recovers fully or stops before any trial runs.
 
-This file damages the interrupted study (driver SIGKILLed), made once per module (damaged_studies.py) with real
-`python tuner/search.py` subprocesses (own Ray each, tiny IDX data); each test damages a copy of
-the experiment folder and runs `--resume` as a subprocess. Either the study finishes with every
-earlier trial kept (same trial ids, same FIDs) and `--num-samples` trials in all, or the command
-exits 2 with one `error:` line and every file in the folder is unchanged (sha256 before/after).
-docs/faults.md lists each case and what the user sees.
+This file damages the interrupted study (driver SIGKILLed), made once per module by
+damaged_studies.py, whose docstring says what every test checks.
 """
 
 from __future__ import annotations
