@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_TRIAL, idx_mnist_env, run_study, start_local_ray
+from conftest import ONE_AT_A_TIME, TINY_TRIAL, idx_mnist_env, run_study, start_local_ray
 from PIL import Image
 
 from analysis import fmt
@@ -26,7 +26,7 @@ from analysis.frames import UNTRAINED_FID, NotEnoughData, compute_curve, load_ex
 from analysis.report import main as report_main
 from analysis.report import write_report
 
-TINY = [*TINY_TRIAL, "--max-kimg", "0.5", "--eval-every-kimg", "0.25", "--grace-kimg", "0.25"]
+TINY = [*TINY_TRIAL, *ONE_AT_A_TIME, "--max-kimg", "0.5", "--eval-every-kimg", "0.25", "--grace-kimg", "0.25"]
 # The search space's default widths (up to 96) cost seconds per step on a CPU: keep them tiny.
 SMALL_SPACE = ["--ranges", "g_width=8:24", "d_width=8:24", "batch_size=16,32"]
 LAB_PLOTS = ("gan_losses", "gan_fid_by_config", "vae_losses", "vae_fid_by_latent", "gan_vs_vae")
@@ -59,12 +59,12 @@ def run_search(root: Path, name: str, *flags: str) -> Path:
 
 @pytest.fixture(scope="module")
 def gan_exp(env):
-    return run_search(env, "gan", "--family", "gan", "--num-samples", "4", "--max-concurrent", "2", *SMALL_SPACE)
+    return run_search(env, "gan", "--family", "gan", "--num-samples", "4", *SMALL_SPACE)
 
 
 @pytest.fixture(scope="module")
 def vae_exp(env):
-    return run_search(env, "vae", "--grid", "lab1-vae", "--max-concurrent", "2")
+    return run_search(env, "vae", "--grid", "lab1-vae")
 
 
 @pytest.fixture(scope="module")

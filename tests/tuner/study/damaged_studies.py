@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY_TRIAL, load_study, write_idx_dataset
+from conftest import ONE_AT_A_TIME, TINY_TRIAL, load_study, write_idx_dataset
 from tuner.results.exports import read_trials_csv
 
 REPO = Path(__file__).resolve().parents[3]
@@ -113,7 +113,7 @@ def work(tmp_path_factory) -> Path:
 def finished(work) -> Path:
     store = work / "finished-store"
     proc = run(search_cmd("--storage-path", str(store), "--name", "a", *TINY, "--num-samples", str(N),
-                          "--max-concurrent", "2"), env_for(work))
+                          *ONE_AT_A_TIME), env_for(work))
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = store / "a"
     assert len(read_trials_csv(exp / "trials.csv")) == N
@@ -130,7 +130,7 @@ def interrupted(work) -> Path:
     log = work / "interrupted-driver.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(search_cmd("--storage-path", str(store), "--name", "b", *TINY, "--num-samples", str(N),
-                                           "--max-concurrent", "1"),
+                                           *ONE_AT_A_TIME),
                                 cwd=REPO, env=env_for(work, ray_tmp), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 

@@ -37,7 +37,7 @@ from tuner.study.optuna_bridge import HonestOptunaSearch, make_storage
 from tuner.training.checkpoint import CheckpointError, load_checkpoint
 from tuner.training.loop import train
 
-from conftest import REPO, TINY_CFG, TINY_MODEL, TINY_TRIAL, load_study, result_rows, start_local_ray, wait_for
+from conftest import ONE_AT_A_TIME, REPO, TINY_CFG, TINY_MODEL, TINY_TRIAL, load_study, result_rows, start_local_ray, wait_for
 from tuner.training.trial import build_trial
 
 TINY = TINY_TRIAL
@@ -482,7 +482,7 @@ def test_diverging_configs_end_as_failed_trials_in_a_real_study(idx_mnist, tmp_p
     name = "diverge"
     rc = search.main(["--storage-path", str(tmp_path), "--name", name, *TINY, "--losses", "lsgan",
                       "--ranges", "lr=1e-4,1e4", "g_width=8:8", "d_width=8:8",
-                      "batch_size=16,32", "--num-samples", "4", "--max-concurrent", "2",
+                      "batch_size=16,32", "--num-samples", "4", *ONE_AT_A_TIME,
                       "--max-kimg", "0.5", "--eval-every-kimg", "0.25", "--grace-kimg", "0.25"])
     assert rc == 0
     exp = tmp_path / name
@@ -526,7 +526,7 @@ def test_trial_whose_latest_checkpoint_is_corrupt_resumes_from_the_previous_one(
     try:
         rc = search.main(["--storage-path", str(tmp_path), "--name", name, *TINY, "--losses", "hinge",
                           "--ranges", "g_width=8:8", "d_width=8:8", "batch_size=16,32", "--num-samples", "2",
-                          "--max-concurrent", "2", "--max-kimg", "0.75", "--eval-every-kimg", "0.25",
+                          *ONE_AT_A_TIME, "--max-kimg", "0.75", "--eval-every-kimg", "0.25",
                           "--grace-kimg", "0.75", "--max-failures", "1"])
     finally:
         disarm(hooked_ray)

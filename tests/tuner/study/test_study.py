@@ -80,9 +80,9 @@ def test_asha_stops_trials_and_optuna_records_them_as_pruned(idx_mnist, tmp_path
         assert len(kept) <= min(3, len(evals))
         folder = staging.staging_dir(row.trial_id)  # the staging copy and its lock are removed when a trial ends
         assert not folder.exists() and not staging.lock_path(folder).exists()
-    # reuse_actors (the default): 6 trials, 2 at a time, ran in fewer than 6 worker processes
+    # reuse_actors (the default): 6 trials, one at a time (TINY_STUDY), ran in one worker process
     pids = {json.loads(line)["pid"] for path in exp.glob("*/result.json") for line in path.read_text().splitlines()}
-    assert 2 <= len(pids) < len(trials)
+    assert len(pids) == 1
     best = json.loads((exp / "best.json").read_text())
     assert best["metrics"]["fid_best"] == pytest.approx(trials["fid_best"].min())
     assert best["checkpoint"] and (exp / best["checkpoint"]).exists() or __import__("os").path.exists(best["checkpoint"])
