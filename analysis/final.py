@@ -288,7 +288,8 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
         from ray.tune.schedulers import FIFOScheduler
 
         tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1,
-                                      max_concurrent_trials=search.max_concurrent or None, reuse_actors=False)
+                                      max_concurrent_trials=search.max_concurrent or None,
+                                      reuse_actors=search.reuse_actors)  # as a study's trials: seeded per run
         space = {"cell": tune.grid_search([cell_params(c["config"]) for c in todo])}
         return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 

@@ -331,7 +331,7 @@ def test_rerun_retrains_the_top_configs_and_the_report_compares_rankings(env, va
 
     exp = env / "exps" / "vae-rerun"  # the VAE grid: its width-8 models retrain in a second
     shutil.copytree(vae_exp, exp)  # keep the shared experiment free of rerun.parquet
-    assert rerun_main([str(exp), "--top", "2", "--seeds", "2", "--first-seed", "5"]) == 0
+    assert rerun_main([str(exp), "--top", "2", "--seeds", "2", "--first-seed", "5", *ONE_AT_A_TIME]) == 0
     runs = pd.read_parquet(exp / "rerun.parquet")
     trials = pd.read_parquet(exp / "trials.parquet")
     top2 = trials[trials["status"] != "diverged"].sort_values("fid_best")["trial_id"].head(2).tolist()
@@ -339,7 +339,7 @@ def test_rerun_retrains_the_top_configs_and_the_report_compares_rankings(env, va
     assert sorted(runs["seed"].unique()) == [5, 6] and len(runs) == 4
     assert {"trial_id", "seed", "fid_final", "fid_best", "kimg"} <= set(runs.columns)
     assert (runs["kimg"] >= 0.5).all()  # full budget
-    assert rerun_main([str(exp), "--top", "2", "--seeds", "2", "--first-seed", "5"]) == 0  # resumes: nothing new
+    assert rerun_main([str(exp), "--top", "2", "--seeds", "2", "--first-seed", "5", *ONE_AT_A_TIME]) == 0  # resumes: nothing new
     assert len(pd.read_parquet(exp / "rerun.parquet")) == 4
 
     report = write_report([exp], env / "report-rerun")
