@@ -11,6 +11,10 @@ torchvision, whose import pulls in torch._dynamo (1.3 s of CPU; a study's driver
 instead of 6.6, docs/testing.md). A raw file replaced or touched since makes the stamp stale:
 torchvision parses again.
 
+Importing this module does not import torch (the functions that need it import it), so that a bad
+`--data-mirror` is refused at once, before torch loads (`check_mirror_files`, called by the study's
+driver before anything else of the data).
+
 The training loop never touches a DataLoader: `load_split` returns the whole split as a uint8
 tensor (N, 28, 28) once per process, and `sample_batch` draws batches by index on the trial's
 device.
@@ -23,11 +27,13 @@ import gzip
 import hashlib
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from tuner.config.atomic import write_whole
 from tuner.config.cli import one_line  # torchvision's download errors span several lines (one per mirror tried)
+
+if TYPE_CHECKING:
+    import torch
 
 DATASET_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # torchvision.datasets class names
 SPLITS = ("train", "test")
@@ -164,6 +170,8 @@ def _load_parsed(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor] 
     path = folder / f"parsed-{split}.pt"
     if stamp is None or not path.is_file():
         return None
+    import torch
+
     try:
         saved = torch.load(path, weights_only=True)
         if saved["stamp"] == stamp:
@@ -177,6 +185,8 @@ def _save_parsed(folder: Path, split: str, images: torch.Tensor, labels: torch.T
     stamp = _raw_stamp(folder, split)
     if stamp is None:
         return
+    import torch
+
     try:
         write_whole(folder / f"parsed-{split}.pt",
                     lambda tmp: torch.save({"stamp": stamp, "images": images, "labels": labels}, tmp), fsync=False)
@@ -202,6 +212,8 @@ def sample_batch(images: torch.Tensor, batch_size: int, generator: torch.Generat
 
     scale: "tanh" -> [-1, 1] (GAN generators end in tanh); "unit" -> [0, 1] (Bernoulli VAEs).
     """
+    import torch  # already loaded by the trial: a dictionary lookup per batch
+
     idx = torch.randint(len(images), (batch_size,), generator=generator, device=generator.device)
     # index_select, not images[idx]: same rows, but advanced indexing stalled for ms per batch
     # with 2 torch threads on an oversubscribed CPU (BENCHMARKS.md, trainer throughput)

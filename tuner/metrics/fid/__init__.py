@@ -21,13 +21,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from tuner.config.atomic import write_whole
-from tuner.metrics.backbones import Backbone, get_backbone
 from tuner.data import cache_root, load_split, resolve_mirror
-from tuner.metrics.domain import file_lock
+
+if TYPE_CHECKING:  # torch and the backbones are imported by the functions that use them: the FID
+    import torch   # command line refuses bad input before torch loads (tuner/metrics/fid/cli.py)
+
+    from tuner.metrics.backbones import Backbone
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,6 +134,9 @@ def statistics_path(dataset: str, split: str, backbone: Backbone, n: int, cache_
 def real_statistics(dataset: str, split: str, backbone: Backbone | str, n: int, mirror: str | None = None,
                     cache_dir: str | None = None, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the backbone's features of the first `n` images of a split, cached on disk."""
+    from tuner.metrics.backbones import get_backbone
+    from tuner.metrics.domain import file_lock
+
     if isinstance(backbone, str):
         backbone = get_backbone(backbone, dataset, cache_dir=cache_dir, mirror=mirror)
     mirror = resolve_mirror(mirror)
@@ -162,6 +169,8 @@ def real_floor(dataset: str, backbone: Backbone | str, n: int, mirror: str | Non
 
     A perfect generator scores about this at N = n (FID's 1/N bias plus the train/test gap). Cached
     beside the real statistics, as is the training split's statistics it is computed from."""
+    from tuner.metrics.backbones import get_backbone
+
     if isinstance(backbone, str):
         backbone = get_backbone(backbone, dataset, cache_dir=cache_dir, mirror=mirror)
     path = cache_root(cache_dir) / "stats" / f"{dataset}-floor-{backbone.cache_key}-n{n}.json"
@@ -207,6 +216,8 @@ def fid_of_images(images: torch.Tensor | np.ndarray, dataset: str, backbone: Bac
                   device: str = "cpu", batch_size: int = 256) -> float:
     """FID of generated uint8 images (N, 28, 28) / (N, 1, 28, 28) against the first `n_real`
     images of `dataset:split` (cached statistics). Use N == n_real: FID is biased by 1/N."""
+    from tuner.metrics.backbones import get_backbone
+
     if isinstance(backbone, str):
         backbone = get_backbone(backbone, dataset, device=device, cache_dir=cache_dir, mirror=mirror)
     return fid_of_features(backbone.features(images, batch_size=batch_size), dataset, backbone, n_real, split,
