@@ -63,26 +63,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than about 10 s on 2 CPU cores")
 
 
-# The test files that take longest, longest first (pytest --durations=0 on 2 cores, 2026-12-05 07:06). With
+# The test files that take longest, longest first (pytest --durations=60, 3 workers on 2 cores, 2026-12-05 09:53). With
 # `--dist loadfile` a file runs whole on one worker; started last, a long file would run alone at the
-# end while the other worker idles. The README's command keeps this order (--no-loadscope-reorder);
+# end while the other workers idle. The README's command keeps this order (--no-loadscope-reorder);
 # files not named here follow, in their usual order. A stale entry costs time, never a test.
 LONGEST_FIRST = (
     "tests/tuner/study/test_faults_kill.py",
-    "tests/tuner/study/test_study.py",
-    "tests/benchmarks/test_benchmarks_smoke.py",
     "tests/tuner/study/test_s3.py",
     "tests/tuner/study/test_faults.py",
+    "tests/benchmarks/test_benchmarks_smoke.py",
+    "tests/tuner/study/test_faults_kill_checkpoints.py",
+    "tests/tuner/study/test_watch.py",
+    "tests/tuner/study/test_study.py",
     "tests/tuner/study/test_resume_damage_interrupted.py",
+    "tests/analysis/test_final.py",
     "tests/tuner/study/test_resume_damage.py",
     "tests/tuner/study/test_pbt.py",
-    "tests/analysis/test_final.py",
     "tests/analysis/test_analysis.py",
     "tests/test_security.py",
-    "tests/tuner/study/test_watch.py",
+    "tests/tuner/study/test_packing.py",
     "tests/test_bad_input.py",
     "tests/tuner/training/test_loop.py",
-    "tests/tuner/study/test_packing.py",
     "tests/tuner/metrics/test_fid.py",
     "tests/tuner/training/test_pack.py",
 )
@@ -353,6 +354,33 @@ class Driver:
 
     def started_its_own_ray(self) -> bool:
         return any((self.ray_tmp / "ray").glob("session_2*"))
+
+
+@contextlib.contextmanager
+def explained_on_failure(exp: Path, drivers: list[Driver]):
+    """On a failed check, print what is needed to tell why: each trial's status and error, the
+    files of Tune's snapshot, and the tail of every driver's log (the last one in full detail)."""
+    try:
+        yield
+    except BaseException:
+        from tuner.results.exports import read_trials_csv
+
+        print("\n==== explanation of the failure ====")
+        for name in ("trials.csv",):
+            path = exp / name
+            print(f"-- {name}: {path.stat().st_size if path.exists() else 'absent'} bytes")
+            try:
+                print(read_trials_csv(path)[["trial_id", "status", "kimg", "fid_final", "error"]].to_string())
+            except Exception as err:  # noqa: BLE001
+                print(f"   unreadable: {err!r}")
+        for error in sorted(exp.glob("*/error.txt")):
+            print(f"-- {error.parent.name}/error.txt:\n{error.read_text()[-1500:]}")
+        print("-- state files: " + ", ".join(f"{p.name} ({p.stat().st_size} B)" for p in sorted(exp.iterdir()) if p.is_file()))
+        for k, driver in enumerate(drivers):
+            text = driver.log.read_text(errors="replace")
+            keep = 6000 if k == len(drivers) - 1 else 1500
+            print(f"-- driver {k} log ({driver.log}), last {keep} characters:\n{text[-keep:]}")
+        raise
 
 
 def result_rows(exp: Path) -> dict[str, list[dict]]:
