@@ -42,7 +42,7 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN_PATH"] = str(SESSION_TOKEN_PATH)
 os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
 
-# One OpenMP thread per process: the suite runs two test workers on two cores, each beside the Ray
+# One OpenMP thread per process: the suite runs three test workers on two cores, each beside the Ray
 # trial processes and drivers it starts (which inherit this). torch's OpenMP threads spin while they
 # wait, so oversubscribed they burn the cores the others need: three tiny trainings at once took
 # 11-14 s each with two threads per process and 6 s with one (docs/testing.md). Set before torch is
