@@ -24,6 +24,7 @@ import pandas as pd
 from analysis import fmt
 from tuner.config.cli import ArgumentParser
 from tuner.config.schema import STATUSES
+from tuner.config.atomic import write_whole
 from analysis.answers import answer_all
 from analysis.frames import (
     Experiment,
@@ -436,12 +437,12 @@ def write_report(paths: list[str | Path], out: str | Path, top: int = 3, rebuild
 
     matplotlib.use("Agg")
     out = Path(out)
+    exps = load_experiments(paths, rebuild=rebuild)  # refuses what it cannot report (e.g. a classifier mix) before OUT exists
     out.mkdir(parents=True, exist_ok=True)
-    exps = load_experiments(paths, rebuild=rebuild)
     report = Report(exps, out, top=top)
     text = report.build()
     path = out / "report.md"
-    path.write_text(text)
+    write_whole(path, lambda tmp: tmp.write_text(text))
     return path
 
 
@@ -484,8 +485,6 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.config.paths import output_folder
 
     import tempfile
-
-    from tuner.config.atomic import write_whole
 
     try:
         output_folder("out", args.out)  # before anything is created or read

@@ -264,7 +264,7 @@ def test_a_user_file_that_fails_its_recorded_checksum(idx_mnist, tmp_path, capsy
 # tables never mix two classifiers
 
 
-def test_classifier_mix_is_one_line_and_analysis_refuses_it(monkeypatch):
+def test_classifier_mix_is_one_line_and_analysis_refuses_it(monkeypatch, tmp_path):
     from analysis import frames
     from tuner.results.exports import classifier_mix
 
@@ -285,6 +285,11 @@ def test_classifier_mix_is_one_line_and_analysis_refuses_it(monkeypatch):
         name=name, trials=pd.DataFrame({"trial_id": ["t"]}), history=fake[path.name]))
     with pytest.raises(RuntimeError, match=r"the experiments a, b scored the domain FID with 2 different"):
         frames.load_experiments(["/nowhere/a", "/nowhere/b"])
+    from analysis.report import write_report
+
+    with pytest.raises(RuntimeError, match="2 different domain classifiers"):  # the report refuses it too,
+        write_report(["/nowhere/a", "/nowhere/b"], tmp_path / "report")
+    assert not (tmp_path / "report").exists()  # ... before its folder exists
     assert len(frames.load_experiments(["/nowhere/a"]).experiments) == 1
 
 
