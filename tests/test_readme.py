@@ -36,7 +36,7 @@ def test_a_study_runs_with_the_defaults_its_help_and_the_glossary_state():
 
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    command = 'pip install -e ".[dev]" && export GENTUNE_DATA_MIRROR=/usr/share/datasets/fashion-mnist && python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder'
+    command = 'pip install -e ".[dev]" && export GENTUNE_DATA_MIRROR=/usr/share/datasets/fashion-mnist && python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder'
     assert f"```bash\n{command}\n```" in readme
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert command in ci_lines
