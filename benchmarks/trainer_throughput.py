@@ -8,7 +8,7 @@ tuner.trials.build_trial, same seed), the same loss and optimiser settings, the 
 and device, run interleaved (order rotated every repeat, warm-up excluded):
 
   gentune      tuner.training.steps.gan_step(trial, images): batches drawn by index from the uint8 training
-               tensor held on the device (tuner.data.sample_batch), n_critic D steps + 1 G step.
+               tensor held on the device (tuner.training.steps.sample_batch), n_critic D steps + 1 G step.
   gentune+loop the same step plus the bookkeeping of tuner.training.loop.train's loop (metric sums, a
                synchronising finiteness check every DIVERGENCE_CHECK_EVERY steps).
   DataLoader   the usual lab loop: torchvision FashionMNIST with ToTensor + Normalize((0.5,), (0.5,)),

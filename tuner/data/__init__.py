@@ -16,8 +16,8 @@ Importing this module does not import torch (the functions that need it import i
 driver before anything else of the data).
 
 The training loop never touches a DataLoader: `load_split` returns the whole split as a uint8
-tensor (N, 28, 28) once per process, and `sample_batch` draws batches by index on the trial's
-device.
+tensor (N, 28, 28) once per process, and the training steps draw batches from it by index on the
+trial's device (`tuner.training.steps.sample_batch`).
 """
 
 from __future__ import annotations
@@ -205,17 +205,3 @@ def training_images(dataset: str, device: torch.device, mirror: str | None = Non
     if limit is not None:
         images = images[:limit]
     return images.unsqueeze(1).to(device)
-
-
-def sample_batch(images: torch.Tensor, batch_size: int, generator: torch.Generator, scale: str) -> torch.Tensor:
-    """A random batch by index, converted to float on the images' device.
-
-    scale: "tanh" -> [-1, 1] (GAN generators end in tanh); "unit" -> [0, 1] (Bernoulli VAEs).
-    """
-    import torch  # already loaded by the trial: a dictionary lookup per batch
-
-    idx = torch.randint(len(images), (batch_size,), generator=generator, device=generator.device)
-    # index_select, not images[idx]: same rows, but advanced indexing stalled for ms per batch
-    # with 2 torch threads on an oversubscribed CPU (BENCHMARKS.md, trainer throughput)
-    batch = images.index_select(0, idx).float().div_(255.0)
-    return batch.mul_(2.0).sub_(1.0) if scale == "tanh" else batch

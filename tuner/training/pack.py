@@ -29,12 +29,13 @@ import torch
 from models.losses import LOSSES
 from tuner.training.checkpoint import load_checkpoint, save_checkpoint
 from tuner.config import TrainConfig, pack_key
-from tuner.data import sample_batch, training_images
+from tuner.data import training_images
 from tuner.training.evaluate import Evaluator
 from tuner.training.families import EMA_NET
 from tuner.training.fused import FusedNet, FusedOptimizer, fuse_optimizer
 from tuner.training.loop import (DIVERGENCE_CHECK_EVERY, Report, check_divergence, checkpoint_record, diverged_record, eval_points,
                         kimg_tag, next_checkpoint, next_point, write_run_files)
+from tuner.training.steps import sample_batch
 from tuner.training.trial import Trial, build_trial, pick_device
 
 
