@@ -36,6 +36,7 @@ def run_tune(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes], 
     the last two as resolved (GPUs per trial, device, pack)."""
     from ray import tune
 
+    from tuner.study.budget import TimeBudget
     from tuner.study.console import apply_to_restored, ray_output, run_config_options
     from tuner.study.staging import sweep_after
     from tuner.study.storage import StorageGuard, install_atomic_uploads
@@ -56,8 +57,6 @@ def run_tune(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes], 
             raise RestoreFailed(f"cannot resume {exp}: Ray Tune could not load it ({type(err).__name__}: "
                                 f"{err}); nothing was run or changed") from None
         apply_to_restored(tuner, search.verbose, base.max_kimg, guards=guards, num_samples=num_samples, budget_s=budget_s)
-        if getattr(tuner, "_local_tuner", None) is not None:  # the budget as this command gives it, from its start
-            tuner._local_tuner._tune_config.time_budget_s = budget_s
     else:
         console = run_config_options(search.verbose, base.max_kimg, num_samples, budget_s)  # Ray's table + event lines
         checkpoints = (tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="fid", checkpoint_score_order="min")
@@ -71,6 +70,7 @@ def run_tune(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes], 
             verbose=console["verbose"],
             progress_reporter=console.get("progress_reporter"),
             callbacks=console["callbacks"] + list(guards),
+            stop=TimeBudget(),  # every run has one, so that a --resume can give a budget to a run that had none
         )
         tuner = build(search, base, trainable, run_config)
 
@@ -79,6 +79,7 @@ def run_tune(search: SearchConfig, base: TrainConfig, assets: dict[str, bytes], 
     tune_logger.addFilter(guard)
     try:
         with ray_output(search.verbose):
+            TimeBudget.start(budget_s)
             grid = tuner.fit()
     except Exception:
         if guard.error is not None:

@@ -172,15 +172,14 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
 
     from tuner.config.space import GRIDS
 
-    budget_s = parse_duration("time_budget", search.time_budget) if search.time_budget else None
     if search.grid:
         tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, max_concurrent_trials=search.max_concurrent or None,
-                                      reuse_actors=search.reuse_actors, time_budget_s=budget_s)
+                                      reuse_actors=search.reuse_actors)
         space = {"cell": tune.grid_search(GRIDS[search.grid])}
         return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
     if search.scheduler == "pbt":
-        return build_pbt_tuner(search, base, overrides, trainable, run_config, budget_s)
+        return build_pbt_tuner(search, base, overrides, trainable, run_config)
     searcher = make_searcher(search, base, overrides)
     scheduler = ASHAScheduler(
         time_attr=TIME_ATTR,
@@ -196,7 +195,6 @@ def build_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, An
         num_samples=search.num_samples,
         max_concurrent_trials=search.max_concurrent or None,
         reuse_actors=search.reuse_actors,
-        time_budget_s=budget_s,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
@@ -229,7 +227,7 @@ def journal_mirror(search: SearchConfig):
     return JournalMirror(study_path(search), f"{search.experiment_dir}/optuna.journal").start()
 
 
-def build_pbt_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], trainable, run_config, budget_s):
+def build_pbt_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any], trainable, run_config):
     """--scheduler pbt (tuner/study/pbt.py): the population Optuna proposes, as fixed points, under PBT."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -255,7 +253,6 @@ def build_pbt_tuner(search: SearchConfig, base: TrainConfig, overrides: dict[str
         mode=MODE,
         num_samples=len(population),  # the whole population at once: PBT time-shares the resources among it
         reuse_actors=search.reuse_actors,
-        time_budget_s=budget_s,
     )
     # Tune takes preset points only for keys of the param space: every key a member has (a conditional one,
     # e.g. clip_value, is None, its default, where a member lacks it)

@@ -169,8 +169,10 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
     will run again). The limiter forwards a trial's completion to the searcher only for a live trial,
     so a restored trial it did not know would finish without being told to Optuna, and a finished one
     it still held would keep a concurrency slot for the rest of the run. And the folder new trials are
-    written to: `exp`, where the experiment is now. `unfinished` is None when the experiment state
-    holds records Tune cannot restore: its restore will refuse, so only a damaged file is rewritten."""
+    written to: `exp`, where the experiment is now. And the searcher's "finished" mark of a run Tune stopped
+    before its last trial, so that the resumed study creates trials again. `unfinished` is None when the
+    experiment state holds records Tune cannot restore: its restore will refuse, so only a damaged file is
+    rewritten."""
     from ray.tune.utils.util import _atomic_save
 
     files = sorted(exp.glob("search_gen_state-*.json"), key=lambda p: p.name, reverse=True)
@@ -188,20 +190,26 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
     limiter = state.get(LIMITER_KEY)
     live_ok = unfinished is None or limiter is None or set(limiter.get("live_trials", ())) == unfinished
     moved_from = moved_storage(state, exp) if unfinished is not None else None
-    if path == newest and state.get("counter") == n_trials and live_ok and moved_from is None:
+    # Tune marks the searcher finished when it stops a run early (a --time-budget spent, an interrupt) and
+    # saves that mark: restored as it is, the run would start no new trial, whatever budget this command gives
+    stopped_early = bool(state.get("finished")) and state.get("total_samples") is not None and n_trials < state["total_samples"]
+    if path == newest and state.get("counter") == n_trials and live_ok and moved_from is None and not stopped_early:
         return
     old = state.get("counter")
     state = {**state, "counter": n_trials}
     if not live_ok:
         print(f"gentune: {newest.name} held the trials {sorted(limiter.get('live_trials', ()))} as running, the "
-              f"experiment state {sorted(unfinished)} (the driver was stopped while Tune copied its snapshot): "
-              "set to the experiment state's", file=sys.stderr, flush=True)
+              f"experiment state {sorted(unfinished)} (the run ended before Tune told its searcher: a driver stopped "
+              "while Tune copied its snapshot, or a --time-budget spent as a trial started): set to the experiment state's", file=sys.stderr, flush=True)
         state[LIMITER_KEY] = {**limiter, "live_trials": set(unfinished), "num_unfinished_live_trials": len(unfinished),
                               "cached_results": {}}
     if moved_from is not None:
         follow_move(state, moved_from, exp)
     if state.get("total_samples") is not None and n_trials < state["total_samples"]:
         state["finished"] = False
+    if stopped_early:
+        print(f"gentune: the run stopped after {n_trials} of {state['total_samples']} trials (its --time-budget or an "
+              "interrupt); this run starts new trials again", file=sys.stderr, flush=True)
     if path != newest:
         newest.rename(newest.with_name(newest.name + ".damaged"))
         print(f"gentune: {newest.name} is unreadable ({why}); set aside as {newest.name}.damaged and rebuilt "

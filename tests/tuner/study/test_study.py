@@ -241,7 +241,9 @@ def test_published_values_outside_a_narrowed_range_are_drawn_inside_it(tmp_path,
 
 def test_a_time_budget_ends_the_study_with_its_exports_and_an_expected_finish(idx_mnist, tmp_path, capsys, ray_local):
     """--time-budget without --num-samples: trials keep coming until the budget is spent, then the
-    study ends as any study does (exports, summary); the expected finish is printed along the way."""
+    study ends as any study does (exports, summary); the expected finish is printed along the way. A
+    --resume gets a budget of its own and starts new trials (Tune restores the stopper it pickled, with
+    the budget spent, and the searcher marked finished: tuner/study/budget.py, resume.py)."""
     import time
 
     t0 = time.monotonic()
@@ -261,3 +263,14 @@ def test_a_time_budget_ends_the_study_with_its_exports_and_an_expected_finish(id
     study = load_study(exp, "budget")
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     assert took < 40 + 60  # Ray's start-up and the exports on top of the budget, not 100,000 trials
+    assert "the --time-budget is spent" in out
+
+    n_before, t1 = len(study.trials), time.monotonic()
+    run_study(tmp_path, "budget", "--time-budget", "15s", "--max-kimg", "0.25", "--grace-kimg", "0.125",
+              "--no-warm-start", "--max-concurrent", "1", "--resume")
+    # Before, the resumed run stopped at once: its restored stopper had no budget left
+    assert time.monotonic() - t1 >= 15
+    assert "the --time-budget is spent" in capsys.readouterr().out
+    resumed = load_study(exp, "budget")
+    assert len(resumed.trials) > n_before  # new trials: the searcher is no longer marked finished
+    assert not [t for t in resumed.trials if t.state.name == "RUNNING"]
