@@ -190,7 +190,7 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
     limiter = state.get(LIMITER_KEY)
     live_ok = unfinished is None or limiter is None or set(limiter.get("live_trials", ())) == unfinished
     moved_from = moved_storage(state, exp) if unfinished is not None else None
-    # Tune marks the searcher finished when it stops a run early (a --time-budget spent, an interrupt) and
+    # Tune marks the searcher finished when a stopper ends a run early (a --time-budget spent) and
     # saves that mark: restored as it is, the run would start no new trial, whatever budget this command gives
     stopped_early = bool(state.get("finished")) and state.get("total_samples") is not None and n_trials < state["total_samples"]
     if path == newest and state.get("counter") == n_trials and live_ok and moved_from is None and not stopped_early:
@@ -208,8 +208,8 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
     if state.get("total_samples") is not None and n_trials < state["total_samples"]:
         state["finished"] = False
     if stopped_early:
-        print(f"gentune: the run stopped after {n_trials} of {state['total_samples']} trials (its --time-budget or an "
-              "interrupt); this run starts new trials again", file=sys.stderr, flush=True)
+        print(f"gentune: the run stopped after {n_trials} of {state['total_samples']} trials (its --time-budget was "
+              "spent); this run starts new trials again", file=sys.stderr, flush=True)
     if path != newest:
         newest.rename(newest.with_name(newest.name + ".damaged"))
         print(f"gentune: {newest.name} is unreadable ({why}); set aside as {newest.name}.damaged and rebuilt "
