@@ -190,9 +190,10 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
     limiter = state.get(LIMITER_KEY)
     live_ok = unfinished is None or limiter is None or set(limiter.get("live_trials", ())) == unfinished
     moved_from = moved_storage(state, exp) if unfinished is not None else None
+    trials_to_come = state.get("total_samples") is not None and n_trials < state["total_samples"]
     # Tune marks the searcher finished when a stopper ends a run early (a --time-budget spent) and
     # saves that mark: restored as it is, the run would start no new trial, whatever budget this command gives
-    stopped_early = bool(state.get("finished")) and state.get("total_samples") is not None and n_trials < state["total_samples"]
+    stopped_early = bool(state.get("finished")) and trials_to_come
     if path == newest and state.get("counter") == n_trials and live_ok and moved_from is None and not stopped_early:
         return
     old = state.get("counter")
@@ -200,12 +201,13 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
     if not live_ok:
         print(f"gentune: {newest.name} held the trials {sorted(limiter.get('live_trials', ()))} as running, the "
               f"experiment state {sorted(unfinished)} (the run ended before Tune told its searcher: a driver stopped "
-              "while Tune copied its snapshot, or a --time-budget spent as a trial started): set to the experiment state's", file=sys.stderr, flush=True)
+              "while Tune copied its snapshot, or a --time-budget spent as a trial started): set to the experiment "
+              "state's", file=sys.stderr, flush=True)
         state[LIMITER_KEY] = {**limiter, "live_trials": set(unfinished), "num_unfinished_live_trials": len(unfinished),
                               "cached_results": {}}
     if moved_from is not None:
         follow_move(state, moved_from, exp)
-    if state.get("total_samples") is not None and n_trials < state["total_samples"]:
+    if trials_to_come:
         state["finished"] = False
     if stopped_early:
         print(f"gentune: the run stopped after {n_trials} of {state['total_samples']} trials (its --time-budget was "
