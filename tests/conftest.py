@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 # Token authentication for every Ray this session starts, in-process or in a subprocess
 # (docs/ray-optuna.md §8). One mode and one token for the whole session: a process that starts Ray
@@ -407,15 +408,61 @@ def uninterrupted(cfg, out: Path) -> list[dict]:
         torch.set_num_threads(threads)
 
 
-def snapshot_kimg(exp: Path) -> dict[str, float]:
-    """Trial id -> kimg of its last result in Tune's newest experiment snapshot (what a resume starts from)."""
+class Snapshot(NamedTuple):
+    """A trial in Tune's experiment snapshot: where its last result is, and where the checkpoint a resume
+    restores is (None: it has none, a resume starts it from scratch)."""
+    kimg: float
+    checkpoint_kimg: float | None
+
+
+def snapshot(exp: Path) -> dict[str, Snapshot]:
+    """Trial id -> Snapshot, for each trial with a result in Tune's newest experiment snapshot.
+
+    The two may differ. Tune writes a result into its snapshot when it processes it, and the checkpoint
+    reported with it only when the trial's save returns, at a later step of its loop
+    (TuneController._process_trial_result, then _process_trial_save): a driver killed between the two is
+    resumed from the checkpoint before, and that evaluation is made and reported again. And Tune deletes
+    a checkpoint pushed out of the kept set before its next snapshot: a resume then restores the newest
+    older one of the kept set still in storage (tuner/study/resume.py). The checkpoint records are Ray's
+    pickles: read with Ray's own reader (Trial.from_json_state, as ExperimentAnalysis does)."""
+    from ray.tune.experiment import Trial
+
     newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.name, default=None)
+    if newest is None:
+        return {}
     try:
-        state = json.loads(newest.read_text()) if newest else {"trial_data": []}
+        trials = []
+        for trial_json, metadata in json.loads(newest.read_text())["trial_data"]:
+            trial = Trial.from_json_state(trial_json, stub=True)
+            trial.restore_run_metadata(metadata)
+            trials.append(trial)
     except json.JSONDecodeError:  # being written
         return {}
-    return {json.loads(t)["trial_id"]: json.loads(m)["last_result"]["kimg"] for t, m in state["trial_data"]
-            if "kimg" in json.loads(m)["last_result"]}
+
+    def in_storage(result) -> bool:
+        path = Path(result.checkpoint.path)
+        return (exp / path.parent.name / path.name).is_dir()
+
+    out = {}
+    for trial in trials:
+        last = trial.last_result or {}
+        if "kimg" in last or "checkpoint_kimg" in last:
+            # each checkpoint's position: the metrics reported with it
+            manager = trial.run_metadata.checkpoint_manager
+            latest = manager.latest_checkpoint_result
+            if latest is not None and not in_storage(latest):
+                older = [position(r.metrics) for r in manager.best_checkpoint_results
+                         if in_storage(r) and position(r.metrics) < position(latest.metrics)]
+                restored = max(older, default=None)
+            else:
+                restored = None if latest is None else position(latest.metrics)
+            out[trial.trial_id] = Snapshot(position(last), restored)
+    return out
+
+
+def position(result: dict) -> float:
+    """Where a reported result is: an evaluation's kimg, or a checkpoint's between evaluations."""
+    return float(result["kimg"] if result.get("kimg") is not None else result["checkpoint_kimg"])
 
 
 def stop_server(proc: subprocess.Popen) -> None:

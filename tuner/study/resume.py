@@ -43,6 +43,8 @@ def check_restorable(exp: Path, searched: bool) -> set[str]:
       state when they differ (a driver killed while Tune copied its snapshot files into storage
       leaves them from two moments); unreadable -> rebuilt from an older one, else refused;
     - Tune's lock folder in the system temp (docs/ray-optuna.md §11): unusable -> refused;
+    - an unfinished trial's checkpoint that Tune deleted after the snapshot named it -> the trial is set to
+      resume from its newest older checkpoint (repair_deleted_checkpoints);
     - half-copied files of a driver killed during a copy (tuner/study/storage.py) -> removed.
     The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
     journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
@@ -74,8 +76,69 @@ def check_restorable(exp: Path, searched: bool) -> set[str]:
         repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished)
     elif unfinished is not None:
         repair_grid_state(exp)
+    repair_deleted_checkpoints(exp, state_file, state)
     remove_partial_copies(exp)
     return trial_ids
+
+
+def _position(result) -> float | None:
+    """Where a checkpoint Tune tracks was made: the kimg (or checkpoint_kimg) reported with it."""
+    metrics = result.metrics or {}
+    value = metrics.get("kimg", metrics.get("checkpoint_kimg"))
+    return None if value is None else float(value)
+
+
+def repair_deleted_checkpoints(exp: Path, state_file: Path, state: dict) -> None:
+    """Point each unfinished trial whose snapshotted checkpoint is gone at its newest older one still in storage.
+
+    Tune deletes a trial's checkpoint as soon as a newer one pushes it out of the kept set (the 2 best
+    FIDs and the latest: run_tune's CheckpointConfig), but it rewrites its snapshot only every few
+    seconds or every 2 checkpoints: a driver killed in between leaves a snapshot whose latest checkpoint
+    no longer exists, and Tune's restore of that trial fails on every retry ("Could not recover from
+    checkpoint as it does not exist on storage anymore"): the trial ends errored. The trial's record in
+    the snapshot (Ray's own pickle, read and written with Ray's own functions) is set to resume from
+    the newest checkpoint of its kept set that exists and is older, else from scratch; a newer one in
+    storage is not used, as its results are not in the snapshot (docs/ray-optuna.md §3). Local storage only."""
+    from ray.tune.experiment.trial import _TrainingRunMetadata
+
+    from tuner.config.atomic import write_whole
+
+    def exists(result) -> bool:  # the same folder under `exp`, wherever the experiment was when it was written
+        path = Path(result.checkpoint.path)
+        return (exp / path.parent.name / path.name).is_dir()
+
+    changed = []
+    for entry in state["trial_data"]:
+        record = json.loads(entry[0])
+        if record.get("status") in FINISHED or record.get("status") is None:
+            continue
+        try:
+            metadata = _TrainingRunMetadata.from_json_state(entry[1])
+        except Exception:  # noqa: BLE001 (left to Tune's restore, and RestoreGuard)
+            continue
+        manager = metadata.checkpoint_manager
+        latest = manager.latest_checkpoint_result
+        if latest is None or exists(latest):
+            continue
+        kept = [r for r in manager._checkpoint_results if r is not latest and exists(r)]
+        at = _position(latest)
+        older = [r for r in kept if at is None or (_position(r) is not None and _position(r) < at)]
+        instead = max(older, key=lambda r: _position(r) or 0.0, default=None)
+        manager._checkpoint_results = kept
+        manager._latest_checkpoint_result = instead
+        entry[1] = metadata.get_json_state()
+        gone = Path(latest.checkpoint.path).name
+        if instead is None:
+            where = "no older checkpoint of it is left: it starts again from scratch"
+        else:
+            kimg = _position(instead)
+            where = f"it resumes from {Path(instead.checkpoint.path).name}" + (f" ({kimg:g} kimg)" if kimg is not None else "")
+        changed.append(f"gentune: trial {record['trial_id']}: its checkpoint {gone} in Tune's snapshot was deleted "
+                       f"after the snapshot (Tune keeps the 2 best and the latest); {where}")
+    if changed:
+        write_whole(state_file, lambda tmp: tmp.write_text(json.dumps(state)))
+        for line in changed:
+            print(line, file=sys.stderr, flush=True)
 
 
 def remove_partial_copies(exp: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 from tuner.config import TrainConfig
 from tuner.results.exports import read_trials_csv
 
-from conftest import TINY_CFG, TINY_TRIAL, Driver, explained_on_failure, load_study, result_rows, uninterrupted, wait_for
+from conftest import TINY_CFG, TINY_TRIAL, Driver, explained_on_failure, load_study, position, result_rows, snapshot, uninterrupted, wait_for
 
 TINY = TINY_TRIAL
 
@@ -28,30 +28,13 @@ TINY = TINY_TRIAL
 
 
 def snapshot_checkpoint_kimg(exp: Path) -> dict[str, float]:
-    """trial id -> checkpoint_kimg of its last result in the newest experiment snapshot, for trials
-    whose last result there is a checkpoint between evaluations (what a resumed run restores)."""
-    newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.name, default=None)
-    if newest is None:
-        return {}
-    try:
-        state = json.loads(newest.read_text())
-        out = {}
-        for trial, metadata in state["trial_data"]:
-            last = json.loads(metadata).get("last_result") or {}
-            if isinstance(last, dict) and last.get("checkpoint_only"):
-                out[json.loads(trial)["trial_id"]] = float(last["checkpoint_kimg"])
-        return out
-    except (json.JSONDecodeError, KeyError, TypeError):  # being written
-        return {}
-
-
-def position(row: dict) -> float:
-    return float(row["kimg"] if "kimg" in row and row["kimg"] is not None else row["checkpoint_kimg"])
+    """trial id -> the position of the checkpoint Tune's newest snapshot restores it from (conftest.snapshot)."""
+    return {t: s.checkpoint_kimg for t, s in snapshot(exp).items() if s.checkpoint_kimg is not None}
 
 
 def resumed_from(rows: list[dict], killed_at: float, every: float) -> float:
     """The first position the trial reported after Tune restored it; checks that it is the first
-    checkpoint after `killed_at` (the snapshot's) and that nothing before the restore was at or past it."""
+    checkpoint after `killed_at` (the snapshot's): it resumed from that one, not from an earlier one."""
     restarts = [i for i, r in enumerate(rows) if i > 0 and r["iterations_since_restore"] == 1]
     assert len(restarts) == 1, [(position(r), r["iterations_since_restore"]) for r in rows]
     first = position(rows[restarts[0]])
@@ -63,7 +46,8 @@ def resumed_from(rows: list[dict], killed_at: float, every: float) -> float:
 def test_study_driver_killed_between_two_rungs_resumes_from_the_checkpoint_between_them(idx_mnist, tmp_path):
     # rungs at 2 and 6 kimg, the end at 12; checkpoints every 0.5 kimg. The driver is killed once
     # Tune's snapshot holds a checkpoint past the last rung; resumed, the trial continues from that
-    # checkpoint (not from the 6-kimg rung, nor from zero) and ends with the uninterrupted run's FID.
+    # checkpoint (not from the 6-kimg rung, nor from zero; from the rung only if Tune deleted that one
+    # between its snapshot and the kill) and ends with the uninterrupted run's FID.
     name = "between"
     exp = tmp_path / "store" / name
     flags = ["--storage-path", str(tmp_path / "store"), "--name", name, *TINY, "--losses", "hinge",
@@ -75,8 +59,10 @@ def test_study_driver_killed_between_two_rungs_resumes_from_the_checkpoint_betwe
                         "a checkpoint past the last rung in Tune's snapshot", drivers[0].proc)
         drivers[0].kill()
         (trial_id,) = snap
-        killed_at = snapshot_checkpoint_kimg(exp)[trial_id]  # the snapshot at the kill (the driver may have written a newer one)
-        assert 6.5 < killed_at < 12
+        # the snapshot at the kill (the driver may have written a newer one), and its checkpoint still in
+        # storage: the rung's at 6 kimg if Tune had deleted the newer one since (conftest.snapshot)
+        killed_at = snapshot_checkpoint_kimg(exp)[trial_id]
+        assert 6 <= killed_at < 12
         drivers.append(Driver(["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"], tmp_path, "1"))
         assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-3000:]
     finally:
@@ -123,8 +109,8 @@ def test_final_evaluation_killed_between_checkpoints_resumes_from_the_last_one(i
 
         ((tune_dir, trial_id), _), = wait_for(snapshot, 240, "a checkpoint in Tune's snapshot", drivers[0].proc).items()
         drivers[0].kill()
-        killed_at = snapshot_checkpoint_kimg(tune_dir)[trial_id]  # the snapshot at the kill
-        assert 3 <= killed_at < 10
+        killed_at = snapshot_checkpoint_kimg(tune_dir)[trial_id]  # the snapshot at the kill (and in storage)
+        assert 2.5 <= killed_at < 10  # (the one before, if Tune had deleted the snapshot's since: conftest.snapshot)
         assert not (exp / "rerun.parquet").exists()
         drivers.append(Driver(argv, tmp_path, "second", rerun))
         assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-3000:]

@@ -16,7 +16,7 @@ from tuner.results.exports import read_trials_csv
 from tuner.study.pbt import ClipToRanges, explore_beta2, mutated_fields, read_exploits
 from tuner.training.trial import build_trial
 
-from conftest import TINY_TRIAL, Driver, load_study, result_rows, run_study, snapshot_kimg, wait_for
+from conftest import TINY_TRIAL, Driver, load_study, result_rows, run_study, snapshot, wait_for
 
 TINY_PBT = [*TINY_TRIAL, "--losses", "hinge", "--ranges", "g_width=8:8", "d_width=8:8",
             "batch_size=16,32", "--no-warm-start"]
@@ -234,8 +234,9 @@ def test_tiny_pbt_study_records_every_trial_its_schedule_and_its_exploits(idx_mn
 @pytest.mark.slow
 def test_pbt_study_resumes_after_its_driver_is_killed(idx_mnist, tmp_path, monkeypatch):
     """A population of 2 (the worse member clones the better at each of 2 perturbation points): the
-    driver is SIGKILLed once an exploit is recorded and Tune's snapshot holds an evaluation, then
-    resumed; the study ends with every member trained to max_kimg, from its checkpoint, and told to Optuna."""
+    driver is SIGKILLed once an exploit is recorded and Tune's snapshot holds an unfinished member's
+    checkpoint, then resumed; the study ends with every member trained to max_kimg, each from the
+    checkpoint the snapshot holds (its own or its donor's), and told to Optuna."""
     name, n = "pbtkill", 2
     # Tune snapshots a PBT study (which keeps every checkpoint, so no checkpoint forces a snapshot) every
     # 10 s by default: on a quiet machine the tiny study ended before a snapshot held an unfinished trial
@@ -244,14 +245,17 @@ def test_pbt_study_resumes_after_its_driver_is_killed(idx_mnist, tmp_path, monke
     exp = tmp_path / "store" / name
     flags = ["--storage-path", str(tmp_path / "store"), "--name", name, *TINY_PBT, "--scheduler", "pbt",
              "--num-samples", str(n), "--max-kimg", "0.75", "--perturbation-kimg", "0.25"]
+
+    def unfinished() -> dict:  # members with training left and a checkpoint, in Tune's newest snapshot
+        return {t: s for t, s in snapshot(exp).items() if s.kimg < 0.75 and s.checkpoint_kimg is not None}
+
     drivers = [Driver(flags, tmp_path, "0")]
     try:
-        # killed once a trial with training left has an evaluation in Tune's snapshot (a trial that has
-        # reached max_kimg there is finished: a resume does not run it again)
-        wait_for(lambda: read_exploits(exp) and any(k < 0.75 for k in snapshot_kimg(exp).values()), 240,
-                 "an exploit and an unfinished trial's evaluation in Tune's snapshot", drivers[0].proc)
+        # (a trial that has reached max_kimg in the snapshot is finished: a resume does not run it again)
+        wait_for(lambda: read_exploits(exp) and unfinished(), 240,
+                 "an exploit and an unfinished member's checkpoint in Tune's snapshot", drivers[0].proc)
         drivers[0].kill()
-        snapshotted = snapshot_kimg(exp)
+        snapshotted = snapshot(exp)  # the snapshot at the kill
         killed_at = time.time()
         drivers.append(Driver(["--storage-path", str(tmp_path / "store"), "--name", name, "--resume"], tmp_path, "1"))
         assert drivers[1].wait(300) == 0, drivers[1].log.read_text()[-4000:]
@@ -266,11 +270,12 @@ def test_pbt_study_resumes_after_its_driver_is_killed(idx_mnist, tmp_path, monke
     assert not history.duplicated(subset=["trial_id", "kimg"]).any()
     assert (history.groupby("trial_id")["kimg"].max() >= 0.75).all()
     rows = result_rows(exp)
-    unfinished = {trial_id: kimg for trial_id, kimg in snapshotted.items() if kimg < 0.75}
-    assert unfinished, snapshotted
-    for trial_id, kimg in unfinished.items():  # resumed from its checkpoint, not from scratch
+    resumed = {t: s for t, s in snapshotted.items() if s.kimg < 0.75 and s.checkpoint_kimg is not None}
+    assert resumed, snapshotted
+    for trial_id, at in resumed.items():  # resumed from that checkpoint, not from scratch
+        # (the snapshot's last evaluation may be past it, its checkpoint not yet recorded: conftest.snapshot)
         after = [r["kimg"] for r in rows[trial_id] if "kimg" in r and r["timestamp"] >= killed_at]
-        assert after and min(after) > kimg, (trial_id, kimg, after)
+        assert after and min(after) > at.checkpoint_kimg, (trial_id, at, after)
     # the resume asked for no new population, and every member was told what it reached
     study = load_study(exp, name)
     assert sorted(t.user_attrs["pbt_member"] for t in study.trials) == list(range(n))

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from damaged_studies import (  # noqa: F401 (the fixtures work and finished)
-    assert_recovered, assert_refused, check_garbage_searcher_state_is_rebuilt,
+    N, assert_recovered, assert_refused, check_garbage_searcher_state_is_rebuilt,
     check_truncated_experiment_state_is_refused, copy_study, digest, env_for, finished, newest, result_fids,
     resume, run, search_gen_state, snapshot_records, work, write_search_gen_state,
 )
@@ -67,6 +67,38 @@ def test_garbage_search_generator_state_is_rebuilt_from_an_older_copy(finished, 
     assert_recovered(proc, earlier, exp)
     assert f"{gen.name} is unreadable" in proc.stderr and "rebuilt from search_gen_state-2000" in proc.stderr
     assert (exp / f"{gen.name}.damaged").read_bytes() == b"garbage"
+
+
+@pytest.mark.slow
+def test_a_snapshotted_checkpoint_deleted_since_is_replaced_by_the_older_one(finished, work, tmp_path):
+    # Tune deletes a checkpoint as soon as a newer one pushes it out of the kept set, and rewrites its
+    # snapshot seconds later: a driver killed in between leaves a snapshot that names a checkpoint no
+    # longer in storage, and Tune's restore of that trial failed on every retry (the trial ended errored;
+    # found from the PBT driver-kill test, 2026-12-05). Here: a trial as a snapshot taken while it ran
+    # holds it (PAUSED, its last checkpoint the latest), with that checkpoint deleted.
+    exp = copy_study(finished, tmp_path)
+    earlier = result_fids(exp)
+    state_file = newest(exp, "experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    trial_json, metadata = state["trial_data"][0]
+    record = json.loads(trial_json)
+    trial_id = record["trial_id"]
+    state["trial_data"][0] = [json.dumps({**record, "status": "PAUSED"}), metadata]
+    state_file.write_text(json.dumps(state))
+    (trial_dir,) = exp.glob(f"run_trial_{trial_id}_*")
+    checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+    assert [c.name for c in checkpoints] == ["checkpoint_000000", "checkpoint_000001"]  # its evaluations
+    shutil.rmtree(checkpoints[-1])
+    proc = resume(exp, work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (f"gentune: trial {trial_id}: its checkpoint checkpoint_000001 in Tune's snapshot was deleted after the "
+            "snapshot (Tune keeps the 2 best and the latest); it resumes from checkpoint_000000 (") in proc.stderr
+    trials = read_trials_csv(exp / "trials.csv").set_index("trial_id")
+    assert len(trials) == N and (trials["status"] == "completed").all()
+    # it went on from the older checkpoint (not from scratch): its last evaluation made once more, and on
+    # the CPU the same to the last bit
+    assert result_fids(exp)[trial_id] == earlier[trial_id] + earlier[trial_id][-1:]
+    assert trials.loc[trial_id, "fid_final"] == pytest.approx(earlier[trial_id][-1], rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------------
