@@ -48,8 +48,9 @@ def check_restorable(exp: Path, searched: bool) -> set[str]:
     - half-copied files of a driver killed during a copy (tuner/study/storage.py) -> removed.
     The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
     journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
-    experiment state. `exp` is a local folder: remote storage (s3://) is left to the guard around
-    `fit` (RestoreGuard). `searched`: a study with a searcher (not a grid).
+    experiment state. `exp` is a local folder: in remote storage (s3://) only the deleted checkpoints
+    are repaired (repair_remote_snapshot), the rest is left to the guard around `fit` (RestoreGuard).
+    `searched`: a study with a searcher (not a grid).
     """
 
     def refuse(what: str, why: str) -> RestoreFailed:
@@ -89,6 +90,46 @@ def _position(result) -> float | None:
 
 
 def repair_deleted_checkpoints(exp: Path, state_file: Path, state: dict) -> None:
+    """`deleted_checkpoint_repairs` for a local experiment: the repaired snapshot is written whole."""
+    from tuner.config.atomic import write_whole
+
+    lines = deleted_checkpoint_repairs(state, lambda rel: (exp / rel).is_dir())
+    if lines:
+        write_whole(state_file, lambda tmp: tmp.write_text(json.dumps(state)))
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+
+
+def repair_remote_snapshot(uri: str) -> None:
+    """The repair of `deleted_checkpoint_repairs` for an experiment in remote storage (s3://...), whose
+    other checks are left to the guard around `fit` (RestoreGuard): the repaired snapshot is put back as
+    one object (S3 replaces an object whole). An unreadable snapshot is left to Tune's restore."""
+    import fnmatch
+
+    import pyarrow.fs
+
+    from tuner.study.remote import read_remote, write_remote
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.File
+                   and fnmatch.fnmatch(i.base_name, "experiment_state-*.json"))
+    if not names:
+        return
+    newest = f"{uri.rstrip('/')}/{names[-1]}"
+    try:
+        state = json.loads(read_remote(newest) or b"")
+    except ValueError:
+        return
+    lines = deleted_checkpoint_repairs(
+        state, lambda rel: fs.get_file_info(f"{path.rstrip('/')}/{rel}").type == pyarrow.fs.FileType.Directory)
+    if lines:
+        write_remote(newest, json.dumps(state).encode())
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+
+
+def deleted_checkpoint_repairs(state: dict, exists) -> list[str]:
     """Point each unfinished trial whose snapshotted checkpoint is gone at its newest older one still in storage.
 
     Tune deletes a trial's checkpoint as soon as a newer one pushes it out of the kept set (the 2 best
@@ -96,18 +137,18 @@ def repair_deleted_checkpoints(exp: Path, state_file: Path, state: dict) -> None
     seconds or every 2 checkpoints: a driver killed in between leaves a snapshot whose latest checkpoint
     no longer exists, and Tune's restore of that trial fails on every retry ("Could not recover from
     checkpoint as it does not exist on storage anymore"): the trial ends errored. The trial's record in
-    the snapshot (Ray's own pickle, read and written with Ray's own functions) is set to resume from
-    the newest checkpoint of its kept set that exists and is older, else from scratch; a newer one in
-    storage is not used, as its results are not in the snapshot (docs/ray-optuna.md §3). Local storage only."""
+    `state` (the experiment state, its records Ray's own pickles, read and written with Ray's own functions)
+    is set to resume from the newest checkpoint of its kept set that exists and is older, else from scratch;
+    a newer one in storage is not used, as its results are not in the snapshot (docs/ray-optuna.md §3).
+    `exists(rel)`: whether the folder TRIAL_DIR/checkpoint_N is in the experiment's storage (checked where
+    the experiment is now, wherever it was when the snapshot was written). Returns the lines to print."""
     from ray.tune.experiment.trial import _TrainingRunMetadata
 
-    from tuner.config.atomic import write_whole
-
-    def exists(result) -> bool:  # the same folder under `exp`, wherever the experiment was when it was written
+    def present(result) -> bool:
         path = Path(result.checkpoint.path)
-        return (exp / path.parent.name / path.name).is_dir()
+        return exists(f"{path.parent.name}/{path.name}")
 
-    changed = []
+    lines = []
     for entry in state["trial_data"]:
         record = json.loads(entry[0])
         if record.get("status") in FINISHED or record.get("status") is None:
@@ -118,27 +159,23 @@ def repair_deleted_checkpoints(exp: Path, state_file: Path, state: dict) -> None
             continue
         manager = metadata.checkpoint_manager
         latest = manager.latest_checkpoint_result
-        if latest is None or exists(latest):
+        if latest is None or present(latest):
             continue
-        kept = [r for r in manager._checkpoint_results if r is not latest and exists(r)]
+        kept = [r for r in manager._checkpoint_results if r is not latest and present(r)]
         at = _position(latest)
         older = [r for r in kept if at is None or (_position(r) is not None and _position(r) < at)]
         instead = max(older, key=lambda r: _position(r) or 0.0, default=None)
         manager._checkpoint_results = kept
         manager._latest_checkpoint_result = instead
         entry[1] = metadata.get_json_state()
-        gone = Path(latest.checkpoint.path).name
         if instead is None:
             where = "no older checkpoint of it is left: it starts again from scratch"
         else:
             kimg = _position(instead)
             where = f"it resumes from {Path(instead.checkpoint.path).name}" + (f" ({kimg:g} kimg)" if kimg is not None else "")
-        changed.append(f"gentune: trial {record['trial_id']}: its checkpoint {gone} in Tune's snapshot was deleted "
-                       f"after the snapshot (Tune keeps the 2 best and the latest); {where}")
-    if changed:
-        write_whole(state_file, lambda tmp: tmp.write_text(json.dumps(state)))
-        for line in changed:
-            print(line, file=sys.stderr, flush=True)
+        lines.append(f"gentune: trial {record['trial_id']}: its checkpoint {Path(latest.checkpoint.path).name} in Tune's "
+                     f"snapshot was deleted after the snapshot (Tune keeps the 2 best and the latest); {where}")
+    return lines
 
 
 def remove_partial_copies(exp: Path) -> None:

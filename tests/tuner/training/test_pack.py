@@ -104,8 +104,18 @@ def test_one_fused_step_gives_each_member_its_solo_gradients_and_update(variant)
                 # rounding of 0 may flip its sign, so a weight may differ by up to 2 lr per step
                 assert (p - q).abs().max().item() <= 2 * lr * float(sa["step"]) * 10, name
         for name in a.nets:
-            for (key, u), (_, v) in zip(a.nets[name].state_dict().items(), b.nets[name].state_dict().items()):
-                if key.endswith(("running_mean", "running_var", "_u", "_v")):
+            state_a, state_b = a.nets[name].state_dict(), b.nets[name].state_dict()
+            for (key, u), (_, v) in zip(state_a.items(), state_b.items()):
+                if key.endswith(("_u", "_v")):
+                    # spectral norm's power-iteration vectors, computed from the layer's weight after the D steps:
+                    # they follow that weight's own difference (a first move of a gradient within rounding of 0,
+                    # allowed above), measured at 0.01-0.1 times its relative size (7.5e-6 on a weight of 0.037
+                    # moved _v by 1.3e-5: Intel Xeon with AMX, 1 thread). A missed or shared power iteration
+                    # moves them by 4e-2 and more on the hidden layers (one step's change, measured here).
+                    weight = key.rsplit(".", 2)[0] + ".original"
+                    rel_w = ((state_a[weight] - state_b[weight]).abs().max() / state_a[weight].abs().max()).item()
+                    assert close(u, v, rel=1e-5 + rel_w), (name, key, rel_w)
+                elif key.endswith(("running_mean", "running_var")):
                     assert close(u, v), (name, key)
                 elif not u.is_floating_point():
                     assert torch.equal(u, v), (name, key)
