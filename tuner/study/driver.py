@@ -19,7 +19,7 @@ from tuner.config.schema import METRIC, MODE, TIME_ATTR
 from tuner.config.search import BUDGET_SAMPLES, SEARCH_TRAIN_DEFAULTS, SearchConfig, parser
 from tuner.study.assembly import is_experiment, run_tune
 from tuner.study.location import check_writable, is_remote, local_dir, study_path, upload
-from tuner.study.resume import RestoreFailed, check_restorable, repair_remote_snapshot
+from tuner.study.resume import RestoreFailed, check_restorable, check_restorable_remote
 
 
 def check_data_mirror(base: TrainConfig) -> None:
@@ -384,10 +384,9 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
             said = restore_journal(study_path(search), f"{exp}/optuna.journal")
             if said:
                 print(said, file=sys.stderr, flush=True)
-        if is_remote(search):
-            repair_remote_snapshot(exp)
-        expect_restored_trials(set() if is_remote(search) else check_restorable(Path(exp), search.grid is None and search.scheduler != "pbt"),
-                               journal=study_path(search), experiment_dir=exp)
+        searched = search.grid is None and search.scheduler != "pbt"
+        restored = check_restorable_remote(exp, searched) if is_remote(search) else check_restorable(Path(exp), searched)
+        expect_restored_trials(restored, journal=study_path(search), experiment_dir=exp)
     # Everything that can fail on bad input or missing data fails here, before Ray starts.
     check_pack(search, base, overrides)
     from tuner.metrics.metrics_cache import prepare_assets  # (torch: imported after the checks above, which refuse at once)

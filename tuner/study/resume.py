@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
 
 from tuner.config import ConfigError
 
@@ -32,7 +32,8 @@ def _newest(folder: Path, pattern: str) -> Path | None:
     return found[-1] if found else None
 
 
-def check_restorable(exp: Path, searched: bool) -> set[str]:
+def check_restorable(exp: Path, searched: bool, *, where: PurePosixPath | None = None, shown: str | None = None,
+                     exists: Callable[[str], bool] | None = None) -> set[str]:
     """Read, before Ray starts, what Tune's restore reads; refuse with one line naming the file, or repair.
 
     Tune restarts an experiment from scratch when its restore fails (docs/ray-optuna.md §10), so every part of a
@@ -48,13 +49,16 @@ def check_restorable(exp: Path, searched: bool) -> set[str]:
     - half-copied files of a driver killed during a copy (tuner/study/storage.py) -> removed.
     The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
     journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
-    experiment state. `exp` is a local folder: in remote storage (s3://) only the deleted checkpoints
-    are repaired (repair_remote_snapshot), the rest is left to the guard around `fit` (RestoreGuard).
-    `searched`: a study with a searcher (not a grid).
+    experiment state. `searched`: a study with a searcher (not a grid). `exp` is a local folder holding the
+    state files; for an experiment in remote storage, a copy of them (check_restorable_remote), with
+    `where` the experiment's path in its storage (for the storages pickled in the generator states),
+    `shown` its URI (for the messages) and `exists(TRIAL_DIR/checkpoint_N)` looking in that storage.
     """
+    where = where if where is not None else exp
+    shown = shown if shown is not None else str(exp)
 
     def refuse(what: str, why: str) -> RestoreFailed:
-        return RestoreFailed(f"cannot resume {exp}: {what} {why}; nothing was run or changed")
+        return RestoreFailed(f"cannot resume {shown}: {what} {why}; nothing was run or changed")
 
     state_file = _newest(exp, "experiment_state-*.json")
     if state_file is None:
@@ -74,10 +78,10 @@ def check_restorable(exp: Path, searched: bool) -> set[str]:
         raise refuse(state_file.name, f"is unreadable ({type(err).__name__}: {err})") from None
     check_lock_folder(exp)  # before any repair: a refusal changes nothing
     if searched:
-        repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished)
+        repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished, where=where)
     elif unfinished is not None:
-        repair_grid_state(exp)
-    repair_deleted_checkpoints(exp, state_file, state)
+        repair_grid_state(exp, where=where)
+    repair_deleted_checkpoints(exp, state_file, state, exists)
     remove_partial_copies(exp)
     return trial_ids
 
@@ -89,44 +93,54 @@ def _position(result) -> float | None:
     return None if value is None else float(value)
 
 
-def repair_deleted_checkpoints(exp: Path, state_file: Path, state: dict) -> None:
-    """`deleted_checkpoint_repairs` for a local experiment: the repaired snapshot is written whole."""
+def repair_deleted_checkpoints(exp: Path, state_file: Path, state: dict, exists: Callable[[str], bool] | None = None) -> None:
+    """`deleted_checkpoint_repairs`, the checkpoints looked up in `exp` (or with `exists`): the repaired snapshot is written whole."""
     from tuner.config.atomic import write_whole
 
-    lines = deleted_checkpoint_repairs(state, lambda rel: (exp / rel).is_dir())
+    lines = deleted_checkpoint_repairs(state, exists or (lambda rel: (exp / rel).is_dir()))
     if lines:
         write_whole(state_file, lambda tmp: tmp.write_text(json.dumps(state)))
         for line in lines:
             print(line, file=sys.stderr, flush=True)
 
 
-def repair_remote_snapshot(uri: str) -> None:
-    """The repair of `deleted_checkpoint_repairs` for an experiment in remote storage (s3://...), whose
-    other checks are left to the guard around `fit` (RestoreGuard): the repaired snapshot is put back as
-    one object (S3 replaces an object whole). An unreadable snapshot is left to Tune's restore."""
+STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "basic-variant-state-*.json")
+
+
+def check_restorable_remote(uri: str, searched: bool) -> set[str]:
+    """check_restorable for an experiment in remote storage (s3://...): Tune's state files of the experiment
+    are copied into a local folder, checked and repaired there as a local experiment's are (the checkpoints
+    looked up in the storage itself), and each file a repair changed or added is put back whole (one PUT:
+    S3 replaces an object whole). Refused, nothing is put back."""
     import fnmatch
+    import tempfile
 
     import pyarrow.fs
 
     from tuner.study.remote import read_remote, write_remote
 
+    uri = uri.rstrip("/")
     fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    path = path.rstrip("/")
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-    names = sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.File
-                   and fnmatch.fnmatch(i.base_name, "experiment_state-*.json"))
-    if not names:
-        return
-    newest = f"{uri.rstrip('/')}/{names[-1]}"
-    try:
-        state = json.loads(read_remote(newest) or b"")
-    except ValueError:
-        return
-    lines = deleted_checkpoint_repairs(
-        state, lambda rel: fs.get_file_info(f"{path.rstrip('/')}/{rel}").type == pyarrow.fs.FileType.Directory)
-    if lines:
-        write_remote(newest, json.dumps(state).encode())
-        for line in lines:
-            print(line, file=sys.stderr, flush=True)
+    names = [i.base_name for i in infos
+             if i.type == pyarrow.fs.FileType.File and any(fnmatch.fnmatch(i.base_name, p) for p in STATE_FILES)]
+
+    def exists(rel: str) -> bool:
+        return fs.get_file_info(f"{path}/{rel}").type == pyarrow.fs.FileType.Directory
+
+    with tempfile.TemporaryDirectory(prefix="gentune-resume-") as tmp:
+        local = Path(tmp) / PurePosixPath(path).name
+        local.mkdir()
+        before = {}
+        for name in names:
+            before[name] = read_remote(f"{uri}/{name}") or b""
+            (local / name).write_bytes(before[name])
+        trial_ids = check_restorable(local, searched, where=PurePosixPath(path), shown=uri, exists=exists)
+        for file in sorted(local.iterdir()):
+            if file.is_file() and not file.name.startswith(".") and before.get(file.name) != file.read_bytes():
+                write_remote(f"{uri}/{file.name}", file.read_bytes())
+    return trial_ids
 
 
 def deleted_checkpoint_repairs(state: dict, exists) -> list[str]:
@@ -216,7 +230,7 @@ def _storages(obj: Any) -> list:
     return reachable(obj, StorageContext)
 
 
-def moved_storage(state: Any, exp: Path) -> str | None:
+def moved_storage(state: Any, exp: PurePosixPath) -> str | None:
     """The experiment folder a generator state creates new trials in, when that is not `exp` (the
     experiment was moved or copied since): Tune points the trials it restores at the folder it
     resumes (TuneController._restore_trials), but its search generator and grid generator create
@@ -228,7 +242,7 @@ def moved_storage(state: Any, exp: Path) -> str | None:
     return None
 
 
-def follow_move(state: Any, moved_from: str, exp: Path) -> None:
+def follow_move(state: Any, moved_from: str, exp: PurePosixPath) -> None:
     """Point every storage in a generator state at `exp`, as Tune's restore does for its trials."""
     print(f"gentune: the experiment was moved from {moved_from} to {exp}: new trials are written to {exp}",
           file=sys.stderr, flush=True)
@@ -236,8 +250,8 @@ def follow_move(state: Any, moved_from: str, exp: Path) -> None:
         storage.storage_fs_path, storage.experiment_dir_name = str(exp.parent), exp.name
 
 
-def repair_grid_state(exp: Path) -> None:
-    """A grid's generator state (basic-variant-state): new trials go to `exp` (moved_storage).
+def repair_grid_state(exp: Path, where: PurePosixPath | None = None) -> None:
+    """A grid's generator state (basic-variant-state): new trials go to `where` (default `exp`; moved_storage).
     Unreadable, it is left to Tune's restore (RestoreGuard)."""
     from ray.tune.utils.util import _atomic_save
 
@@ -248,9 +262,10 @@ def repair_grid_state(exp: Path) -> None:
         state = _load_tune_pickle(newest)
     except Exception:  # noqa: BLE001
         return
-    moved_from = moved_storage(state, exp)
+    where = where if where is not None else exp
+    moved_from = moved_storage(state, where)
     if moved_from is not None:
-        follow_move(state, moved_from, exp)
+        follow_move(state, moved_from, where)
         _atomic_save(state=state, checkpoint_dir=str(exp), file_name=newest.name, tmp_file_name=f".tmp-{newest.name}")
 
 
@@ -263,7 +278,8 @@ def _load_tune_pickle(path: Path) -> Any:
     return _load_newest_checkpoint(str(path.parent), glob.escape(path.name))
 
 
-def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: set[str] | None = None) -> None:
+def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: set[str] | None = None,
+                                  where: PurePosixPath | None = None) -> None:
     """Make the newest search_gen_state agree with the experiment state: its count of trials, and the
     trials its ConcurrencyLimiter holds live (`unfinished`: the experiment state's trials that Tune
     will run again). The limiter forwards a trial's completion to the searcher only for a live trial,
@@ -289,7 +305,8 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
         raise refuse(newest.name, f"is unreadable ({why}), and no older copy is readable")
     limiter = state.get(LIMITER_KEY)
     live_ok = unfinished is None or limiter is None or set(limiter.get("live_trials", ())) == unfinished
-    moved_from = moved_storage(state, exp) if unfinished is not None else None
+    where = where if where is not None else exp
+    moved_from = moved_storage(state, where) if unfinished is not None else None
     trials_to_come = state.get("total_samples") is not None and n_trials < state["total_samples"]
     # Tune marks the searcher finished when a stopper ends a run early (a --time-budget spent) and
     # saves that mark: restored as it is, the run would start no new trial, whatever budget this command gives
@@ -306,7 +323,7 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
         state[LIMITER_KEY] = {**limiter, "live_trials": set(unfinished), "num_unfinished_live_trials": len(unfinished),
                               "cached_results": {}}
     if moved_from is not None:
-        follow_move(state, moved_from, exp)
+        follow_move(state, moved_from, where)
     if trials_to_come:
         state["finished"] = False
     if stopped_early:

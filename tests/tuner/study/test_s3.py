@@ -450,16 +450,20 @@ def test_s3_study_interrupted_with_ctrl_c_resumes_on_a_new_head_with_every_trial
 
 
 @pytest.mark.slow
-def test_a_checkpoint_deleted_after_the_s3_snapshot_is_replaced_by_the_older_one(s3, idx_mnist, tmp_path, capsys):
-    """Tune deletes a checkpoint pushed out of the kept set before its next snapshot (docs/faults.md): a
-    driver killed in between leaves a snapshot in S3 naming a checkpoint that is gone, and Tune's restore
-    of that trial fails on every retry. Here a finished one-trial study in S3 is made to hold its trial
-    as unfinished (PAUSED) with its latest checkpoint deleted; the resume's repair, run as `--resume`
-    runs it before Ray starts, puts the snapshot back in S3 pointing at the older checkpoint."""
+def test_a_resume_from_s3_repairs_a_deleted_checkpoint_and_a_torn_snapshot(s3, idx_mnist, tmp_path, capsys):
+    """The checks and repairs of a resume before Ray starts (tuner/study/resume.py), on a study in S3.
+    (1) Tune deletes a checkpoint pushed out of the kept set before its next snapshot (docs/faults.md): a
+    driver killed in between leaves a snapshot naming a checkpoint that is gone, and Tune's restore of
+    that trial fails on every retry. Here a finished one-trial study in S3 is made to hold its trial as
+    unfinished (PAUSED) with its latest checkpoint deleted: the repair puts the snapshot back in S3
+    pointing at the older checkpoint, and `--resume` finishes the trial. (2) A torn snapshot: the
+    search generator's count from before the trial was created; `--resume` sets it to the trials of the
+    experiment state, and no extra trial is run."""
     import pandas as pd
     from ray.tune.experiment import Trial
+    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
 
-    from tuner.study.resume import repair_remote_snapshot
+    from tuner.study.resume import check_restorable_remote
 
     name, bucket = "deleted", s3.bucket
     uri = f"s3://{bucket}/gentune/{name}"
@@ -487,14 +491,16 @@ def test_a_checkpoint_deleted_after_the_s3_snapshot_is_replaced_by_the_older_one
 
     said = (f"gentune: trial {record['trial_id']}: its checkpoint checkpoint_000001 in Tune's snapshot was deleted "
             "after the snapshot (Tune keeps the 2 best and the latest); it resumes from checkpoint_000000 (")
-    repair_remote_snapshot(uri)
+    assert check_restorable_remote(uri, searched=True) == {record["trial_id"]}
     assert said in capsys.readouterr().err
     (trial_json, metadata), = json.loads(s3.get(bucket, key))["trial_data"]  # read back as Tune's restore reads it
     trial = Trial.from_json_state(trial_json, stub=True)
     trial.restore_run_metadata(metadata)
     assert trial.status == "PAUSED" and trial.checkpoint.path.endswith("/checkpoint_000000")
-    repair_remote_snapshot(uri)  # nothing left to repair: nothing said, nothing written
+    before = {k: s3.get(bucket, k) for k in s3.keys(bucket, prefix) if "/" not in k[len(prefix):]}
+    check_restorable_remote(uri, searched=True)  # nothing left to repair: nothing said, nothing written
     assert capsys.readouterr().err == ""
+    assert {k: s3.get(bucket, k) for k in s3.keys(bucket, prefix) if "/" not in k[len(prefix):]} == before
 
     # the same damage once more, repaired by `--resume` itself, which then finishes the trial from that checkpoint
     client.put_object(Bucket=bucket, Key=key, Body=json.dumps(state).encode())
@@ -506,3 +512,22 @@ def test_a_checkpoint_deleted_after_the_s3_snapshot_is_replaced_by_the_older_one
     assert said in resumed.log.read_text()
     trials = pd.read_csv(BytesIO(s3.get(bucket, prefix + "trials.csv")), dtype={"trial_id": str})
     assert list(trials["status"]) == ["completed"]
+
+    # a torn snapshot in S3 (search_gen_state from before the trial was created): unrepaired, Tune would
+    # create one trial more than --num-samples; the resume sets its count to the experiment state's
+    gen_key = max(k for k in s3.keys(bucket, prefix) if k.startswith(prefix + "search_gen_state-"))
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    (folder / gen_key.rsplit("/", 1)[1]).write_bytes(s3.get(bucket, gen_key))
+    gen = _load_newest_checkpoint(str(folder), gen_key.rsplit("/", 1)[1])
+    assert gen["counter"] == 1
+    _atomic_save({**gen, "counter": 0}, str(folder), gen_key.rsplit("/", 1)[1], "tmp-gen")
+    client.put_object(Bucket=bucket, Key=gen_key, Body=(folder / gen_key.rsplit("/", 1)[1]).read_bytes())
+    again = Driver(["--storage-path", f"s3://{bucket}/gentune", "--name", name, "--resume"], tmp_path, "2")
+    try:
+        assert again.wait(240) == 0, again.log.read_text()[-4000:]
+    finally:
+        again.kill()
+    assert "counted 0 trials, the experiment state holds 1" in again.log.read_text()
+    trials = pd.read_csv(BytesIO(s3.get(bucket, prefix + "trials.csv")), dtype={"trial_id": str})
+    assert list(trials["trial_id"]) == [record["trial_id"]]
