@@ -56,6 +56,7 @@ def check_restorable(exp: Path, searched: bool, *, where: PurePosixPath | None =
     """
     where = where if where is not None else exp
     shown = shown if shown is not None else str(exp)
+    exists = exists or (lambda rel: (exp / rel).is_dir())
 
     def refuse(what: str, why: str) -> RestoreFailed:
         return RestoreFailed(f"cannot resume {shown}: {what} {why}; nothing was run or changed")
@@ -78,10 +79,10 @@ def check_restorable(exp: Path, searched: bool, *, where: PurePosixPath | None =
         raise refuse(state_file.name, f"is unreadable ({type(err).__name__}: {err})") from None
     check_lock_folder(exp)  # before any repair: a refusal changes nothing
     if searched:
-        repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished, where=where)
+        repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished, where)
     elif unfinished is not None:
-        repair_grid_state(exp, where=where)
-    repair_deleted_checkpoints(exp, state_file, state, exists)
+        repair_grid_state(exp, where)
+    repair_deleted_checkpoints(state_file, state, exists)
     remove_partial_copies(exp)
     return trial_ids
 
@@ -93,11 +94,11 @@ def _position(result) -> float | None:
     return None if value is None else float(value)
 
 
-def repair_deleted_checkpoints(exp: Path, state_file: Path, state: dict, exists: Callable[[str], bool] | None = None) -> None:
-    """`deleted_checkpoint_repairs`, the checkpoints looked up in `exp` (or with `exists`): the repaired snapshot is written whole."""
+def repair_deleted_checkpoints(state_file: Path, state: dict, exists: Callable[[str], bool]) -> None:
+    """`deleted_checkpoint_repairs` of the experiment state in `state_file`: the repaired one is written whole."""
     from tuner.config.atomic import write_whole
 
-    lines = deleted_checkpoint_repairs(state, exists or (lambda rel: (exp / rel).is_dir()))
+    lines = deleted_checkpoint_repairs(state, exists)
     if lines:
         write_whole(state_file, lambda tmp: tmp.write_text(json.dumps(state)))
         for line in lines:
@@ -138,12 +139,14 @@ def check_restorable_remote(uri: str, searched: bool) -> set[str]:
             (local / name).write_bytes(before[name])
         trial_ids = check_restorable(local, searched, where=PurePosixPath(path), shown=uri, exists=exists)
         for file in sorted(local.iterdir()):
-            if file.is_file() and not file.name.startswith(".") and before.get(file.name) != file.read_bytes():
-                write_remote(f"{uri}/{file.name}", file.read_bytes())
+            if file.is_file() and not file.name.startswith("."):
+                data = file.read_bytes()
+                if before.get(file.name) != data:
+                    write_remote(f"{uri}/{file.name}", data)
     return trial_ids
 
 
-def deleted_checkpoint_repairs(state: dict, exists) -> list[str]:
+def deleted_checkpoint_repairs(state: dict, exists: Callable[[str], bool]) -> list[str]:
     """Point each unfinished trial whose snapshotted checkpoint is gone at its newest older one still in storage.
 
     Tune deletes a trial's checkpoint as soon as a newer one pushes it out of the kept set (the 2 best
@@ -250,8 +253,9 @@ def follow_move(state: Any, moved_from: str, exp: PurePosixPath) -> None:
         storage.storage_fs_path, storage.experiment_dir_name = str(exp.parent), exp.name
 
 
-def repair_grid_state(exp: Path, where: PurePosixPath | None = None) -> None:
-    """A grid's generator state (basic-variant-state): new trials go to `where` (default `exp`; moved_storage).
+def repair_grid_state(exp: Path, where: PurePosixPath) -> None:
+    """A grid's generator state (basic-variant-state) in `exp`: new trials go to `where`, the experiment's
+    path in its storage (moved_storage).
     Unreadable, it is left to Tune's restore (RestoreGuard)."""
     from ray.tune.utils.util import _atomic_save
 
@@ -262,7 +266,6 @@ def repair_grid_state(exp: Path, where: PurePosixPath | None = None) -> None:
         state = _load_tune_pickle(newest)
     except Exception:  # noqa: BLE001
         return
-    where = where if where is not None else exp
     moved_from = moved_storage(state, where)
     if moved_from is not None:
         follow_move(state, moved_from, where)
@@ -278,14 +281,14 @@ def _load_tune_pickle(path: Path) -> Any:
     return _load_newest_checkpoint(str(path.parent), glob.escape(path.name))
 
 
-def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: set[str] | None = None,
-                                  where: PurePosixPath | None = None) -> None:
+def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: set[str] | None,
+                                  where: PurePosixPath) -> None:
     """Make the newest search_gen_state agree with the experiment state: its count of trials, and the
     trials its ConcurrencyLimiter holds live (`unfinished`: the experiment state's trials that Tune
     will run again). The limiter forwards a trial's completion to the searcher only for a live trial,
     so a restored trial it did not know would finish without being told to Optuna, and a finished one
     it still held would keep a concurrency slot for the rest of the run. And the folder new trials are
-    written to: `exp`, where the experiment is now. And the searcher's "finished" mark of a run Tune stopped
+    written to: `where`, the experiment's path in its storage now. And the searcher's "finished" mark of a run Tune stopped
     before its last trial, so that the resumed study creates trials again. `unfinished` is None when the
     experiment state holds records Tune cannot restore: its restore will refuse, so only a damaged file is
     rewritten."""
@@ -305,7 +308,6 @@ def repair_search_generator_state(exp: Path, n_trials: int, refuse, unfinished: 
         raise refuse(newest.name, f"is unreadable ({why}), and no older copy is readable")
     limiter = state.get(LIMITER_KEY)
     live_ok = unfinished is None or limiter is None or set(limiter.get("live_trials", ())) == unfinished
-    where = where if where is not None else exp
     moved_from = moved_storage(state, where) if unfinished is not None else None
     trials_to_come = state.get("total_samples") is not None and n_trials < state["total_samples"]
     # Tune marks the searcher finished when a stopper ends a run early (a --time-budget spent) and

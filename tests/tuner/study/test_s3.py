@@ -461,8 +461,7 @@ def test_a_resume_from_s3_repairs_a_deleted_checkpoint_and_a_torn_snapshot(s3, i
     experiment state, and no extra trial is run."""
     import pandas as pd
     from ray.tune.experiment import Trial
-    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
-
+    from damaged_studies import search_gen_state, write_search_gen_state
     from tuner.study.resume import check_restorable_remote
 
     name, bucket = "deleted", s3.bucket
@@ -516,13 +515,14 @@ def test_a_resume_from_s3_repairs_a_deleted_checkpoint_and_a_torn_snapshot(s3, i
     # a torn snapshot in S3 (search_gen_state from before the trial was created): unrepaired, Tune would
     # create one trial more than --num-samples; the resume sets its count to the experiment state's
     gen_key = max(k for k in s3.keys(bucket, prefix) if k.startswith(prefix + "search_gen_state-"))
-    folder = tmp_path / "gen"
+    folder = tmp_path / "gen"  # damaged as the local torn-snapshot test damages it, then put back
     folder.mkdir()
-    (folder / gen_key.rsplit("/", 1)[1]).write_bytes(s3.get(bucket, gen_key))
-    gen = _load_newest_checkpoint(str(folder), gen_key.rsplit("/", 1)[1])
+    gen_file = folder / gen_key.rsplit("/", 1)[1]
+    gen_file.write_bytes(s3.get(bucket, gen_key))
+    gen = search_gen_state(folder)
     assert gen["counter"] == 1
-    _atomic_save({**gen, "counter": 0}, str(folder), gen_key.rsplit("/", 1)[1], "tmp-gen")
-    client.put_object(Bucket=bucket, Key=gen_key, Body=(folder / gen_key.rsplit("/", 1)[1]).read_bytes())
+    write_search_gen_state(folder, {**gen, "counter": 0})
+    client.put_object(Bucket=bucket, Key=gen_key, Body=gen_file.read_bytes())
     again = Driver(["--storage-path", f"s3://{bucket}/gentune", "--name", name, "--resume"], tmp_path, "2")
     try:
         assert again.wait(240) == 0, again.log.read_text()[-4000:]
