@@ -150,6 +150,28 @@ def read_rows(path: Path) -> pd.DataFrame:
     return rows
 
 
+def with_classifier(runs: pd.DataFrame) -> pd.DataFrame:
+    """rerun rows with a `classifier` column, part of the protocol a table groups by: the domain
+    classifier's checksum prefix for a domain FID (two classifiers' FIDs do not compare,
+    tuner/results/exports.py:classifier_mix), "unrecorded" for a domain row written before gentune
+    recorded it, and empty for an Inception FID, which no domain classifier touches."""
+    recorded = runs["domain_classifier_sha"] if "domain_classifier_sha" in runs else pd.Series(None, index=runs.index, dtype=object)
+    domain = runs["fid_backbone"] == "domain" if "fid_backbone" in runs else pd.Series(False, index=runs.index)
+    return runs.assign(classifier=recorded.fillna("unrecorded").astype(object).where(domain, None))
+
+
+def protocol_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """rerun rows split by protocol (KEY's fid_backbone, fid_samples, max_kimg, and a domain FID's
+    classifier), each with its description ("" when no row records one): summarised apart, never mixed."""
+    runs = with_classifier(runs)
+    keys = [c for c in ("fid_backbone", "fid_samples", "max_kimg", "classifier") if c in runs]
+    groups = []
+    for key, part in runs.groupby(keys, dropna=False, sort=False):
+        values = key if isinstance(key, tuple) else (key,)
+        groups.append((", ".join(f"{k} {v}" for k, v in zip(keys, values) if not pd.isna(v)), part))
+    return groups
+
+
 def done_keys(rows: pd.DataFrame) -> dict[tuple, float]:
     """{key: g_ema of its row} of the rows that record their protocol."""
     keys = {}

@@ -76,6 +76,7 @@ def literature_section(name: str, trials, runs) -> str:
     import pandas as pd
 
     from analysis import fmt
+    from analysis.final import with_classifier
 
     runs = runs[runs["fid_backbone"].notna()] if "fid_backbone" in runs else runs.iloc[0:0]
     if runs.empty:
@@ -83,7 +84,9 @@ def literature_section(name: str, trials, runs) -> str:
                 "(run `python -m analysis.rerun EXPERIMENT_DIR --top 1 --final`).\n")
     labels = trials.set_index("trial_id")["label"].to_dict() if "label" in trials else {}
     rows, placements, datasets = [], [], set()
-    for (trial_id, backbone, samples, kimg), g in runs.groupby(["trial_id", "fid_backbone", "fid_samples", "max_kimg"], sort=False):
+    runs = with_classifier(runs)  # a domain FID's classifier is part of its protocol
+    groups = runs.groupby(["trial_id", "fid_backbone", "fid_samples", "max_kimg", "classifier"], sort=False, dropna=False)
+    for (trial_id, backbone, samples, kimg, classifier), g in groups:
         first = g.iloc[0]
         dataset, family = str(first.get("dataset")), str(first.get("family"))
         loss = first.get("loss") if isinstance(first.get("loss"), str) else None
@@ -111,7 +114,8 @@ def literature_section(name: str, trials, runs) -> str:
         rows.append({
             "config": labels.get(trial_id, trial_id),
             "trial": f"`{trial_id}`",
-            "protocol": f"{backbone}, {fmt.count(samples)} samples, {fmt.kimg(kimg)} kimg",
+            "protocol": f"{backbone}, {fmt.count(samples)} samples, {fmt.kimg(kimg)} kimg"
+                        + (f", classifier {classifier}" if isinstance(classifier, str) else ""),
             "precision": ", ".join(sorted({str(p) for p in g["precision"].dropna()})) or "n/a",
             "seeds": ", ".join(str(int(s)) for s in sorted(g["seed"])),
             "FID, last checkpoint (mean ± std)": f"{fmt.fid(mean)} ± {fmt.fid(std)}",

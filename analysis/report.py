@@ -363,7 +363,7 @@ class Report:
             self.add(f"### Q{i}: {a.title}", "", a.markdown, "")
 
     def section_reruns(self) -> None:
-        from analysis.final import rerun_summary
+        from analysis.final import protocol_groups, rerun_summary
 
         found = [(e, e.path / "rerun.parquet") for e in self.exps if (e.path / "rerun.parquet").is_file()]
         self.add("## Re-runs with other seeds", "")
@@ -371,14 +371,9 @@ class Report:
             self.add("Not enough data: no rerun.parquet (run `python -m analysis.rerun EXPERIMENT_DIR --top K --seeds S`).", "")
             return
         for e, path in found:
-            runs = pd.read_parquet(path)
-            # rows of different protocols (analysis/final.py's key) are summarised apart, never mixed
-            keys = [c for c in ("fid_backbone", "fid_samples", "max_kimg") if c in runs]
-            groups = list(runs.groupby(keys, dropna=False, sort=False)) if keys else [((), runs)]
-            for key, part in groups:
+            groups = protocol_groups(pd.read_parquet(path))
+            for protocol, part in groups:
                 summary, text = rerun_summary(e.trials, part)
-                values = key if isinstance(key, tuple) else (key,)
-                protocol = ", ".join(f"{k} {v}" for k, v in zip(keys, values) if not pd.isna(v))
                 title = f"### `{e.name}`" + (f" ({protocol})" if protocol and len(groups) > 1 else "")
                 self.add(title, "", (f"Protocol: {protocol}." if protocol else "Protocol: each trial's own."), "", text, "")
 

@@ -293,6 +293,37 @@ def test_classifier_mix_is_one_line_and_analysis_refuses_it(monkeypatch, tmp_pat
     assert len(frames.load_experiments(["/nowhere/a"]).experiments) == 1
 
 
+def test_domain_fids_of_two_classifiers_are_never_summarised_together():
+    """A domain FID's classifier is part of its protocol (issue: FIDs of two classifiers are never mixed
+    in one table): the re-run tables and the literature table keep each classifier's seeds apart; an
+    Inception FID involves no domain classifier, so its seeds stay together whatever the trial recorded."""
+    from analysis.final import protocol_groups, with_classifier
+    from analysis.literature import literature_section
+
+    trials = pd.DataFrame({"trial_id": ["a"], "label": ["hinge #1"]})
+    base = dict(trial_id="a", dataset="fashion-mnist", family="gan", loss="hinge", precision="fp32", max_kimg=64.0,
+                fid_samples=1000, fid_ema_final=None)
+    runs = pd.DataFrame([
+        {**base, "seed": 1, "fid_backbone": "domain", "domain_classifier_sha": "aaaa1111", "fid_final": 40.0},
+        {**base, "seed": 2, "fid_backbone": "domain", "domain_classifier_sha": "aaaa1111", "fid_final": 42.0},
+        {**base, "seed": 3, "fid_backbone": "domain", "domain_classifier_sha": "bbbb2222", "fid_final": 60.0},
+        {**base, "seed": 4, "fid_backbone": "domain", "domain_classifier_sha": None, "fid_final": 50.0},
+        {**base, "seed": 1, "fid_backbone": "inception", "domain_classifier_sha": "aaaa1111", "fid_final": 30.0},
+        {**base, "seed": 2, "fid_backbone": "inception", "domain_classifier_sha": "bbbb2222", "fid_final": 32.0}])
+    assert list(with_classifier(runs)["classifier"]) == ["aaaa1111", "aaaa1111", "bbbb2222", "unrecorded", None, None]
+    groups = {protocol: sorted(part["seed"]) for protocol, part in protocol_groups(runs)}
+    assert groups == {"fid_backbone domain, fid_samples 1000, max_kimg 64.0, classifier aaaa1111": [1, 2],
+                      "fid_backbone domain, fid_samples 1000, max_kimg 64.0, classifier bbbb2222": [3],
+                      "fid_backbone domain, fid_samples 1000, max_kimg 64.0, classifier unrecorded": [4],
+                      "fid_backbone inception, fid_samples 1000, max_kimg 64.0": [1, 2]}
+    rows = [line.split(" | ") for line in literature_section("exp", trials, runs).splitlines() if line.startswith("| hinge #1 |")]
+    assert {row[2]: (row[4], row[5]) for row in rows} == {  # protocol: (seeds, mean ± sample std)
+        "domain, 1000 samples, 64.00 kimg, classifier aaaa1111": ("1, 2", "41.00 ± 1.41"),
+        "domain, 1000 samples, 64.00 kimg, classifier bbbb2222": ("3", "60.00 ± n/a"),
+        "domain, 1000 samples, 64.00 kimg, classifier unrecorded": ("4", "50.00 ± n/a"),
+        "inception, 1000 samples, 64.00 kimg": ("1, 2", "31.00 ± 1.41")}
+
+
 def test_a_final_evaluation_row_names_its_classifier():
     from analysis.final import row_of
     from tuner.config import TrainConfig
