@@ -15,8 +15,11 @@ process and local Ray), at the default per-trial budget of `python tuner/search.
 Compute is counted as in search_efficiency.py: evaluations in wall-clock order, each adding the kimg
 its trial trained since its previous one (a PBT exploit restarts a trial at the donor's kimg: what it
 trains after that counts). Per seed: the best FID at the smaller of the two arms' total compute, each
-arm's best FID at its own end, and wall-clock; then the medians. The verdict goes in BENCHMARKS.md,
-and the default scheduler should follow it.
+arm's best FID at its own end, the best FID within the shorter arm's wall-clock (from each study's
+command start: STORAGE/STAMP/times.json, written as the run goes; an --analyze of a run without it
+takes each study's log's creation and last change in benchmarks/results/pbt_vs_asha_STAMP/), and the
+wall-clocks; then the medians. The verdict goes in BENCHMARKS.md, and the default scheduler should
+follow it.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ import math
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository root on sys.path too)
 import search_efficiency as se  # noqa: E402  (its runner and compute curves)
+import vs_plain_optuna as vpo  # noqa: E402  (wall-clock curves: with_wall, best_within_wall, file_times)
 
 import pandas as pd  # noqa: E402
 
@@ -81,17 +86,44 @@ def synthetic_history(arm: str, max_kimg: float, every: float, seed: int) -> pd.
 
 
 def compare(curves: dict[str, list[pd.DataFrame]], seeds: list[int], wall: dict) -> tuple[list[list], dict]:
+    """Per seed and arm: the best FID at equal compute (the smaller total kimg), and, where both arms'
+    wall-clocks are known (`wall[arm, seed]`, the curves holding wall_s), at equal wall-clock."""
     rows, figures = [], {"asha": [], "pbt": []}
     for i, seed in enumerate(seeds):
         a, b = curves["asha"][i], curves["pbt"][i]
         equal = min(float(a["cum_kimg"].iloc[-1]), float(b["cum_kimg"].iloc[-1]))
+        timed = ("asha", seed) in wall and ("pbt", seed) in wall
+        equal_wall = min(wall["asha", seed], wall["pbt", seed]) if timed else math.nan
         for arm, c in (("asha", a), ("pbt", b)):
             at_equal = se.best_at(c, equal)
+            at_wall = vpo.best_within_wall(c, equal_wall) if timed else math.nan
+            at_wall = math.inf if timed and math.isnan(at_wall) else at_wall  # timed, but no evaluation by then
             end = float(c["best_fid"].dropna().iloc[-1]) if c["best_fid"].notna().any() else math.nan
-            figures[arm].append({"seed": seed, "at_equal": at_equal, "end": end})
-            rows.append([ARMS[arm], seed, float(c["cum_kimg"].iloc[-1]), equal, at_equal, end,
-                         wall.get((arm, seed), "not recorded")])
+            figures[arm].append({"seed": seed, "at_equal": at_equal, "at_wall": at_wall, "end": end})
+            rows.append([ARMS[arm], seed, float(c["cum_kimg"].iloc[-1]), equal, at_equal,
+                         round(equal_wall) if timed else "not recorded",
+                         "not recorded" if not timed else at_wall if math.isfinite(at_wall) else "no evaluation yet",
+                         end, round(wall[arm, seed]) if (arm, seed) in wall else "not recorded"])
     return rows, figures
+
+
+def arm_times(exps: dict[str, list[Path]]) -> tuple[dict, str | None]:
+    """{(arm, seed): (start, seconds)} of an --analyze'd run: from times.json beside the experiments
+    (written by a run of this script), else from the creation and last change of each study's log in
+    benchmarks/results/pbt_vs_asha_<STAMP>/ (STAMP: the experiments' folder). A note says which."""
+    times, from_logs = {}, False
+    for arm, es in exps.items():
+        for seed, exp in enumerate(es):
+            saved = exp.parent / "times.json"
+            log = common.RESULTS_DIR / f"pbt_vs_asha_{exp.parent.name}" / f"{exp.name}.log"
+            if saved.is_file() and exp.name in json.loads(saved.read_text()):
+                times[arm, seed] = tuple(json.loads(saved.read_text())[exp.name])
+            elif log.is_file():
+                start, end = vpo.file_times(exp, log)
+                times[arm, seed], from_logs = (start, end - start), True
+    note = ("wall-clocks from the creation and last change of each study's log (no times.json): "
+            "they start a moment after the command and end with its summary") if from_logs else None
+    return times, note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,39 +141,50 @@ def main(argv: list[str] | None = None) -> int:
             parse(study_argv(args, storage, f"x{seed}{arm}", seed, arm))
 
     notes: list[str] = []
-    wall: dict = {}
+    times: dict = {}  # (arm, seed): (start, seconds) of each study's command
     load = common.LoadMonitor()
     with load:
         if args.smoke:
             hists = {arm: [synthetic_history(arm, 8.0, 2.0, 10 * i + k) for k in seeds] for i, arm in enumerate(ARMS)}
+            times = {(arm, seed): (0.0, float(h["timestamp"].max())) for arm, hs in hists.items() for seed, h in zip(seeds, hs)}
             notes.append("SMOKE: synthetic histories; no trial was trained. The CLI flags of every run were validated.")
             base = {"max_kimg": 8.0, "fid_samples": 1000, "fid_backbone": "domain"}
         else:
             if args.analyze:
                 exps = {"asha": [Path(e) for e in args.analyze], "pbt": [Path(e) for e in args.pbt]}
+                times, how = arm_times(exps)
+                notes += [how] if how else []
             else:
                 Path(storage).mkdir(parents=True, exist_ok=True)
                 logs = common.RESULTS_DIR / f"pbt_vs_asha_{st}"
                 logs.mkdir(parents=True, exist_ok=True)
-                exps = {"asha": [], "pbt": []}
+                exps, times, saved = {"asha": [], "pbt": []}, {}, {}
                 for seed in seeds:
                     for arm in ARMS:
-                        name = f"{arm}-seed{seed}"
-                        wall[arm, seed] = se.run_search(study_argv(args, storage, name, seed, arm), logs / f"{name}.log")
+                        name, start = f"{arm}-seed{seed}", time.time()
+                        seconds = se.run_search(study_argv(args, storage, name, seed, arm), logs / f"{name}.log")
+                        times[arm, seed] = saved[name] = (start, seconds)
+                        (Path(storage) / "times.json").write_text(json.dumps(saved, indent=1))
                         exps[arm].append(Path(storage) / name)
             hists = {arm: [se.load_history(e) for e in es] for arm, es in exps.items()}
             base = json.loads((exps["asha"][0] / "search_config.json").read_text())["base"]
             notes.append("experiments: " + "; ".join(f"{arm} " + ", ".join(str(e) for e in es) for arm, es in exps.items()))
 
-    curves = {arm: [se.compute_curve(h) for h in hs] for arm, hs in hists.items()}
-    rows, fig = compare(curves, seeds, wall)
+    curves = {arm: [vpo.with_wall(se.compute_curve(h), times[arm, seeds[i]][0]) if (arm, seeds[i]) in times
+                    else se.compute_curve(h) for i, h in enumerate(hs)] for arm, hs in hists.items()}
+    rows, fig = compare(curves, seeds, {key: seconds for key, (_, seconds) in times.items()})
     asha_med = common.median([f["at_equal"] for f in fig["asha"]])
     pbt_med = common.median([f["at_equal"] for f in fig["pbt"]])
     per_seed = common.table(["arm", "seed", "total kimg", "equal compute (kimg)", "best FID at equal compute",
-                             "best FID at its end", "wall-clock (s)"], rows)
-    verdict = common.table(["comparison (median over seeds, at equal compute)", "measured", "verdict"],
-                           [["best FID: PBT vs ASHA", f"{pbt_med:.2f} vs {asha_med:.2f}",
-                             "PBT better" if pbt_med < asha_med else "ASHA better or equal"]])
+                             "equal wall-clock (s)", "best FID at equal wall-clock", "best FID at its end",
+                             "wall-clock (s)"], rows)
+    verdicts = [["best FID at equal compute: PBT vs ASHA", f"{pbt_med:.2f} vs {asha_med:.2f}",
+                 "PBT better" if pbt_med < asha_med else "ASHA better or equal"]]
+    if all(not math.isnan(f["at_wall"]) for arm in fig for f in fig[arm]):
+        asha_wall, pbt_wall = (common.median([f["at_wall"] for f in fig[arm]]) for arm in ("asha", "pbt"))
+        verdicts.append(["best FID at equal wall-clock: PBT vs ASHA", f"{pbt_wall:.2f} vs {asha_wall:.2f}",
+                         "PBT better" if pbt_wall < asha_wall else "ASHA better or equal"])
+    verdict = common.table(["comparison (median over seeds)", "measured", "verdict"], verdicts)
     budget = (f"Per-trial budget: the defaults of `python tuner/search.py` ({base['max_kimg']:g} kimg, FID on "
               f"{base['fid_samples']} samples, {base['fid_backbone']} features). ASHA: the default study with --seed S. "
               f"PBT: --scheduler pbt --num-samples {args.population}"

@@ -27,7 +27,7 @@ SCRIPTS = {
     "scaling": (False, "| trainable | setup | slots |"),
     "gpu_packing": (True, "| device | config | K | precision | method | img/s (median) |"),
     "checkpoint_cost": (True, "| trial | kimg | evaluations | checkpoints between |"),
-    "pbt_vs_asha": (False, "| arm | seed | total kimg | equal compute (kimg) | best FID at equal compute |"),
+    "pbt_vs_asha": (False, "| best FID at equal wall-clock: PBT vs ASHA |"),
     "vs_plain_optuna": (True, "| arm | seed | total kimg | equal compute (kimg) | best FID at equal compute |"),
 }
 
