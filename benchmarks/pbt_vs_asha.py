@@ -114,10 +114,10 @@ def arm_times(exps: dict[str, list[Path]]) -> tuple[dict, str | None]:
     times, from_logs = {}, False
     for arm, es in exps.items():
         for seed, exp in enumerate(es):
-            saved = exp.parent / "times.json"
+            saved = json.loads((exp.parent / "times.json").read_text()) if (exp.parent / "times.json").is_file() else {}
             log = common.RESULTS_DIR / f"pbt_vs_asha_{exp.parent.name}" / f"{exp.name}.log"
-            if saved.is_file() and exp.name in json.loads(saved.read_text()):
-                times[arm, seed] = tuple(json.loads(saved.read_text())[exp.name])
+            if exp.name in saved:
+                times[arm, seed] = tuple(saved[exp.name])
             elif log.is_file():
                 start, end = vpo.file_times(exp, log)
                 times[arm, seed], from_logs = (start, end - start), True
