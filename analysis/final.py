@@ -12,8 +12,8 @@ interrupt restores it (Tuner.restore) and continues; cells already in EXPERIMENT
 not run again.
 
 Each finished cell becomes one row of rerun.parquet keyed by (trial_id, seed, fid_backbone,
-fid_samples, max_kimg): the protocol is part of the key, so runs under different protocols never
-mix. The file is rewritten atomically and only ever gains or updates rows. The FID reported as the
+fid_samples, max_kimg, and a domain FID's classifier): the protocol is part of the key, so runs under
+different protocols never mix, and a cell done with another domain classifier is run again beside it. The file is rewritten atomically and only ever gains or updates rows. The FID reported as the
 result is the one of the LAST checkpoint (`fid_final`, and `fid_ema_final` for the generator's EMA);
 `fid_best` (the best evaluation, chosen on the test images) is kept for reference only.
 """
@@ -37,7 +37,7 @@ from tuner.config import ConfigError, TrainConfig
 # python -m analysis.rerun --final: the protocol of Lucic et al. 2018 (10k generated vs 10k test
 # images, Inception features), at 1000 kimg (~15.6k steps at batch 64), 3 seeds.
 FINAL_PROTOCOL = {"max_kimg": 1000.0, "fid_backbone": "inception", "fid_samples": 10000, "seeds": 3}
-KEY = ["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg"]
+KEY = ["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg", "domain_classifier_sha"]  # the last: domain FIDs only
 COLUMNS = KEY + ["fid_final", "fid_best", "fid_ema_final", "fid_ema_best", "g_ema", "kimg", "wall_time_s", "diverged",
                  "precision", "dataset", "family", "loss", "scored_checkpoint", "config", "finished_at"]
 # set per run, not per config: these come from the run's own base config (tuner.study.driver.resolve_gpus)
@@ -129,13 +129,46 @@ def cell_params(cfg: TrainConfig) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
+def row_classifier(row: dict[str, Any]) -> str | None:
+    """The domain classifier (id) a row's FID was scored with: "unrecorded" for a domain row written
+    before gentune recorded it, None for an Inception FID (no domain classifier touches it)."""
+    if str(row.get("fid_backbone")) != "domain":
+        return None
+    sha = row.get("domain_classifier_sha")
+    return sha if isinstance(sha, str) and sha else "unrecorded"
+
+
 def row_key(row: dict[str, Any]) -> tuple:
-    return (str(row["trial_id"]), int(row["seed"]), str(row["fid_backbone"]), int(row["fid_samples"]), float(row["max_kimg"]))
+    return (str(row["trial_id"]), int(row["seed"]), str(row["fid_backbone"]), int(row["fid_samples"]), float(row["max_kimg"]),
+            row_classifier(row))
 
 
 def cell_key(cell: dict[str, Any]) -> tuple:
+    """A planned cell's key; its "classifier" is the domain classifier it will score with (`with_classifier_ids`)."""
     cfg = cell["config"]
-    return (cell["trial_id"], cell["seed"], cfg.fid_backbone, cfg.fid_samples, float(cfg.max_kimg))
+    return (cell["trial_id"], cell["seed"], cfg.fid_backbone, cfg.fid_samples, float(cfg.max_kimg),
+            cell.get("classifier") if cfg.fid_backbone == "domain" else None)
+
+
+def with_classifier_ids(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells, each domain-FID cell with the id of the classifier its run will load ("classifier"):
+    the shipped one, a file, or this machine's trained one (trained here now if it is not cached yet,
+    as the run would do first). Loaded once per (dataset, source, cache)."""
+    from tuner.metrics.domain import load_classifier
+
+    ids: dict[tuple, str] = {}
+    out = []
+    for c in cells:
+        cfg = c["config"]
+        if cfg.fid_backbone != "domain":
+            out.append(c)
+            continue
+        where = (cfg.dataset, cfg.domain_classifier, cfg.cache_dir, cfg.data_mirror)
+        if where not in ids:
+            ids[where] = load_classifier(cfg.dataset, cfg.domain_classifier, cache_dir=cfg.cache_dir,
+                                         mirror=cfg.data_mirror)[1]["id"]
+        out.append({**c, "classifier": ids[where]})
+    return out
 
 
 def read_rows(path: Path) -> pd.DataFrame:
@@ -283,7 +316,7 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
     # never the study's (its trials checkpointed at rungs of another budget)
     schedule = {"checkpoint_every_kimg": TrainConfig.checkpoint_every_kimg if checkpoint_every_kimg is None else checkpoint_every_kimg,
                 "checkpoint_every_min": TrainConfig.checkpoint_every_min if checkpoint_every_min is None else checkpoint_every_min}
-    cells = [{**c, "config": c["config"].replace(**schedule)} for c in cells]
+    cells = with_classifier_ids([{**c, "config": c["config"].replace(**schedule)} for c in cells])
     name = experiment_name(cells)
     done = done_keys(read_rows(target))
     todo = [c for c in cells if not is_done(c, done)]

@@ -73,6 +73,30 @@ def test_rows_merge_by_protocol_key_and_never_shrink(tmp_path):
     assert sorted(rows["fid_final"]) == [8.0, 9.0, 10.0]
 
 
+def test_a_domain_cell_done_with_another_classifier_runs_again_and_both_rows_stay(tmp_path):
+    from analysis.final import cell_key, done_keys, is_done, with_classifier_ids
+    from tuner.config import TrainConfig
+    from tuner.metrics.domain import SHIPPED
+
+    shipped = SHIPPED["fashion-mnist"]["weights_sha256"][:12]
+    domain = TrainConfig(dataset="fashion-mnist", fid_backbone="domain", fid_samples=64, max_kimg=0.5, eval_every_kimg=0.5)
+    inception = domain.replace(fid_backbone="inception")
+    cells = with_classifier_ids([{"trial_id": "a", "seed": 1, "config": domain},
+                                 {"trial_id": "a", "seed": 1, "config": inception}])
+    assert cells[0]["classifier"] == shipped and "classifier" not in cells[1]  # Inception: no classifier
+    row = dict(trial_id="a", seed=1, fid_backbone="domain", fid_samples=64, max_kimg=0.5, g_ema=0.0, fid_final=10.0)
+    other, old = {**row, "domain_classifier_sha": "0123456789ab"}, {**row, "fid_final": 11.0}  # old: unrecorded
+    assert not is_done(cells[0], done_keys(pd.DataFrame([other, old])))
+    assert is_done(cells[0], done_keys(pd.DataFrame([other, {**row, "domain_classifier_sha": shipped}])))
+    inception_row = {**row, "fid_backbone": "inception", "domain_classifier_sha": None}
+    assert is_done(cells[1], done_keys(pd.DataFrame([inception_row]))) and cell_key(cells[1])[-1] is None
+    path = tmp_path / "rerun.parquet"
+    merge_rows(path, [other, old])
+    merge_rows(path, [{**row, "domain_classifier_sha": shipped, "fid_final": 9.0}])  # a third classifier: a new row
+    merge_rows(path, [{**other, "fid_final": 8.0}])  # the same classifier again: updated in place
+    assert sorted(pd.read_parquet(path)["fid_final"]) == [8.0, 9.0, 11.0]
+
+
 @pytest.mark.slow
 def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_mnist, ray_local, tmp_path):
     # the study in this process (the module's Ray); each rerun is a driver of its own, killed or not
