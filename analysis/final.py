@@ -32,12 +32,13 @@ import pandas as pd
 
 from analysis import fmt
 from tuner.config.atomic import write_whole
-from tuner.config import ConfigError, TrainConfig
+from tuner.config import LATENT_SAMPLERS, ConfigError, TrainConfig
 
 # python -m analysis.rerun --final: the protocol of Lucic et al. 2018 (10k generated vs 10k test
 # images, Inception features), at 1000 kimg (~15.6k steps at batch 64), 3 seeds.
 FINAL_PROTOCOL = {"max_kimg": 1000.0, "fid_backbone": "inception", "fid_samples": 10000, "seeds": 3}
-KEY = ["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg", "domain_classifier_sha"]  # the last: domain FIDs only
+KEY = ["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg", "domain_classifier_sha",  # domain FIDs only
+       "latent_sampler"]  # a VAE/AE's samples: prior (also every row written before it was recorded) | gmm
 COLUMNS = KEY + ["fid_final", "fid_best", "fid_ema_final", "fid_ema_best", "g_ema", "kimg", "wall_time_s", "diverged",
                  "precision", "dataset", "family", "loss", "scored_checkpoint", "config", "finished_at"]
 # set per run, not per config: these come from the run's own base config (tuner.study.driver.resolve_gpus)
@@ -55,6 +56,7 @@ class Protocol:
     fid_samples: int | None = None
     eval_every_kimg: float | None = None  # None: max_kimg / EVALS_PER_RUN
     g_ema: float | None = None  # None: each trial's own; GAN trials only (the EMA draws no RNG: G trains the same)
+    latent_sampler: str | None = None  # None: each trial's own; VAE/AE trials only (it changes the scored samples only)
 
     def __post_init__(self) -> None:
         from tuner.config import BACKBONES
@@ -67,6 +69,8 @@ class Protocol:
             raise ConfigError(f"invalid fid_samples={self.fid_samples!r}: allowed an integer >= 2")
         if self.g_ema is not None and not 0 <= self.g_ema < 1:
             raise ConfigError(f"invalid g_ema={self.g_ema!r}: allowed a number in [0, 1) (0 = off)")
+        if self.latent_sampler is not None and self.latent_sampler not in LATENT_SAMPLERS:
+            raise ConfigError(f"invalid latent_sampler={self.latent_sampler!r}: allowed one of {', '.join(LATENT_SAMPLERS)}")
         if self.eval_every_kimg is not None and not self.eval_every_kimg >= 0:
             raise ConfigError(f"invalid eval_every_kimg={self.eval_every_kimg!r}: allowed a number >= 0")
 
@@ -77,6 +81,8 @@ class Protocol:
         every = self.eval_every_kimg if self.eval_every_kimg is not None else max_kimg / EVALS_PER_RUN
         if self.g_ema is not None and cfg.family == "gan":
             cfg = cfg.replace(g_ema=self.g_ema)
+        if self.latent_sampler is not None and cfg.family != "gan":
+            cfg = cfg.replace(latent_sampler=self.latent_sampler)
         return cfg.replace(seed=seed, max_kimg=max_kimg, eval_every_kimg=min(every, max_kimg), eval_at_kimg=(),
                            fid_backbone=self.fid_backbone or cfg.fid_backbone,
                            fid_samples=self.fid_samples or cfg.fid_samples)
@@ -138,16 +144,22 @@ def row_classifier(row: dict[str, Any]) -> str | None:
     return sha if isinstance(sha, str) and sha else "unrecorded"
 
 
+def row_sampler(row: dict[str, Any]) -> str:
+    """A row's latent sampler: "prior" for GANs and for rows written before it was recorded (all prior)."""
+    value = row.get("latent_sampler")
+    return value if isinstance(value, str) and value else "prior"
+
+
 def row_key(row: dict[str, Any]) -> tuple:
     return (str(row["trial_id"]), int(row["seed"]), str(row["fid_backbone"]), int(row["fid_samples"]), float(row["max_kimg"]),
-            row_classifier(row))
+            row_classifier(row), row_sampler(row))
 
 
 def cell_key(cell: dict[str, Any]) -> tuple:
     """A planned cell's key; its "classifier" is the domain classifier it will score with (`with_classifier_ids`)."""
     cfg = cell["config"]
     return (cell["trial_id"], cell["seed"], cfg.fid_backbone, cfg.fid_samples, float(cfg.max_kimg),
-            cell.get("classifier") if cfg.fid_backbone == "domain" else None)
+            cell.get("classifier") if cfg.fid_backbone == "domain" else None, cfg.latent_sampler)
 
 
 def with_classifier_ids(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,7 +209,8 @@ def protocol_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """rerun rows split by protocol (KEY's fid_backbone, fid_samples, max_kimg, and a domain FID's
     classifier), each with its description ("" when no row records one): summarised apart, never mixed."""
     runs = with_classifier(runs)
-    keys = [c for c in ("fid_backbone", "fid_samples", "max_kimg", "classifier") if c in runs]
+    runs = runs.assign(latent_sampler=[row_sampler(r) for r in runs.to_dict("records")]) if len(runs) else runs
+    keys = [c for c in ("fid_backbone", "fid_samples", "max_kimg", "classifier", "latent_sampler") if c in runs]
     groups = []
     for key, part in runs.groupby(keys, dropna=False, sort=False):
         values = key if isinstance(key, tuple) else (key,)
@@ -287,6 +300,7 @@ def row_of(cell: dict[str, Any], metrics: pd.DataFrame) -> dict[str, Any] | None
         "g_ema": float(cfg.g_ema), "kimg": float(last.get("kimg", math.nan)),
         "wall_time_s": float(last.get("time_s", math.nan)), "diverged": diverged, "precision": precision,
         "dataset": cfg.dataset, "family": cfg.family, "loss": cfg.loss, "scored_checkpoint": "last",
+        "latent_sampler": cfg.latent_sampler,
         "domain_classifier_sha": (metrics["domain_classifier_sha"].dropna().iloc[-1]  # the domain FID's classifier
                                   if "domain_classifier_sha" in metrics and metrics["domain_classifier_sha"].notna().any()
                                   else None),
@@ -387,6 +401,9 @@ def add_arguments(p) -> None:
     g.add_argument("--fid-samples", type=int, default=None, help="generated samples per FID (vs as many test images)")
     g.add_argument("--g-ema", type=float, default=None,
                    help="score an EMA of the generator too, with this decay (GAN runs; e.g. 0.999) [each trial's own]")
+    g.add_argument("--latent-sampler", default=None, choices=LATENT_SAMPLERS,
+                   help="where a VAE/AE's scored samples come from: prior (N(0, I)) | gmm (an ex-post Gaussian mixture "
+                        "of its codes, Ghosh et al. 2020) [each trial's own]")
     g.add_argument("--eval-every-kimg", type=float, default=None,
                    help=f"evaluate and checkpoint every this many kimg [max_kimg / {EVALS_PER_RUN}]; the last is scored")
     c = p.add_argument_group("checkpoints (no evaluation; resume from the last one after a kill)")
@@ -423,7 +440,8 @@ def resolve(args) -> dict[str, Any]:
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"invalid {name}={value!r}: allowed a finite number >= 0 (0 = off)")
     protocol = Protocol(max_kimg=values.get("max_kimg"), fid_backbone=values.get("fid_backbone"),
-                        fid_samples=values.get("fid_samples"), eval_every_kimg=args.eval_every_kimg, g_ema=args.g_ema)
+                        fid_samples=values.get("fid_samples"), eval_every_kimg=args.eval_every_kimg, g_ema=args.g_ema,
+                        latent_sampler=args.latent_sampler)
     return {"top": args.top, "seeds": seeds, "first_seed": args.first_seed, "protocol": protocol, "out": args.out,
             "device": args.device, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
             "address": args.address, "max_failures": args.max_failures, "max_concurrent": args.max_concurrent,

@@ -76,7 +76,7 @@ def literature_section(name: str, trials, runs) -> str:
     import pandas as pd
 
     from analysis import fmt
-    from analysis.final import with_classifier
+    from analysis.final import row_sampler, with_classifier
 
     runs = runs[runs["fid_backbone"].notna()] if "fid_backbone" in runs else runs.iloc[0:0]
     if runs.empty:
@@ -84,9 +84,11 @@ def literature_section(name: str, trials, runs) -> str:
                 "(run `python -m analysis.rerun EXPERIMENT_DIR --top 1 --final`).\n")
     labels = trials.set_index("trial_id")["label"].to_dict() if "label" in trials else {}
     rows, placements, datasets = [], [], set()
-    runs = with_classifier(runs)  # a domain FID's classifier is part of its protocol
-    groups = runs.groupby(["trial_id", "fid_backbone", "fid_samples", "max_kimg", "classifier"], sort=False, dropna=False)
-    for (trial_id, backbone, samples, kimg, classifier), g in groups:
+    runs = with_classifier(runs)  # a domain FID's classifier is part of its protocol, and so is a VAE's sampler
+    runs = runs.assign(latent_sampler=[row_sampler(r) for r in runs.to_dict("records")])
+    groups = runs.groupby(["trial_id", "fid_backbone", "fid_samples", "max_kimg", "classifier", "latent_sampler"],
+                          sort=False, dropna=False)
+    for (trial_id, backbone, samples, kimg, classifier, sampler), g in groups:
         first = g.iloc[0]
         dataset, family = str(first.get("dataset")), str(first.get("family"))
         loss = first.get("loss") if isinstance(first.get("loss"), str) else None
@@ -106,6 +108,9 @@ def literature_section(name: str, trials, runs) -> str:
             order = sorted([m for m, _ in TABLE2[dataset].values()] + [mean])
             place = order.index(mean) + 1
             gap = "" if float(kimg) == 1000 else f"; its budget is {fmt.kimg(kimg)} kimg, Table 2's ~1000"
+            if sampler == "gmm":
+                gap += ("; its samples come from an ex-post Gaussian mixture of its codes (Ghosh et al. 2020), "
+                        "Table 2's VAE samples its N(0, I) prior")
             placements.append(f"- {labels.get(trial_id, trial_id)}: FID {fmt.fid(mean)} would place {place} of "
                               f"{len(order)} among Table 2's {dataset} models ({model} there: {fmt.fid(published[0])}){gap}.")
         else:
@@ -115,7 +120,8 @@ def literature_section(name: str, trials, runs) -> str:
             "config": labels.get(trial_id, trial_id),
             "trial": f"`{trial_id}`",
             "protocol": f"{backbone}, {fmt.count(samples)} samples, {fmt.kimg(kimg)} kimg"
-                        + (f", classifier {classifier}" if isinstance(classifier, str) else ""),
+                        + (f", classifier {classifier}" if isinstance(classifier, str) else "")
+                        + (", latent sampler gmm" if sampler == "gmm" else ""),
             "precision": ", ".join(sorted({str(p) for p in g["precision"].dropna()})) or "n/a",
             "seeds": ", ".join(str(int(s)) for s in sorted(g["seed"])),
             "FID, last checkpoint (mean ± std)": f"{fmt.fid(mean)} ± {fmt.fid(std)}",

@@ -89,12 +89,31 @@ def test_a_domain_cell_done_with_another_classifier_runs_again_and_both_rows_sta
     assert not is_done(cells[0], done_keys(pd.DataFrame([other, old])))
     assert is_done(cells[0], done_keys(pd.DataFrame([other, {**row, "domain_classifier_sha": shipped}])))
     inception_row = {**row, "fid_backbone": "inception", "domain_classifier_sha": None}
-    assert is_done(cells[1], done_keys(pd.DataFrame([inception_row]))) and cell_key(cells[1])[-1] is None
+    assert is_done(cells[1], done_keys(pd.DataFrame([inception_row]))) and cell_key(cells[1])[5] is None
     path = tmp_path / "rerun.parquet"
     merge_rows(path, [other, old])
     merge_rows(path, [{**row, "domain_classifier_sha": shipped, "fid_final": 9.0}])  # a third classifier: a new row
     merge_rows(path, [{**other, "fid_final": 8.0}])  # the same classifier again: updated in place
     assert sorted(pd.read_parquet(path)["fid_final"]) == [8.0, 9.0, 11.0]
+
+
+def test_a_vae_cell_scored_with_another_latent_sampler_is_another_protocol(tmp_path):
+    from analysis.final import done_keys, is_done, protocol_groups
+    from tuner.config import TrainConfig
+
+    vae = TrainConfig(dataset="fashion-mnist", family="vae", fid_backbone="inception", fid_samples=64, max_kimg=0.5,
+                      eval_every_kimg=0.5)
+    gmm = Protocol(latent_sampler="gmm").apply(vae, 1)
+    assert gmm.latent_sampler == "gmm" and Protocol(latent_sampler="gmm").apply(TrainConfig(), 1).latent_sampler == "prior"
+    old = dict(trial_id="a", seed=1, fid_backbone="inception", fid_samples=64, max_kimg=0.5, g_ema=0.0, fid_final=70.0)
+    assert is_done({"trial_id": "a", "seed": 1, "config": vae}, done_keys(pd.DataFrame([old])))  # unrecorded = prior
+    assert not is_done({"trial_id": "a", "seed": 1, "config": gmm}, done_keys(pd.DataFrame([old])))
+    path = tmp_path / "rerun.parquet"
+    merge_rows(path, [old])
+    merge_rows(path, [{**old, "latent_sampler": "gmm", "fid_final": 40.0}])  # beside, not over, the prior row
+    rows = pd.read_parquet(path)
+    assert sorted(rows["fid_final"]) == [40.0, 70.0]
+    assert [sorted(g["fid_final"]) for _, g in protocol_groups(rows)] == [[70.0], [40.0]]
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ BACKBONES = ["domain", "inception"]  # the FID backbone names a config accepts: 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LOSS = "hinge"
+LATENT_SAMPLERS = ("prior", "gmm")  # a VAE/AE's scored samples: tuner/training/evaluate.py
 
 # VAE/AE optimiser defaults: Adam with Kingma & Ba's betas, the usual 1e-3 of VAE tutorials.
 AUTOENCODER_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999}
@@ -104,6 +105,11 @@ class TrainConfig:
     """Add BatchNorm + dropout to the VAE/AE ("regularised VAE")."""
     dropout: float = 0.2
     """Dropout probability used when regularize is on, in [0, 1)."""
+    latent_sampler: str = "prior"
+    """Where a VAE/AE's scored samples come from: prior (z ~ N(0, I): the textbook VAE, and the
+    literature's VAE rows) | gmm (z from a 10-component full-covariance Gaussian mixture fitted, at each
+    evaluation, to the encoder's means of the first 10000 training images: ex-post density
+    estimation, Ghosh et al. 2020). VAE/AE only."""
 
     # --- budget -----------------------------------------------------------------------------
     max_kimg: float = 10.0
@@ -211,6 +217,7 @@ def validate(cfg: TrainConfig) -> None:
              "domain_classifier", "shipped, train or the path of a .pt classifier file", cfg.domain_classifier)
     _choice(cfg, "device", DEVICES)
     _choice(cfg, "precision", PRECISIONS)
+    _choice(cfg, "latent_sampler", LATENT_SAMPLERS)
     if cfg.optimizer is not None:
         _choice(cfg, "optimizer", OPTIMIZERS)
     for name in ("z_dim", "g_width", "d_width", "batch_size", "fid_samples"):
@@ -252,6 +259,8 @@ def validate(cfg: TrainConfig) -> None:
         if cfg.gp_lambda is not None:
             _require(loss == "wgan-gp", "gp_lambda", "only with loss=wgan-gp (got loss=" + loss + ")", cfg.gp_lambda)
             _require(cfg.gp_lambda > 0, "gp_lambda", "a number > 0", cfg.gp_lambda)
+        _require(cfg.latent_sampler == "prior", "latent_sampler", "prior unless family is vae or ae (family is gan)",
+                 cfg.latent_sampler)
     else:
         for name in ("loss", "n_critic", "clip_value", "gp_lambda"):
             value = getattr(cfg, name)
