@@ -303,10 +303,14 @@ def q3_vae_latent(exps: ExperimentSet) -> Answer:
         else:
             lines.append("The same latent size gives both the best reconstructions and the best samples here.")
         parts.append("\n".join(lines))
+    samplers = set(d["latent_sampler"].fillna("prior")) if "latent_sampler" in d else {"prior"}
+    drawn = {"prior": "prior samples decoded from z ~ N(0, I)",
+             "gmm": "samples decoded from codes drawn from a Gaussian mixture fitted to the training images' codes "
+                    "(latent_sampler=gmm)"}
     parts.append("_Method:_ reconstruction and KL are measured on the first 1000 test images (all of them in a "
                  "smaller test split) at each trial's last evaluation (nats per image, lower is better); FID scores "
-                 "prior samples decoded from z ~ N(0, I). With several trials per latent size, the best one per size "
-                 "sets the trend.")
+                 + " or ".join(drawn.get(x, str(x)) for x in sorted(samplers))
+                 + ". With several trials per latent size, the best one per size sets the trend.")
     return Answer("q3", QUESTIONS["q3"], "\n\n".join(parts), data)
 
 

@@ -207,9 +207,9 @@ def summarize(frames: dict[str, Any], exp: str | Path) -> str:
         cfg = best["config"]
         searched = {k: cfg[k] for k in ("family", "arch", "loss", "z_dim", "lr", "lr_d_ratio", "beta1", "beta2", "n_critic",
                                          "clip_value", "gp_lambda", "batch_size", "g_width", "d_width", "d_norm", "kl_beta",
-                                         "regularize") if cfg.get(k) is not None
+                                         "regularize", "latent_sampler") if cfg.get(k) is not None
                     and not (cfg.get("family") != "gan" and k in ("lr_d_ratio", "d_norm"))
-                    and not (cfg.get("family") == "gan" and k in ("kl_beta", "regularize"))}
+                    and not (cfg.get("family") == "gan" and k in ("kl_beta", "regularize", "latent_sampler"))}
         lines += [
             f"best trial: {best['trial_id']}  fid[{cfg['fid_backbone']}, {cfg['fid_samples']} samples] "
             f"{best['metrics']['fid_best']:.3f} at {best['metrics']['kimg']:.1f} kimg ({best['metrics']['status']})"
