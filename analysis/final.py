@@ -202,7 +202,8 @@ def with_classifier(runs: pd.DataFrame) -> pd.DataFrame:
     recorded it, and empty for an Inception FID, which no domain classifier touches."""
     recorded = runs["domain_classifier_sha"] if "domain_classifier_sha" in runs else pd.Series(None, index=runs.index, dtype=object)
     domain = runs["fid_backbone"] == "domain" if "fid_backbone" in runs else pd.Series(False, index=runs.index)
-    return runs.assign(classifier=recorded.fillna("unrecorded").astype(object).where(domain, None))
+    recorded = recorded.astype(object).where(recorded.notna(), "unrecorded")  # (an all-missing column is float64)
+    return runs.assign(classifier=recorded.where(domain, None))
 
 
 def protocol_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -214,7 +215,8 @@ def protocol_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     groups = []
     for key, part in runs.groupby(keys, dropna=False, sort=False):
         values = key if isinstance(key, tuple) else (key,)
-        groups.append((", ".join(f"{k} {v}" for k, v in zip(keys, values) if not pd.isna(v)), part))
+        groups.append((", ".join(f"{k} {v}" for k, v in zip(keys, values)
+                                 if not pd.isna(v) and (k, v) != ("latent_sampler", "prior")), part))  # prior: as ever
     return groups
 
 

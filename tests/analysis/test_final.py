@@ -114,6 +114,14 @@ def test_a_vae_cell_scored_with_another_latent_sampler_is_another_protocol(tmp_p
     rows = pd.read_parquet(path)
     assert sorted(rows["fid_final"]) == [40.0, 70.0]
     assert [sorted(g["fid_final"]) for _, g in protocol_groups(rows)] == [[70.0], [40.0]]
+    from analysis.literature import literature_section
+
+    final = dict(old, fid_samples=10000, max_kimg=1000.0, dataset="fashion-mnist", family="vae", precision="bf16")
+    text = literature_section("e", pd.DataFrame([{"trial_id": "a", "label": "vae a"}]),
+                              pd.DataFrame([final, {**final, "seed": 2, "latent_sampler": "gmm", "fid_final": 40.0}]))
+    table = [line for line in text.splitlines() if line.startswith("| vae a")]
+    assert len(table) == 2 and sum("latent sampler gmm" in line for line in table) == 1  # two rows, never averaged
+    assert "ex-post Gaussian mixture" in text and "Table 2's VAE samples its N(0, I) prior" in text
 
 
 @pytest.mark.slow
