@@ -367,10 +367,20 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
     # the study's own assembly: storage check, atomic snapshot uploads, token auth, full-disk and restore guards
     grid, _, _ = run_tune(search, base, assets, restore=restore, build=new_tuner, keep_best_fid=False)
 
+    rows, missing = finished_rows(grid, cells, log)
+    merged = merge_rows(target, rows)
+    if missing:
+        log(f"{missing} run(s) did not finish: run the same command again to continue them")
+    return merged
+
+
+def finished_rows(grid, cells: list[dict[str, Any]], log=print) -> tuple[list[dict[str, Any]], int]:
+    """The rerun.parquet rows of a Tune run's finished cells, and how many cells did not finish. A cell
+    that never started (a run interrupted with Ctrl-C while it was pending) has no config in its result."""
     by_params = {json.dumps(cell_params(c["config"]), sort_keys=True, default=str): c for c in cells}
     rows, missing = [], 0
     for result in grid:
-        cell = by_params.get(json.dumps(result.config.get("cell"), sort_keys=True, default=str))
+        cell = by_params.get(json.dumps((result.config or {}).get("cell"), sort_keys=True, default=str))
         row = row_of(cell, result.metrics_dataframe) if cell is not None and result.error is None else None
         if row is None:
             missing += 1
@@ -378,10 +388,7 @@ def run_final(exp_dir: str | Path, top: int, seeds: int, first_seed: int = 1, pr
         rows.append(row)
         ema = f", EMA {row['fid_ema_final']:.2f}" if math.isfinite(row["fid_ema_final"]) else ""
         log(f"  {row['trial_id']} seed {row['seed']}: FID {row['fid_final']:.2f} (last checkpoint{ema})")
-    merged = merge_rows(target, rows)
-    if missing:
-        log(f"{missing} run(s) did not finish: run the same command again to continue them")
-    return merged
+    return rows, missing
 
 
 # ------------------------------------------------------------------------------------------

@@ -124,6 +124,24 @@ def test_a_vae_cell_scored_with_another_latent_sampler_is_another_protocol(tmp_p
     assert "ex-post Gaussian mixture" in text and "Table 2's VAE samples its N(0, I) prior" in text
 
 
+def test_an_interrupted_run_keeps_its_finished_cells_and_counts_the_pending_one(tmp_path):
+    """Ctrl-C while a cell is still pending: Tune's Result for it has no metrics, so no config (seen on
+    2026-12-06: run_final raised AttributeError and merged nothing, not even the finished seed)."""
+    from ray.tune import Result
+
+    from analysis.final import cell_params, finished_rows
+    from tuner.config import TrainConfig
+
+    cfg = TrainConfig(dataset="fashion-mnist", fid_samples=64, max_kimg=0.5, eval_every_kimg=0.5)
+    cells = [{"trial_id": "a", "seed": s, "config": cfg.replace(seed=s)} for s in (1, 2)]
+    done = pd.DataFrame([{"kimg": 0.5, "fid": 12.5, "fid_backbone": "domain", "fid_samples": 64}])
+    grid = [Result(metrics={"config": {"cell": cell_params(cells[0]["config"])}}, checkpoint=None, error=None,
+                   path=str(tmp_path / "a"), metrics_dataframe=done),
+            Result(metrics=None, checkpoint=None, error=None, path=str(tmp_path / "b"))]  # never started
+    rows, missing = finished_rows(grid, cells, log=lambda *_: None)
+    assert missing == 1 and [(r["seed"], r["fid_final"]) for r in rows] == [(1, 12.5)]
+
+
 @pytest.mark.slow
 def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_mnist, ray_local, tmp_path):
     # the study in this process (the module's Ray); each rerun is a driver of its own, killed or not
