@@ -12,8 +12,9 @@ interrupt restores it (Tuner.restore) and continues; cells already in EXPERIMENT
 not run again.
 
 Each finished cell becomes one row of rerun.parquet keyed by (trial_id, seed, fid_backbone,
-fid_samples, max_kimg, and a domain FID's classifier): the protocol is part of the key, so runs under
-different protocols never mix, and a cell done with another domain classifier is run again beside it. The file is rewritten atomically and only ever gains or updates rows. The FID reported as the
+fid_samples, max_kimg, a domain FID's classifier, a VAE's latent sampler): the protocol is part of the
+key, so runs under different protocols never mix, and a cell done with another domain classifier is run
+again beside it. The file is rewritten atomically and only ever gains or updates rows. The FID reported as the
 result is the one of the LAST checkpoint (`fid_final`, and `fid_ema_final` for the generator's EMA);
 `fid_best` (the best evaluation, chosen on the test images) is kept for reference only.
 """
@@ -207,8 +208,9 @@ def with_classifier(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def protocol_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """rerun rows split by protocol (KEY's fid_backbone, fid_samples, max_kimg, and a domain FID's
-    classifier), each with its description ("" when no row records one): summarised apart, never mixed."""
+    """rerun rows split by protocol (KEY's fid_backbone, fid_samples, max_kimg, a domain FID's classifier
+    and a VAE's latent sampler, named when it is not the prior), each with its description ("" when no
+    row records one): summarised apart, never mixed."""
     runs = with_classifier(runs)
     runs = runs.assign(latent_sampler=[row_sampler(r) for r in runs.to_dict("records")]) if len(runs) else runs
     keys = [c for c in ("fid_backbone", "fid_samples", "max_kimg", "classifier", "latent_sampler") if c in runs]
