@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import fmt
+from analysis.final import row_sampler
 from analysis.frames import (
     COLLAPSE_CLASSES,
     COLLAPSE_KL,
@@ -303,7 +304,7 @@ def q3_vae_latent(exps: ExperimentSet) -> Answer:
         else:
             lines.append("The same latent size gives both the best reconstructions and the best samples here.")
         parts.append("\n".join(lines))
-    samplers = set(d["latent_sampler"].fillna("prior")) if "latent_sampler" in d else {"prior"}
+    samplers = {row_sampler(r) for r in d.to_dict("records")} or {"prior"}
     drawn = {"prior": "prior samples decoded from z ~ N(0, I)",
              "gmm": "samples decoded from codes drawn from a Gaussian mixture fitted to the training images' codes "
                     "(latent_sampler=gmm)"}

@@ -207,12 +207,18 @@ def with_classifier(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(classifier=recorded.where(domain, None))
 
 
+def with_protocol_columns(runs: pd.DataFrame) -> pd.DataFrame:
+    """rerun rows with every protocol column a table groups by filled: `classifier` (`with_classifier`)
+    and `latent_sampler` (`row_sampler`: "prior" where a row does not record one)."""
+    runs = with_classifier(runs)
+    return runs.assign(latent_sampler=[row_sampler(r) for r in runs.to_dict("records")]) if len(runs) else runs
+
+
 def protocol_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """rerun rows split by protocol (KEY's fid_backbone, fid_samples, max_kimg, a domain FID's classifier
     and a VAE's latent sampler, named when it is not the prior), each with its description ("" when no
     row records one): summarised apart, never mixed."""
-    runs = with_classifier(runs)
-    runs = runs.assign(latent_sampler=[row_sampler(r) for r in runs.to_dict("records")]) if len(runs) else runs
+    runs = with_protocol_columns(runs)
     keys = [c for c in ("fid_backbone", "fid_samples", "max_kimg", "classifier", "latent_sampler") if c in runs]
     groups = []
     for key, part in runs.groupby(keys, dropna=False, sort=False):

@@ -76,7 +76,7 @@ def literature_section(name: str, trials, runs) -> str:
     import pandas as pd
 
     from analysis import fmt
-    from analysis.final import row_sampler, with_classifier
+    from analysis.final import with_protocol_columns
 
     runs = runs[runs["fid_backbone"].notna()] if "fid_backbone" in runs else runs.iloc[0:0]
     if runs.empty:
@@ -84,8 +84,7 @@ def literature_section(name: str, trials, runs) -> str:
                 "(run `python -m analysis.rerun EXPERIMENT_DIR --top 1 --final`).\n")
     labels = trials.set_index("trial_id")["label"].to_dict() if "label" in trials else {}
     rows, placements, datasets = [], [], set()
-    runs = with_classifier(runs)  # a domain FID's classifier is part of its protocol, and so is a VAE's sampler
-    runs = runs.assign(latent_sampler=[row_sampler(r) for r in runs.to_dict("records")])
+    runs = with_protocol_columns(runs)  # a domain FID's classifier is part of its protocol, and so is a VAE's sampler
     groups = runs.groupby(["trial_id", "fid_backbone", "fid_samples", "max_kimg", "classifier", "latent_sampler"],
                           sort=False, dropna=False)
     for (trial_id, backbone, samples, kimg, classifier, sampler), g in groups:
