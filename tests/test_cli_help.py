@@ -31,6 +31,7 @@ COMMANDS = {
     "scaling": (["benchmarks/scaling.py"], ()),
     "vs_plain_optuna": (["benchmarks/vs_plain_optuna.py"], ()),
     "pbt_vs_asha": (["benchmarks/pbt_vs_asha.py"], ()),
+    "inception_batch": (["benchmarks/inception_batch.py"], ()),
 }
 
 

@@ -29,6 +29,7 @@ SCRIPTS = {
     "checkpoint_cost": (True, "| trial | kimg | evaluations | checkpoints between |"),
     "pbt_vs_asha": (False, "| best FID at equal wall-clock: PBT vs ASHA |"),
     "vs_plain_optuna": (True, "| arm | seed | total kimg | equal compute (kimg) | best FID at equal compute |"),
+    "inception_batch": (False, "| batch | images/s (median) | range |"),
 }
 
 

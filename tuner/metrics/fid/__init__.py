@@ -131,7 +131,7 @@ def statistics_path(dataset: str, split: str, backbone: Backbone, n: int, cache_
 
 
 def real_statistics(dataset: str, split: str, backbone: Backbone | str, n: int, mirror: str | None = None,
-                    cache_dir: str | None = None, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                    cache_dir: str | None = None, *, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the backbone's features of the first `n` images of a split, cached on disk."""
     from tuner.metrics.backbones import get_backbone
     from tuner.metrics.domain import file_lock
@@ -188,7 +188,7 @@ _REFERENCES: dict[tuple[str, int, int], Reference] = {}
 
 
 def real_reference(dataset: str, split: str, backbone: Backbone, n: int, mirror: str | None = None,
-                   cache_dir: str | None = None, *, batch_size: int = 256) -> Reference:
+                   cache_dir: str | None = None, *, batch_size: int | None = None) -> Reference:
     """`real_statistics`, factored once per process: kept in memory per cache file (path,
     modification time, size), so each evaluation of a trial reuses the real side's eigh."""
     path = statistics_path(dataset, split, backbone, n, cache_dir)
@@ -212,7 +212,7 @@ def real_reference(dataset: str, split: str, backbone: Backbone, n: int, mirror:
 
 def fid_of_images(images: torch.Tensor | np.ndarray, dataset: str, backbone: Backbone | str, n_real: int,
                   split: str = "test", mirror: str | None = None, cache_dir: str | None = None,
-                  device: str = "cpu", batch_size: int = 256) -> float:
+                  device: str = "cpu", batch_size: int | None = None) -> float:
     """FID of generated uint8 images (N, 28, 28) / (N, 1, 28, 28) against the first `n_real`
     images of `dataset:split` (cached statistics). Use N == n_real: FID is biased by 1/N."""
     from tuner.metrics.backbones import get_backbone

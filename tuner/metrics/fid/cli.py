@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with the original *-ubyte.gz files [default: $GENTUNE_DATA_MIRROR]")
     parser.add_argument("--cache-dir", default=None, help="cache folder [default: $GENTUNE_CACHE, else ~/.cache/gentune]")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda [default: auto]")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass [default: 256]")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass [default: the backbone's own: 32 for inception on a CPU, else 256]")
     return parser
 
 
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError(f"invalid --device={args.device!r}: allowed one of auto, cpu, cuda")
     if args.limit is not None and args.limit < 2:
         raise UsageError(f"invalid --limit={args.limit}: allowed an integer >= 2")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"invalid --batch-size={args.batch_size}: allowed an integer >= 1")
     if args.dataset is not None and args.dataset not in DATASET_CLASSES:
         raise UsageError(f"invalid --dataset={args.dataset!r}: allowed one of {', '.join(DATASET_CLASSES)}")
