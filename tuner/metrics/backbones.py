@@ -225,9 +225,9 @@ class InceptionBackbone(Backbone):
     name = "inception"
     dataset_specific = False
     dim = 2048
-    # On a CPU, 32 images per pass ran 1.9x faster than 256 (the 299x299 activations of a big batch
-    # outgrow the caches), with features equal to the last bit: BENCHMARKS.md#inception_batch.
-    # A GPU keeps 256 (not measured on one).
+    # On a CPU, 32 images per pass ran 1.38x as fast as 256 (median of 3 interleaved rounds, 2 threads;
+    # the 299x299 activations of a big batch outgrow the caches), with the same features to the last
+    # bit: BENCHMARKS.md#inception_batch. A GPU keeps 256 (not measured on one).
     cpu_batch = 32
 
     def __init__(self, dataset: str | None = None, device: str = "cpu", cache_dir: str | None = None,

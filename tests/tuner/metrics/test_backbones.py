@@ -99,7 +99,7 @@ def test_features_run_in_the_backbones_own_batch_unless_the_caller_names_one():
     assert _RecordingBackbone("cuda").default_batch() == 5  # a CUDA device (no GPU needed to ask) takes gpu_batch
     with pytest.raises(ValueError, match="batch_size=0"):
         bb.features(images, batch_size=0)
-    # Inception's own CPU batch: 32 images per pass ran 1.9x faster than 256 on a 2-core CPU, same bits
+    # Inception's own CPU batch: 32 images per pass ran 1.38x as fast as 256 on a 2-core CPU, same bits
     # (benchmarks/inception_batch.py); the domain classifier keeps 256.
     assert (BACKBONE_CLASSES["inception"].cpu_batch, BACKBONE_CLASSES["inception"].gpu_batch) == (32, 256)
     assert BACKBONE_CLASSES["domain"].cpu_batch == 256
