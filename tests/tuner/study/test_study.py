@@ -256,12 +256,21 @@ def test_a_time_budget_ends_the_study_with_its_exports_and_an_expected_finish(id
     took = time.monotonic() - t0
     out = capsys.readouterr().out
     trials = read_trials_csv(exp / "trials.csv")
-    assert len(trials) >= 2 and trials["trial_id"].is_unique
+    assert len(trials) >= 1 and trials["trial_id"].is_unique
     assert json.loads((exp / "search_config.json").read_text())["search"]["time_budget"] == "40s"
     assert "expected finish " in out and "the --time-budget ends it sooner" in out
     assert "== gentune study summary ==" in out
     study = load_study(exp, "budget")
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    # Trials keep coming while the budget lasts: every trial that ended more than 5 s before the budget
+    # did (counted from the first trial's start, which the budget's clock precedes) had a successor, one
+    # trial at a time. Not a count of trials: how many fit in 40 s depends on the machine's load (in a
+    # CI run on 2026-12-06 the first trial's first evaluation came only at 40 s, under the suite's
+    # heaviest files; on a quiet machine later trials take seconds).
+    start = min(t.datetime_start for t in study.trials)
+    ended_early = [t for t in study.trials if t.datetime_complete is not None
+                   and (t.datetime_complete - start).total_seconds() < 40 - 5]
+    assert len(study.trials) >= len(ended_early) + 1
     assert took < 40 + 60  # Ray's start-up and the exports on top of the budget, not 100,000 trials
     assert "the --time-budget is spent" in out
 
