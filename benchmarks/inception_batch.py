@@ -23,10 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # noqa: E402  (it puts the repository on sys.path)
 
 
 def build_parser():
@@ -41,12 +38,12 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if min(args.batch_sizes) < 1 or args.images < 1 or args.rounds < 1:
+        parser.error("--batch-sizes, --images and --rounds must be integers >= 1")  # exit 2
     if args.smoke:
         args.images, args.batch_sizes, args.rounds = 8, [2, 8], 2
-    if min(args.batch_sizes) < 1 or args.images < 1 or args.rounds < 1:
-        print("error: --batch-sizes, --images and --rounds must be integers >= 1", file=sys.stderr)
-        return 2
     torch.set_num_threads(args.threads)
     from tuner.metrics.backbones import get_backbone
 
