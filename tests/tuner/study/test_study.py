@@ -245,8 +245,9 @@ def test_a_time_budget_ends_the_study_with_its_exports_and_an_expected_finish(id
     --resume gets a budget of its own and starts new trials (Tune restores the stopper it pickled, with
     the budget spent, and the searcher marked finished: tuner/study/budget.py, resume.py)."""
     import time
+    from datetime import datetime
 
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), datetime.now().astimezone()  # before the study: its budget's clock starts later
     # 40 s: a trial's first evaluation came 19 s after its start in CI (worker start-up, data, the FID's
     # reference statistics), and with 25 s no trial had ended when the budget did (CI, 2026-12-05). One
     # trial at a time: the later ones reuse its worker process and take seconds, and the budget keeps
@@ -263,13 +264,13 @@ def test_a_time_budget_ends_the_study_with_its_exports_and_an_expected_finish(id
     study = load_study(exp, "budget")
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     # Trials keep coming while the budget lasts: every trial that ended more than 5 s before the budget
-    # did (counted from the first trial's start, which the budget's clock precedes) had a successor, one
-    # trial at a time. Not a count of trials: how many fit in 40 s depends on the machine's load (in a
-    # CI run on 2026-12-06 the first trial's first evaluation came only at 40 s, under the suite's
-    # heaviest files; on a quiet machine later trials take seconds).
-    start = min(t.datetime_start for t in study.trials)
+    # did had a successor, one trial at a time. The budget ends 40 s after its clock starts, which is
+    # after wall0, so a trial that ended before wall0 + 35 s ended at least 5 s before it. Not a count of
+    # trials: how many fit in 40 s depends on the machine's load (in a CI run on 2026-12-06 the first
+    # trial's first evaluation came only at 40 s, under the suite's heaviest files; on a quiet machine
+    # later trials take seconds).
     ended_early = [t for t in study.trials if t.datetime_complete is not None
-                   and (t.datetime_complete - start).total_seconds() < 40 - 5]
+                   and (t.datetime_complete.astimezone() - wall0).total_seconds() < 40 - 5]
     assert len(study.trials) >= len(ended_early) + 1
     assert took < 40 + 60  # Ray's start-up and the exports on top of the budget, not 100,000 trials
     assert "the --time-budget is spent" in out
