@@ -74,5 +74,7 @@ def test_the_readme_is_a_first_page():
     glossary; the rest lives in docs/ (history lives in git)."""
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) < 200
+    rows = [line.split("|")[1].strip() for line in readme.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(set(rows)), sorted({r for r in rows if rows.count(r) > 1})  # each key is glossed once
     for heading in ("## Two commands", "## What a study prints, and how long it takes", "## Layout", "## Glossary"):
         assert heading in readme
