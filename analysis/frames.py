@@ -198,11 +198,11 @@ def load_study(path: Path, study_name: str):
         return None
     import optuna
 
-    from tuner.study.optuna_bridge import make_storage
+    from tuner.study.optuna_bridge import load_journal_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=study_name, storage=make_storage(str(journal)))
+        return load_journal_study(str(journal), study_name)
     except Exception:  # a journal from another study name, or a torn last line
         return None
 

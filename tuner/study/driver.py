@@ -423,11 +423,9 @@ def run(search: SearchConfig, base: TrainConfig, overrides: dict[str, Any]) -> P
 
         tell_population(search, study_path(search), grid, base.max_kimg)  # each member's Optuna trial: what it reached
     if search.grid is None and Path(study_path(search)).is_file() and not interrupt.seen:
-        import optuna
+        from tuner.study.optuna_bridge import load_journal_study, mark_stale_trials
 
-        from tuner.study.optuna_bridge import make_storage, mark_stale_trials
-
-        study = optuna.load_study(study_name=search.name, storage=make_storage(study_path(search)))
+        study = load_journal_study(study_path(search), search.name)
         mark_stale_trials(study)  # everything has ended: nothing may stay RUNNING
     if mirror is not None:
         mirror.stop()

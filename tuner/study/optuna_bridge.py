@@ -238,6 +238,15 @@ def mark_stale_trials(study: optuna.Study, keep: set[int] = frozenset()) -> int:
     return marked
 
 
+def load_journal_study(journal: str, name: str) -> optuna.Study:
+    """The Optuna study of an experiment's journal. It is named after the experiment as it was started
+    (--name), and a folder moved or renamed since keeps that name inside its journal (the searcher Tune
+    restores keeps it too), so the study a journal holds is the one; `name` only when it holds several."""
+    storage = make_storage(journal)
+    names = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=names[0] if len(names) == 1 else name, storage=storage)
+
+
 def make_storage(path: str) -> optuna.storages.BaseStorage:
     """A journal file: optuna.load_study and optuna-dashboard can read it while the search runs."""
     from optuna.storages import JournalStorage

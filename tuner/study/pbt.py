@@ -189,12 +189,11 @@ def tell_population(search, journal: str, grid, max_kimg: float) -> None:
     """At the end: tell each member's Optuna trial what the member reached (its last FID at max_kimg,
     COMPLETE; diverged or errored, FAIL; stopped before max_kimg, PRUNED), with its schedule's last
     settings and the exploits it made as user attributes."""
-    import optuna
     from optuna.trial import TrialState
 
-    from tuner.study.optuna_bridge import make_storage
+    from tuner.study.optuna_bridge import load_journal_study
 
-    study = optuna.load_study(study_name=search.name, storage=make_storage(journal))
+    study = load_journal_study(journal, search.name)
     by_member = {t.user_attrs.get("pbt_member"): t for t in study.get_trials(deepcopy=False)}
     exploits = read_exploits(search.experiment_dir) if "://" not in search.experiment_dir else []
     for result in grid:

@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner.config.space import build_ranges, define_by_run
-from tuner.study.optuna_bridge import HonestOptunaSearch, make_storage, mark_stale_trials
+from tuner.study.optuna_bridge import HonestOptunaSearch, load_journal_study, make_storage, mark_stale_trials
 
 MAX_KIMG = 4.0
 
@@ -106,3 +106,17 @@ def test_a_writer_killed_while_holding_the_journal_lock_does_not_stall_the_next(
         child.kill()
         child.wait()
     assert len(optuna.load_study(study_name="s", storage=make_storage(journal)).trials) == 1
+
+
+def test_a_renamed_studys_journal_opens_under_its_first_name_and_a_shared_one_by_the_name_given(tmp_path):
+    """A study folder renamed since it started keeps the Optuna study of its first --name in its journal:
+    looked up by the new name it would not be found (KeyError), so the study the journal holds is opened."""
+    journal = str(tmp_path / "optuna.journal")
+    first = optuna.create_study(study_name="first-name", storage=make_storage(journal))
+    first.enqueue_trial({"x": 1.0})
+    assert load_journal_study(journal, "renamed").study_name == "first-name"
+    with pytest.raises(KeyError):
+        optuna.load_study(study_name="renamed", storage=make_storage(journal))
+    optuna.create_study(study_name="other", storage=make_storage(journal))
+    assert load_journal_study(journal, "other").study_name == "other"  # several: the name given
+    assert load_journal_study(journal, "first-name").study_name == "first-name"

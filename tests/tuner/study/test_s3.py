@@ -450,7 +450,7 @@ def test_s3_study_interrupted_with_ctrl_c_resumes_on_a_new_head_with_every_trial
 
 
 @pytest.mark.slow
-def test_a_resume_from_s3_repairs_a_deleted_checkpoint_and_a_torn_snapshot(s3, idx_mnist, tmp_path, capsys):
+def test_a_resume_from_s3_repairs_a_deleted_checkpoint_a_torn_snapshot_a_move_and_a_damaged_file(s3, idx_mnist, tmp_path, capsys):
     """The checks and repairs of a resume before Ray starts (tuner/study/resume.py), on a study in S3.
     (1) Tune deletes a checkpoint pushed out of the kept set before its next snapshot (docs/faults.md): a
     driver killed in between leaves a snapshot naming a checkpoint that is gone, and Tune's restore of
@@ -458,7 +458,9 @@ def test_a_resume_from_s3_repairs_a_deleted_checkpoint_and_a_torn_snapshot(s3, i
     unfinished (PAUSED) with its latest checkpoint deleted: the repair puts the snapshot back in S3
     pointing at the older checkpoint, and `--resume` finishes the trial. (2) A torn snapshot: the
     search generator's count from before the trial was created; `--resume` sets it to the trials of the
-    experiment state, and no extra trial is run."""
+    experiment state, and no extra trial is run. (3) The study copied to another prefix, the copy's newest
+    generator state garbage: rebuilt from an older copy (the damaged file set aside in S3) and pointed at
+    the copy, which resumes there while the original stays as it was."""
     import pandas as pd
     from ray.tune.experiment import Trial
     from damaged_studies import search_gen_state, write_search_gen_state
@@ -531,3 +533,36 @@ def test_a_resume_from_s3_repairs_a_deleted_checkpoint_and_a_torn_snapshot(s3, i
     assert "counted 0 trials, the experiment state holds 1" in again.log.read_text()
     trials = pd.read_csv(BytesIO(s3.get(bucket, prefix + "trials.csv")), dtype={"trial_id": str})
     assert list(trials["trial_id"]) == [record["trial_id"]]
+
+    # (3) the study copied to another prefix, with the copy's newest search_gen_state garbage (a damaged
+    # file): the copy's generator state is rebuilt from its older one (the damaged one set aside beside it,
+    # in S3) and pointed at the new prefix, so that new trials are written there and not into the original
+    from tuner.study.resume import _storages
+
+    moved, moved_prefix = f"s3://{bucket}/gentune/moved", "gentune/moved/"
+    originals = {k: s3.get(bucket, k) for k in s3.keys(bucket, prefix)}
+    for k, data in originals.items():
+        client.put_object(Bucket=bucket, Key=moved_prefix + k[len(prefix):], Body=data)
+    gen_names = sorted(k[len(prefix):] for k in originals if k.startswith(prefix + "search_gen_state-"))
+    assert len(gen_names) >= 2  # one per driver run: an older copy to rebuild from
+    client.put_object(Bucket=bucket, Key=moved_prefix + gen_names[-1], Body=b"garbage")
+    capsys.readouterr()
+    assert check_restorable_remote(moved, searched=True) == {record["trial_id"]}
+    err = capsys.readouterr().err
+    assert f"the experiment was moved from {bucket}/gentune/{name} to {bucket}/gentune/moved" in err
+    assert f"{gen_names[-1]} is unreadable" in err and f"rebuilt from {gen_names[-2]}" in err
+    assert s3.get(bucket, moved_prefix + gen_names[-1] + ".damaged") == b"garbage"
+    folder = tmp_path / "moved"
+    folder.mkdir()
+    (folder / gen_names[-1]).write_bytes(s3.get(bucket, moved_prefix + gen_names[-1]))
+    storages = _storages(search_gen_state(folder))
+    assert storages and {s.experiment_fs_path for s in storages} == {f"{bucket}/gentune/moved"}
+    assert {k: s3.get(bucket, k) for k in s3.keys(bucket, prefix)} == originals  # the original is left alone
+    moved_run = Driver(["--storage-path", f"s3://{bucket}/gentune", "--name", "moved", "--resume"], tmp_path, "3")
+    try:
+        assert moved_run.wait(240) == 0, moved_run.log.read_text()[-4000:]
+    finally:
+        moved_run.kill()
+    trials = pd.read_csv(BytesIO(s3.get(bucket, moved_prefix + "trials.csv")), dtype={"trial_id": str})
+    assert list(trials["trial_id"]) == [record["trial_id"]]
+    assert {k: s3.get(bucket, k) for k in s3.keys(bucket, prefix)} == originals
