@@ -45,7 +45,9 @@ def check_restorable(exp: Path, searched: bool, *, where: PurePosixPath | None =
       leaves them from two moments); unreadable -> rebuilt from an older one, else refused;
     - Tune's lock folder in the system temp (docs/ray-optuna.md §11): unusable -> refused;
     - an unfinished trial's checkpoint that Tune deleted after the snapshot named it -> the trial is set to
-      resume from its newest older checkpoint (repair_deleted_checkpoints);
+      resume from its newest older checkpoint (deleted_checkpoint_repairs);
+    - a stopper other than gentune's TimeBudget in the experiment state (a study started before
+      2026-12-05) -> replaced by a TimeBudget (legacy_stopper_repairs);
     - half-copied files of a driver killed during a copy (tuner/study/storage.py) -> removed.
     The searcher's own state (searcher-state-*.pkl) is HonestOptunaSearch's to repair: the Optuna
     journal holds the study. Repairs are printed as `gentune:` lines. Returns the trial ids of the
@@ -82,7 +84,7 @@ def check_restorable(exp: Path, searched: bool, *, where: PurePosixPath | None =
         repair_search_generator_state(exp, len(state["trial_data"]), refuse, unfinished, where)
     elif unfinished is not None:
         repair_grid_state(exp, where)
-    repair_deleted_checkpoints(state_file, state, exists)
+    repair_experiment_state(state_file, state, exists)
     remove_partial_copies(exp)
     return trial_ids
 
@@ -94,15 +96,45 @@ def _position(result) -> float | None:
     return None if value is None else float(value)
 
 
-def repair_deleted_checkpoints(state_file: Path, state: dict, exists: Callable[[str], bool]) -> None:
-    """`deleted_checkpoint_repairs` of the experiment state in `state_file`: the repaired one is written whole."""
+def repair_experiment_state(state_file: Path, state: dict, exists: Callable[[str], bool]) -> None:
+    """The repairs of the experiment state in `state_file` (deleted checkpoints, a legacy stopper): the
+    repaired one is written whole."""
     from tuner.config.atomic import write_whole
 
-    lines = deleted_checkpoint_repairs(state, exists)
+    lines = legacy_stopper_repairs(state) + deleted_checkpoint_repairs(state, exists)
     if lines:
         write_whole(state_file, lambda tmp: tmp.write_text(json.dumps(state)))
         for line in lines:
             print(line, file=sys.stderr, flush=True)
+
+
+PICKLED = "CLOUDPICKLE_FALLBACK"  # how Tune's JSON encoder embeds an object JSON cannot hold (a cloudpickle, hex)
+
+
+def legacy_stopper_repairs(state: dict) -> list[str]:
+    """Tune pickles the stopper into the experiment state, and its restore brings that one back, not the
+    one the resuming command passes (tuner/study/budget.py). Studies started before gentune gave every
+    run its TimeBudget (2026-12-05) hold Tune's own: a NoopStopper (so a --time-budget given to the
+    resume was ignored) or the TimeoutStopper of their own --time-budget, which comes back spent (so the
+    resumed run stopped at once, every time). Such a stopper is replaced by a TimeBudget, which takes
+    this command's budget. An unreadable one is left to Tune's restore (RestoreGuard)."""
+    from ray import cloudpickle
+
+    from tuner.study.budget import TimeBudget
+
+    packed = state["runner_data"].get("_stopper")
+    if not (isinstance(packed, dict) and packed.get("_type") == PICKLED):
+        return []
+    try:
+        old = cloudpickle.loads(bytes.fromhex(packed["value"]))
+    except Exception:  # noqa: BLE001 (Tune's restore unpickles it too, and says why it cannot)
+        return []
+    if isinstance(old, TimeBudget):
+        return []
+    state["runner_data"]["_stopper"] = {"_type": PICKLED, "value": cloudpickle.dumps(TimeBudget()).hex()}
+    return [f"gentune: the experiment state holds Ray Tune's {type(old).__name__} (a study started before "
+            "gentune's --time-budget stopper): replaced by it, so this run has this command's --time-budget "
+            "(without one it runs to its end)"]
 
 
 STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "basic-variant-state-*.json")

@@ -101,6 +101,45 @@ def test_a_snapshotted_checkpoint_deleted_since_is_replaced_by_the_older_one(fin
     assert trials.loc[trial_id, "fid_final"] == pytest.approx(earlier[trial_id][-1], rel=1e-9)
 
 
+@pytest.mark.slow
+def test_a_spent_stopper_of_a_study_from_before_gentunes_budget_is_replaced_by_one_that_takes_the_resumes(
+        finished, tmp_path, capsys):
+    # Studies started before 2026-12-05 hold Ray Tune's TimeoutStopper of their own --time-budget in the
+    # experiment state; Tune's restore brings it back spent, and every resume stopped at once (the
+    # resumed TimeBudget itself: test_study.py's time-budget test)
+    from ray import cloudpickle
+    from ray.tune.stopper import TimeoutStopper
+
+    from tuner.study.budget import TimeBudget
+    from tuner.study.resume import PICKLED, check_restorable
+
+    exp = copy_study(finished, tmp_path)
+    state_file = newest(exp, "experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    unpickle = lambda packed: cloudpickle.loads(bytes.fromhex(packed["value"]))  # noqa: E731
+    assert isinstance(unpickle(state["runner_data"]["_stopper"]), TimeBudget)  # today's studies have it
+    spent = TimeoutStopper(60)
+    spent._budget, spent._last_check = -0.5, None  # as a run its budget ended saved it
+    assert spent.stop_all()  # restored as it is, the run stops before any trial
+    state["runner_data"]["_stopper"] = {"_type": PICKLED, "value": cloudpickle.dumps(spent).hex()}
+    state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    check_restorable(exp, searched=True)
+    assert "the experiment state holds Ray Tune's TimeoutStopper" in capsys.readouterr().err
+    repaired = json.loads(state_file.read_text())
+    stopper = unpickle(repaired["runner_data"]["_stopper"])
+    TimeBudget.start(None)
+    assert isinstance(stopper, TimeBudget) and not stopper.stop_all()  # no budget given: it runs to its end
+    TimeBudget.start(0)
+    assert stopper.stop_all()  # a budget given to the resume is the one it keeps
+    TimeBudget.start(None)
+    del repaired["runner_data"]["_stopper"], state["runner_data"]["_stopper"]
+    assert repaired == state  # nothing else changed
+    before = digest(exp)
+    check_restorable(exp, searched=True)  # repaired once: nothing said or written again
+    assert capsys.readouterr().err == "" and digest(exp) == before
+
+
 # ------------------------------------------------------------------------------------------
 # refused: exit 2, one error line, nothing changed
 
