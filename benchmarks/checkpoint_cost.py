@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,14 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, str(root / "tuner" / "search.py"), *flags]
     print("$", " ".join(command[1:]), flush=True)
     load = common.LoadMonitor()
-    with load:
-        proc = subprocess.run(command, cwd=root, env=dict(os.environ), capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-        return proc.returncode
-    exp = store / "ckpt-cost"
-    saved = json.loads((exp / "search_config.json").read_text())["base"]
-    trials = {t: measure(rows) for t, rows in sorted(trial_rows(exp).items())}
+    try:
+        with load:
+            proc = subprocess.run(command, cwd=root, env=dict(os.environ), capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+            return proc.returncode
+        exp = store / "ckpt-cost"
+        saved = json.loads((exp / "search_config.json").read_text())["base"]
+        trials = {t: measure(rows) for t, rows in sorted(trial_rows(exp).items())}
+    finally:
+        shutil.rmtree(store, ignore_errors=True)  # the study was the instrument: what it measured is printed and saved
     rows, results = [], []
     for trial_id, m in trials.items():
         rows.append([trial_id, m["kimg"], m["evaluations"], m["checkpoints_between"], m["per_checkpoint_s"],

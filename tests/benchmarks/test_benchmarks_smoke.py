@@ -9,8 +9,10 @@ Nothing here asserts on a timing: the numbers of a smoke run mean nothing.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_MARK = "(SMOKE: tiny sizes"
+SYSTEM_TMP = Path(tempfile.gettempdir())  # where a benchmark's own temporary folders go unless TMPDIR is set
 
 # script -> (needs Fashion-MNIST, a line of the table it must print)
 SCRIPTS = {
@@ -45,8 +48,12 @@ def test_benchmark_smoke_run(name: str, request: pytest.FixtureRequest, tmp_path
     monkeypatch.setenv("GENTUNE_BENCH_REPORT", str(report))
     md = ROOT / "BENCHMARKS.md"
     results_before = {p.name for p in (ROOT / "benchmarks" / "results").glob("*.md")}
-    if name == "search_efficiency":  # its smoke plot goes to a mkdtemp folder, kept for a user to open: here, in tmp_path
-        monkeypatch.setenv("TMPDIR", str(tmp_path))
+    before_tmp = set(SYSTEM_TMP.glob("gentune-bench*"))
+    if name in ("search_efficiency", "vs_plain_optuna"):  # their experiments and smoke plot go to $TMPDIR (the plot
+        monkeypatch.setenv("TMPDIR", str(tmp_path))  # kept for a user to open): here, in tmp_path, not one more per suite
+        ray_tmp = tempfile.mkdtemp(prefix="gtbs", dir=SYSTEM_TMP)  # Ray's sockets need a short path (107 bytes)
+        request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
+        monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
 
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--smoke"], cwd=tmp_path,
                           env=dict(os.environ), capture_output=True, text=True, timeout=600)
@@ -59,6 +66,7 @@ def test_benchmark_smoke_run(name: str, request: pytest.FixtureRequest, tmp_path
     assert f"### {name}" in section and SMOKE_MARK in section and header in section
     assert not md.exists() or SMOKE_MARK not in md.read_text()
     assert {p.name for p in (ROOT / "benchmarks" / "results").glob("*.md")} == results_before
+    assert set(SYSTEM_TMP.glob("gentune-bench*")) <= before_tmp  # nothing left in the system temp
     if name == "trainer_throughput" and not torch.cuda.is_available():
         # the fractional-trials code path runs on the CPU in smoke mode (k = 1, 2 processes at once);
         # a real run measures it only on a GPU and otherwise says so
