@@ -33,6 +33,7 @@ SCRIPTS = {
     "pbt_vs_asha": (False, "| best FID at equal wall-clock: PBT vs ASHA |"),
     "vs_plain_optuna": (True, "| arm | seed | total kimg | equal compute (kimg) | best FID at equal compute |"),
     "inception_batch": (False, "| batch | images/s (median) | range |"),
+    "first_trial": (True, "| round | first trial started (s) |"),
 }
 
 
