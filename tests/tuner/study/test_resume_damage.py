@@ -128,11 +128,13 @@ def test_a_spent_stopper_of_a_study_from_before_gentunes_budget_is_replaced_by_o
     assert "the experiment state holds Ray Tune's TimeoutStopper" in capsys.readouterr().err
     repaired = json.loads(state_file.read_text())
     stopper = unpickle(repaired["runner_data"]["_stopper"])
-    TimeBudget.start(None)
-    assert isinstance(stopper, TimeBudget) and not stopper.stop_all()  # no budget given: it runs to its end
-    TimeBudget.start(0)
-    assert stopper.stop_all()  # a budget given to the resume is the one it keeps
-    TimeBudget.start(None)
+    try:
+        TimeBudget.start(None)
+        assert isinstance(stopper, TimeBudget) and not stopper.stop_all()  # no budget given: it runs to its end
+        TimeBudget.start(0)
+        assert stopper.stop_all()  # a budget given to the resume is the one it keeps
+    finally:
+        TimeBudget.start(None)  # the class holds the process's budget: none for the tests after this one
     del repaired["runner_data"]["_stopper"], state["runner_data"]["_stopper"]
     assert repaired == state  # nothing else changed
     before = digest(exp)
