@@ -111,30 +111,51 @@ def repair_experiment_state(state_file: Path, state: dict, exists: Callable[[str
 PICKLED = "CLOUDPICKLE_FALLBACK"  # how Tune's JSON encoder embeds an object JSON cannot hold (a cloudpickle, hex)
 
 
+def pickled_class(data: bytes) -> tuple[str, str] | None:
+    """(module, name) of the class a pickle of an object makes, read from its opcodes: nothing is
+    unpickled (a pickle runs code). None when the bytes are no pickle."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":  # protocols 0-3: "module name"
+                module, _, name = arg.partition(" ")
+                return module, name
+            if op.name == "STACK_GLOBAL":  # protocol 4+: the two strings pushed before it
+                return (strings[-2], strings[-1]) if len(strings) >= 2 else None
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 (not a pickle, or cut short)
+        return None
+    return None
+
+
 def legacy_stopper_repairs(state: dict) -> list[str]:
     """Tune pickles the stopper into the experiment state, and its restore brings that one back, not the
     one the resuming command passes (tuner/study/budget.py). Studies started before gentune gave every
     run its TimeBudget (2026-12-05) hold Tune's own: a NoopStopper (so a --time-budget given to the
     resume was ignored) or the TimeoutStopper of their own --time-budget, which comes back spent (so the
     resumed run stopped at once, every time). Such a stopper is replaced by a TimeBudget, which takes
-    this command's budget. An unreadable one is left to Tune's restore (RestoreGuard)."""
+    this command's budget. Its class is read from the pickle's opcodes, never by unpickling it; an
+    unreadable one is left to Tune's restore (RestoreGuard)."""
     from ray import cloudpickle
 
     from tuner.study.budget import TimeBudget
 
     packed = state["runner_data"].get("_stopper")
-    if not (isinstance(packed, dict) and packed.get("_type") == PICKLED):
+    if not (isinstance(packed, dict) and packed.get("_type") == PICKLED and isinstance(packed.get("value"), str)):
         return []
     try:
-        old = cloudpickle.loads(bytes.fromhex(packed["value"]))
-    except Exception:  # noqa: BLE001 (Tune's restore unpickles it too, and says why it cannot)
+        found = pickled_class(bytes.fromhex(packed["value"]))
+    except ValueError:  # not hex
         return []
-    if isinstance(old, TimeBudget):
+    if found is None or found == (TimeBudget.__module__, TimeBudget.__qualname__):
         return []
     state["runner_data"]["_stopper"] = {"_type": PICKLED, "value": cloudpickle.dumps(TimeBudget()).hex()}
-    return [f"gentune: the experiment state holds Ray Tune's {type(old).__name__} (a study started before "
-            "gentune's --time-budget stopper): replaced by it, so this run has this command's --time-budget "
-            "(without one it runs to its end)"]
+    return [f"gentune: the experiment state holds Ray Tune's {found[1]} (a study started before gentune's "
+            "--time-budget stopper): replaced by it, so this run has this command's --time-budget (without one "
+            "it runs to its end)"]
 
 
 STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "basic-variant-state-*.json")
