@@ -23,6 +23,8 @@ def format_record(record: dict) -> str:
     if record.get("diverged"):
         return f"kimg {record['kimg']:7.2f}  DIVERGED: {record['diverge_reason']}"
     parts = [f"kimg {record['kimg']:7.2f}", f"fid[{record['fid_backbone']}] {record['fid']:9.3f}"]
+    if "fid_ema" in record:  # --g-ema: the EMA of G, same backbone and samples
+        parts.append(f"fid_ema {record['fid_ema']:.3f}")
     for key in ("loss_d", "loss_g", "d_real", "d_fake", "loss", "recon", "kl", "elbo", "classes_covered"):
         if key in record:
             parts.append(f"{key} {record[key]:.4g}")

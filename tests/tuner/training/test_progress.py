@@ -84,3 +84,12 @@ def test_train_cli_prints_plain_progress_lines_when_piped(idx_mnist, tmp_path):
     at = [lines.index(line) for line in progress]  # the lines of the 1st .. 10th tenth
     assert at[4] < evals[0] < at[5] and at[9] < evals[1]
     assert lines[-1].startswith("done: best fid")
+
+
+def test_an_evaluation_line_shows_the_ema_fid_when_there_is_one():
+    from tuner.train import format_record
+
+    record = {"kimg": 4.0, "fid_backbone": "domain", "fid": 31.25, "img_per_s": 900.0, "loss_d": 0.5}
+    assert "fid_ema" not in format_record(record)
+    line = format_record({**record, "fid_ema": 28.5})
+    assert "fid[domain]    31.250" in line and "fid_ema 28.500" in line
