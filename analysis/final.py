@@ -11,11 +11,14 @@ own under OUT (default EXPERIMENT_DIR/rerun/final-<protocol>-<plan hash>): the s
 interrupt restores it (Tuner.restore) and continues; cells already in EXPERIMENT_DIR/rerun.parquet are
 not run again.
 
+`--set FIELD=VALUE` re-trains the configs with some model or optimiser fields changed (an ablation of
+the winner: `--set g_width=64`); the changes are recorded as the rows' `changes` ("g_width=64").
+
 Each finished cell becomes one row of rerun.parquet keyed by (trial_id, seed, fid_backbone,
-fid_samples, max_kimg, a domain FID's classifier, a VAE's latent sampler): the protocol is part of the
-key, so runs under different protocols never mix, and a cell done with another domain classifier is run
-again beside it. The file is rewritten atomically and only ever gains or updates rows. The FID reported as the
-result is the one of the LAST checkpoint (`fid_final`, and `fid_ema_final` for the generator's EMA);
+fid_samples, max_kimg, a domain FID's classifier, a VAE's latent sampler, changes): the protocol and the
+changes are part of the key, so runs under different protocols, or of a changed config, never mix with
+the config's own, and a cell done with another domain classifier is run again beside it. The file is
+rewritten atomically and only ever gains or updates rows. The FID reported as the result is the one of the LAST checkpoint (`fid_final`, and `fid_ema_final` for the generator's EMA);
 `fid_best` (the best evaluation, chosen on the test images) is kept for reference only.
 """
 
@@ -39,7 +42,11 @@ from tuner.config import LATENT_SAMPLERS, ConfigError, TrainConfig
 # images, Inception features), at 1000 kimg (~15.6k steps at batch 64), 3 seeds.
 FINAL_PROTOCOL = {"max_kimg": 1000.0, "fid_backbone": "inception", "fid_samples": 10000, "seeds": 3}
 KEY = ["trial_id", "seed", "fid_backbone", "fid_samples", "max_kimg", "domain_classifier_sha",  # domain FIDs only
-       "latent_sampler"]  # a VAE/AE's samples: prior (also every row written before it was recorded) | gmm
+       "latent_sampler",  # a VAE/AE's samples: prior (also every row written before it was recorded) | gmm
+       "changes"]  # --set's changed fields, "g_width=64, lr=0.001"; "" (and every row written before it) for none
+# --set FIELD=VALUE: the model and optimiser fields a re-run may change (the protocol has its own flags)
+CHANGEABLE = ("arch", "z_dim", "g_width", "d_width", "d_norm", "loss", "optimizer", "lr", "lr_d_ratio", "beta1", "beta2",
+              "n_critic", "clip_value", "gp_lambda", "batch_size", "kl_beta", "regularize", "dropout")
 COLUMNS = KEY + ["fid_final", "fid_best", "fid_ema_final", "fid_ema_best", "g_ema", "kimg", "wall_time_s", "diverged",
                  "precision", "dataset", "family", "loss", "scored_checkpoint", "config", "finished_at"]
 # set per run, not per config: these come from the run's own base config (tuner.study.driver.resolve_gpus)
@@ -58,6 +65,7 @@ class Protocol:
     eval_every_kimg: float | None = None  # None: max_kimg / EVALS_PER_RUN
     g_ema: float | None = None  # None: each trial's own; GAN trials only (the EMA draws no RNG: G trains the same)
     latent_sampler: str | None = None  # None: each trial's own; VAE/AE trials only (it changes the scored samples only)
+    changes: tuple[tuple[str, Any], ...] = ()  # --set: (field, value) pairs in field order, CHANGEABLE fields only
 
     def __post_init__(self) -> None:
         from tuner.config import BACKBONES
@@ -74,12 +82,17 @@ class Protocol:
             raise ConfigError(f"invalid latent_sampler={self.latent_sampler!r}: allowed one of {', '.join(LATENT_SAMPLERS)}")
         if self.eval_every_kimg is not None and not self.eval_every_kimg >= 0:
             raise ConfigError(f"invalid eval_every_kimg={self.eval_every_kimg!r}: allowed a number >= 0")
+        for name, _ in self.changes:
+            if name not in CHANGEABLE:
+                raise ConfigError(f"invalid set {name}: allowed fields {', '.join(CHANGEABLE)}")
 
     def apply(self, cfg: TrainConfig, seed: int) -> TrainConfig:
         """The trial's config under this protocol: new seed, budget, metric; evaluations spread evenly
         over the budget (the study's ASHA rungs dropped)."""
         max_kimg = self.max_kimg if self.max_kimg is not None else cfg.max_kimg
         every = self.eval_every_kimg if self.eval_every_kimg is not None else max_kimg / EVALS_PER_RUN
+        if self.changes:  # a changed config is validated as any other (ConfigError names the field)
+            cfg = cfg.replace(**dict(self.changes))
         if self.g_ema is not None and cfg.family == "gan":
             cfg = cfg.replace(g_ema=self.g_ema)
         if self.latent_sampler is not None and cfg.family != "gan":
@@ -87,6 +100,38 @@ class Protocol:
         return cfg.replace(seed=seed, max_kimg=max_kimg, eval_every_kimg=min(every, max_kimg), eval_at_kimg=(),
                            fid_backbone=self.fid_backbone or cfg.fid_backbone,
                            fid_samples=self.fid_samples or cfg.fid_samples)
+
+
+def parse_changes(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """--set FIELD=VALUE flags -> Protocol.changes: each value typed as its TrainConfig field ("none" for an
+    optional field's None); a field given twice keeps the last value. Raises ConfigError."""
+    from tuner.config import coerce, field_types
+
+    types, out = field_types(TrainConfig), {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in CHANGEABLE:
+            raise ConfigError(f"invalid set {item!r}: allowed FIELD=VALUE with FIELD one of {', '.join(CHANGEABLE)}")
+        kind, optional = types[name]
+        text = text.strip()
+        try:
+            if optional and text.lower() == "none":
+                value = None
+            elif kind is bool:
+                value = {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+            else:
+                value = kind(text)
+        except (KeyError, ValueError):
+            allowed = "true or false" if kind is bool else f"a {kind.__name__}" + (" or none" if optional else "")
+            raise ConfigError(f"invalid set {name}={text!r}: allowed {allowed}") from None
+        out[name] = coerce(TrainConfig, name, value)
+    return tuple((k, out[k]) for k in CHANGEABLE if k in out)
+
+
+def changes_label(changes: tuple[tuple[str, Any], ...]) -> str:
+    """Protocol.changes as a row records it: "g_width=64, lr=0.001" ("" for none)."""
+    return ", ".join(f"{k}={v}" for k, v in changes)
 
 
 def top_trials(trials: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -127,7 +172,8 @@ def plan(trials: pd.DataFrame, top: int, seeds: int, first_seed: int, protocol: 
     for row in best.to_dict("records"):
         cfg = config_of(row)
         for seed in range(first_seed, first_seed + seeds):
-            cells.append({"trial_id": str(row["trial_id"]), "seed": seed, "config": protocol.apply(cfg, seed).resolved()})
+            cells.append({"trial_id": str(row["trial_id"]), "seed": seed, "config": protocol.apply(cfg, seed).resolved(),
+                          "changes": changes_label(protocol.changes)})
     return cells
 
 
@@ -151,16 +197,22 @@ def row_sampler(row: dict[str, Any]) -> str:
     return value if isinstance(value, str) and value else "prior"
 
 
+def row_changes(row: dict[str, Any]) -> str:
+    """A row's --set changes: "" for none, and for rows written before they were recorded (none)."""
+    value = row.get("changes")
+    return value if isinstance(value, str) else ""
+
+
 def row_key(row: dict[str, Any]) -> tuple:
     return (str(row["trial_id"]), int(row["seed"]), str(row["fid_backbone"]), int(row["fid_samples"]), float(row["max_kimg"]),
-            row_classifier(row), row_sampler(row))
+            row_classifier(row), row_sampler(row), row_changes(row))
 
 
 def cell_key(cell: dict[str, Any]) -> tuple:
     """A planned cell's key; its "classifier" is the domain classifier it will score with (`with_classifier_ids`)."""
     cfg = cell["config"]
     return (cell["trial_id"], cell["seed"], cfg.fid_backbone, cfg.fid_samples, float(cfg.max_kimg),
-            cell.get("classifier") if cfg.fid_backbone == "domain" else None, cfg.latent_sampler)
+            cell.get("classifier") if cfg.fid_backbone == "domain" else None, cfg.latent_sampler, cell.get("changes", ""))
 
 
 def with_classifier_ids(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -208,23 +260,26 @@ def with_classifier(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_protocol_columns(runs: pd.DataFrame) -> pd.DataFrame:
-    """rerun rows with every protocol column a table groups by filled: `classifier` (`with_classifier`)
-    and `latent_sampler` (`row_sampler`: "prior" where a row does not record one)."""
+    """rerun rows with every protocol column a table groups by filled: `classifier` (`with_classifier`),
+    `latent_sampler` (`row_sampler`: "prior" where a row does not record one) and `changes` (`row_changes`)."""
     runs = with_classifier(runs)
-    return runs.assign(latent_sampler=[row_sampler(r) for r in runs.to_dict("records")]) if len(runs) else runs
+    records = runs.to_dict("records")
+    return runs.assign(latent_sampler=[row_sampler(r) for r in records],
+                       changes=[row_changes(r) for r in records]) if len(runs) else runs
 
 
 def protocol_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """rerun rows split by protocol (KEY's fid_backbone, fid_samples, max_kimg, a domain FID's classifier
-    and a VAE's latent sampler, named when it is not the prior), each with its description ("" when no
-    row records one): summarised apart, never mixed."""
+    """rerun rows split by protocol (KEY's fid_backbone, fid_samples, max_kimg, a domain FID's classifier,
+    a VAE's latent sampler, named when it is not the prior, and --set's changes, named when there are some),
+    each with its description ("" when no row records one): summarised apart, never mixed."""
     runs = with_protocol_columns(runs)
-    keys = [c for c in ("fid_backbone", "fid_samples", "max_kimg", "classifier", "latent_sampler") if c in runs]
+    keys = [c for c in ("fid_backbone", "fid_samples", "max_kimg", "classifier", "latent_sampler", "changes") if c in runs]
     groups = []
     for key, part in runs.groupby(keys, dropna=False, sort=False):
         values = key if isinstance(key, tuple) else (key,)
         groups.append((", ".join(f"{k} {v}" for k, v in zip(keys, values)
-                                 if not pd.isna(v) and (k, v) != ("latent_sampler", "prior")), part))  # prior: as ever
+                                 if not pd.isna(v) and (k, v) not in (("latent_sampler", "prior"), ("changes", ""))),
+                       part))  # the prior, no changes: as ever
     return groups
 
 
@@ -310,7 +365,7 @@ def row_of(cell: dict[str, Any], metrics: pd.DataFrame) -> dict[str, Any] | None
         "g_ema": float(cfg.g_ema), "kimg": float(last.get("kimg", math.nan)),
         "wall_time_s": float(last.get("time_s", math.nan)), "diverged": diverged, "precision": precision,
         "dataset": cfg.dataset, "family": cfg.family, "loss": cfg.loss, "scored_checkpoint": "last",
-        "latent_sampler": cfg.latent_sampler,
+        "latent_sampler": cfg.latent_sampler, "changes": cell.get("changes", ""),
         "domain_classifier_sha": (metrics["domain_classifier_sha"].dropna().iloc[-1]  # the domain FID's classifier
                                   if "domain_classifier_sha" in metrics and metrics["domain_classifier_sha"].notna().any()
                                   else None),
@@ -421,6 +476,10 @@ def add_arguments(p) -> None:
     g.add_argument("--latent-sampler", default=None, choices=LATENT_SAMPLERS,
                    help="where a VAE/AE's scored samples come from: prior (N(0, I)) | gmm (an ex-post Gaussian mixture "
                         "of its codes, Ghosh et al. 2020) [each trial's own]")
+    g.add_argument("--set", dest="changes", action="append", default=[], metavar="FIELD=VALUE",
+                   help=f"re-train with this field changed (repeatable; an ablation of the winner, e.g. g_width=64); "
+                        f"FIELD one of {', '.join(CHANGEABLE)}; rows record it as `changes` and never mix with the "
+                        "config's own")
     g.add_argument("--eval-every-kimg", type=float, default=None,
                    help=f"evaluate and checkpoint every this many kimg [max_kimg / {EVALS_PER_RUN}]; the last is scored")
     c = p.add_argument_group("checkpoints (no evaluation; resume from the last one after a kill)")
@@ -458,7 +517,7 @@ def resolve(args) -> dict[str, Any]:
             raise ConfigError(f"invalid {name}={value!r}: allowed a finite number >= 0 (0 = off)")
     protocol = Protocol(max_kimg=values.get("max_kimg"), fid_backbone=values.get("fid_backbone"),
                         fid_samples=values.get("fid_samples"), eval_every_kimg=args.eval_every_kimg, g_ema=args.g_ema,
-                        latent_sampler=args.latent_sampler)
+                        latent_sampler=args.latent_sampler, changes=parse_changes(args.changes))
     return {"top": args.top, "seeds": seeds, "first_seed": args.first_seed, "protocol": protocol, "out": args.out,
             "device": args.device, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
             "address": args.address, "max_failures": args.max_failures, "max_concurrent": args.max_concurrent,

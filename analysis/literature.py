@@ -85,9 +85,10 @@ def literature_section(name: str, trials, runs) -> str:
     labels = trials.set_index("trial_id")["label"].to_dict() if "label" in trials else {}
     rows, placements, datasets = [], [], set()
     runs = with_protocol_columns(runs)  # a domain FID's classifier is part of its protocol, and so is a VAE's sampler
-    groups = runs.groupby(["trial_id", "fid_backbone", "fid_samples", "max_kimg", "classifier", "latent_sampler"],
+    groups = runs.groupby(["trial_id", "fid_backbone", "fid_samples", "max_kimg", "classifier", "latent_sampler", "changes"],
                           sort=False, dropna=False)
-    for (trial_id, backbone, samples, kimg, classifier, sampler), g in groups:
+    for (trial_id, backbone, samples, kimg, classifier, sampler, changes), g in groups:
+        label = labels.get(trial_id, trial_id) + (f", re-trained with {changes}" if changes else "")
         first = g.iloc[0]
         dataset, family = str(first.get("dataset")), str(first.get("family"))
         loss = first.get("loss") if isinstance(first.get("loss"), str) else None
@@ -110,13 +111,13 @@ def literature_section(name: str, trials, runs) -> str:
             if sampler == "gmm":
                 gap += ("; its samples come from an ex-post Gaussian mixture of its codes (Ghosh et al. 2020), "
                         "Table 2's VAE samples its N(0, I) prior")
-            placements.append(f"- {labels.get(trial_id, trial_id)}: FID {fmt.fid(mean)} would place {place} of "
+            placements.append(f"- {label}: FID {fmt.fid(mean)} would place {place} of "
                               f"{len(order)} among Table 2's {dataset} models ({model} there: {fmt.fid(published[0])}){gap}.")
         else:
-            placements.append(f"- {labels.get(trial_id, trial_id)} ({backbone}, {fmt.count(samples)} samples): not ranked "
+            placements.append(f"- {label} ({backbone}, {fmt.count(samples)} samples): not ranked "
                               f"against Table 2: {why}.")
         rows.append({
-            "config": labels.get(trial_id, trial_id),
+            "config": label,
             "trial": f"`{trial_id}`",
             "protocol": f"{backbone}, {fmt.count(samples)} samples, {fmt.kimg(kimg)} kimg"
                         + (f", classifier {classifier}" if isinstance(classifier, str) else "")

@@ -7,9 +7,10 @@ Runs analysis.final.run_final: the top-K trials by best FID (diverged trials and
 finite FID skipped) x seeds FIRST_SEED .. FIRST_SEED+S-1, as one Ray Tune run (grid, FIFO,
 checkpoints and retries as a study), continued by the same command after an interrupt.
 --max-kimg, --fid-backbone and --fid-samples override the trials' own values, --final sets the
-literature's protocol. Each run's files go to DIR/ (default EXPERIMENT_DIR/rerun); its rows are
-appended to EXPERIMENT_DIR/rerun.parquet, keyed by (trial_id, seed, fid_backbone, fid_samples,
-max_kimg), so runs with different protocols never mix. The report (python -m analysis.report) then
+literature's protocol; `--set FIELD=VALUE` re-trains them with a model or optimiser field changed (an
+ablation: `--set g_width=64`). Each run's files go to DIR/ (default EXPERIMENT_DIR/rerun); its rows are
+appended to EXPERIMENT_DIR/rerun.parquet, keyed by (trial_id, seed, the protocol, the changes), so runs
+with different protocols, or of a changed config, never mix. The report (python -m analysis.report) then
 shows mean +- std FID per config and whether the ranking holds. See analysis/final.py.
 """
 

@@ -9,8 +9,8 @@ benchmarks/results/final-eval.json (with --smoke: final-eval-smoke.json, never t
 {dataset, fid_backbone, fid_samples, max_kimg, precision, seeds, fids (one per seed, in seed
 order, each the LAST checkpoint's FID), fids_ema and g_ema (when a run kept an EMA of G: one FID per
 seed, null for a seed run without one), latent_sampler (a VAE's: prior or gmm), config (the latest run's), trial_id,
-experiment}. Extra flags are passed to analysis.rerun, e.g. `--eval-every-kimg 1000` (one evaluation,
-at the end) and `--checkpoint-every-min M` / `--checkpoint-every-kimg K` (checkpoints between
+experiment, and changes when the run re-trained the winner with `--set FIELD=VALUE`}. Extra flags are passed
+to analysis.rerun, e.g. `--eval-every-kimg 1000` (one evaluation, at the end), `--set g_width=64` and `--checkpoint-every-min M` / `--checkpoint-every-kimg K` (checkpoints between
 evaluations: a killed run continues from the last one; default every 2 minutes).
 """
 
@@ -34,15 +34,18 @@ def result(exp: Path) -> dict:
     """The winner's rows of the protocol just run, as the result file's dict."""
     import pandas as pd
 
-    from analysis.final import row_sampler, top_trials
+    from analysis.final import row_changes, row_sampler, top_trials
 
     best = top_trials(pd.read_parquet(exp / "trials.parquet"), 1)["trial_id"].iloc[0]
     rows = pd.read_parquet(exp / "rerun.parquet")
     rows = rows[rows["trial_id"] == best]
     latest = rows.sort_values("finished_at").iloc[-1]  # the protocol of the run just made
-    sampler = pd.Series([row_sampler(r) for r in rows.to_dict("records")], index=rows.index)
+    records = rows.to_dict("records")
+    sampler = pd.Series([row_sampler(r) for r in records], index=rows.index)
+    changes = pd.Series([row_changes(r) for r in records], index=rows.index)  # --set: never mixed with the winner's own
     same = rows[(rows["fid_backbone"] == latest["fid_backbone"]) & (rows["fid_samples"] == latest["fid_samples"])
-                & (rows["max_kimg"] == latest["max_kimg"]) & (sampler == row_sampler(latest.to_dict()))].sort_values("seed")
+                & (rows["max_kimg"] == latest["max_kimg"]) & (sampler == row_sampler(latest.to_dict()))
+                & (changes == row_changes(latest.to_dict()))].sort_values("seed")
     out = {
         "experiment": str(exp), "trial_id": str(best), "dataset": str(latest["dataset"]),
         "fid_backbone": str(latest["fid_backbone"]), "fid_samples": int(latest["fid_samples"]),
@@ -50,6 +53,8 @@ def result(exp: Path) -> dict:
         "seeds": [int(s) for s in same["seed"]], "fids": [float(f) for f in same["fid_final"]],
         "scored_checkpoint": "last", "latent_sampler": row_sampler(latest.to_dict()), "config": json.loads(latest["config"]),
     }
+    if row_changes(latest.to_dict()):
+        out["changes"] = row_changes(latest.to_dict())  # the winner re-trained with these fields changed (--set)
     decays = pd.to_numeric(same["g_ema"], errors="coerce").fillna(0.0)
     emas = [float(f) if d > 0 and math.isfinite(f) else None
             for f, d in zip(pd.to_numeric(same["fid_ema_final"], errors="coerce"), decays)]

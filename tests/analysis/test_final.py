@@ -55,11 +55,50 @@ def test_protocol_applies_to_a_config_and_asks_again_for_a_missing_ema():
                                          (["--fid-samples", "1"], "fid_samples"), (["--top", "0"], "top"),
                                          (["--gpus-per-trial", "2"], "gpus_per_trial"),
                                          (["--g-ema", "1"], "g_ema"),
-                                         (["--checkpoint-every-min", "-1"], "checkpoint_every_min")])
+                                         (["--checkpoint-every-min", "-1"], "checkpoint_every_min"),
+                                         (["--set", "nosuch=1"], "g_width"),  # the allowed fields are named
+                                         (["--set", "g_width"], "FIELD=VALUE"),
+                                         (["--set", "g_width=wide"], "g_width"),
+                                         (["--set", "regularize=maybe"], "true or false")])
 def test_bad_flags_give_one_error_line_and_exit_2(argv, field, tmp_path, capsys):
     assert rerun_main([str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and field in err[0]
+
+
+def test_set_changes_fields_of_the_config_and_its_rows_never_mix_with_the_configs_own(tmp_path):
+    from analysis.final import cell_key, done_keys, is_done, parse_changes, protocol_groups
+    from analysis.literature import literature_section
+    from tuner.config import ConfigError, TrainConfig
+
+    s = settings("--final", "--set", "lr=1e-3", "--set", "g_width=64", "--set", "clip_value=none", "--set", "g_width=48")
+    changes = s["protocol"].changes
+    assert changes == (("g_width", 48), ("lr", 0.001), ("clip_value", None))  # field order; the last g_width wins
+    assert parse_changes(["regularize=True"]) == (("regularize", True),) and parse_changes([]) == ()
+    cfg = TrainConfig(dataset="fashion-mnist", loss="lsgan", g_width=32, lr=5e-4)
+    out = s["protocol"].apply(cfg, 2)
+    assert (out.g_width, out.lr, out.seed, out.max_kimg, out.loss) == (48, 0.001, 2, 1000.0, "lsgan")
+    with pytest.raises(ConfigError, match="g_width"):  # a changed config is validated as any other
+        Protocol(changes=(("g_width", 0),)).apply(cfg, 1)
+    with pytest.raises(ConfigError, match="seed"):
+        Protocol(changes=(("seed", 3),))
+    row = dict(trial_id="a", seed=1, fid_backbone="inception", fid_samples=10000, max_kimg=1000.0, g_ema=0.0,
+               fid_final=20.0, dataset="fashion-mnist", family="gan", loss="lsgan", precision="bf16")
+    own = {"trial_id": "a", "seed": 1, "config": Protocol(max_kimg=1000.0, fid_backbone="inception",
+                                                         fid_samples=10000).apply(cfg, 1).resolved()}
+    changed = {**own, "config": out.replace(seed=1).resolved(), "changes": "g_width=48, lr=0.001, clip_value=None"}
+    assert cell_key(own)[-1] == "" and cell_key(changed)[-1] == changed["changes"]
+    assert is_done(own, done_keys(pd.DataFrame([row]))) and not is_done(changed, done_keys(pd.DataFrame([row])))
+    path = tmp_path / "rerun.parquet"
+    merge_rows(path, [row])
+    merge_rows(path, [{**row, "changes": "g_width=64", "fid_final": 17.0}])  # beside the config's own row
+    rows = pd.read_parquet(path)
+    assert sorted(rows["fid_final"]) == [17.0, 20.0]
+    groups = protocol_groups(rows)
+    assert [(d.endswith("changes g_width=64"), list(g["fid_final"])) for d, g in groups] == [(False, [20.0]), (True, [17.0])]
+    text = literature_section("e", pd.DataFrame([{"trial_id": "a", "label": "lsgan a"}]), rows)
+    table = [line for line in text.splitlines() if line.startswith("| lsgan a")]
+    assert len(table) == 2 and sum("lsgan a, re-trained with g_width=64 |" in line for line in table) == 1
 
 
 def test_rows_merge_by_protocol_key_and_never_shrink(tmp_path):
@@ -204,7 +243,20 @@ def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_
     by_seed = rows.set_index("seed")
     assert out["fids"] == [by_seed.loc[7, "fid_final"], by_seed.loc[8, "fid_final"]]
     assert out["fids_ema"] == [by_seed.loc[7, "fid_ema_final"], by_seed.loc[8, "fid_ema_final"]]
-    assert out["precision"] in ("fp32", "bf16") and out["config"]["g_ema"] == 0.9
+    assert out["precision"] in ("fp32", "bf16") and out["config"]["g_ema"] == 0.9 and "changes" not in out
+
+    # the winner re-trained with a field changed (--set): its own row, beside the two; the result file is its
+    fourth = Driver([*argv[:3], "--seeds", "1", *argv[5:], "--set", "g_width=12"], tmp_path, "fourth", rerun)
+    assert fourth.wait(300) == 0, fourth.log.read_text()[-3000:]
+    after = pd.read_parquet(exp / "rerun.parquet")
+    assert len(after) == 3
+    pd.testing.assert_frame_equal(after[after["changes"] == ""].reset_index(drop=True), rows.assign(changes=""),
+                                  check_dtype=False)
+    new = after[after["changes"] == "g_width=12"]
+    assert list(new["seed"]) == [7] and '"g_width": 12' in new["config"].iloc[0]
+    assert new["fid_final"].iloc[0] not in set(rows["fid_final"])  # another generator, another FID
+    out = result(exp)
+    assert out["changes"] == "g_width=12" and out["seeds"] == [7] and out["config"]["g_width"] == 12
 
 
 def test_literature_section_shows_both_tables_and_ranks_only_comparable_rows():
