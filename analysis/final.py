@@ -123,7 +123,7 @@ def parse_changes(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, Any], 
             else:
                 value = kind(text)
         except (KeyError, ValueError):
-            allowed = "true or false" if kind is bool else f"a {kind.__name__}" + (" or none" if optional else "")
+            allowed = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string") + (" or none" if optional else "")
             raise ConfigError(f"invalid set {name}={text!r}: allowed {allowed}") from None
         out[name] = coerce(TrainConfig, name, value)
     return tuple((k, out[k]) for k in CHANGEABLE if k in out)

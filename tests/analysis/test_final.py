@@ -58,7 +58,8 @@ def test_protocol_applies_to_a_config_and_asks_again_for_a_missing_ema():
                                          (["--checkpoint-every-min", "-1"], "checkpoint_every_min"),
                                          (["--set", "nosuch=1"], "g_width"),  # the allowed fields are named
                                          (["--set", "g_width"], "FIELD=VALUE"),
-                                         (["--set", "g_width=wide"], "g_width"),
+                                         (["--set", "g_width=wide"], "g_width='wide': allowed an integer"),
+                                         (["--set", "lr=fast"], "lr='fast': allowed a number or none"),
                                          (["--set", "regularize=maybe"], "true or false")])
 def test_bad_flags_give_one_error_line_and_exit_2(argv, field, tmp_path, capsys):
     assert rerun_main([str(tmp_path), *argv]) == 2
