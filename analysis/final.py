@@ -18,8 +18,9 @@ Each finished cell becomes one row of rerun.parquet keyed by (trial_id, seed, fi
 fid_samples, max_kimg, a domain FID's classifier, a VAE's latent sampler, changes): the protocol and the
 changes are part of the key, so runs under different protocols, or of a changed config, never mix with
 the config's own, and a cell done with another domain classifier is run again beside it. The file is
-rewritten atomically and only ever gains or updates rows. The FID reported as the result is the one of the LAST checkpoint (`fid_final`, and `fid_ema_final` for the generator's EMA);
-`fid_best` (the best evaluation, chosen on the test images) is kept for reference only.
+rewritten atomically and only ever gains or updates rows. The FID reported as the result is the one of
+the LAST checkpoint (`fid_final`, and `fid_ema_final` for the generator's EMA); `fid_best` (the best
+evaluation, chosen on the test images) is kept for reference only.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def parse_changes(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, Any], 
             else:
                 value = kind(text)
         except (KeyError, ValueError):
-            allowed = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string") + (" or none" if optional else "")
+            allowed = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+            allowed += " or none" if optional else ""
             raise ConfigError(f"invalid set {name}={text!r}: allowed {allowed}") from None
         out[name] = coerce(TrainConfig, name, value)
     return tuple((k, out[k]) for k in CHANGEABLE if k in out)
