@@ -9,9 +9,10 @@ benchmarks/results/final-eval.json (with --smoke: final-eval-smoke.json, never t
 {dataset, fid_backbone, fid_samples, max_kimg, precision, seeds, fids (one per seed, in seed
 order, each the LAST checkpoint's FID), fids_ema and g_ema (when a run kept an EMA of G: one FID per
 seed, null for a seed run without one), latent_sampler (a VAE's: prior or gmm), config (the latest run's), trial_id,
-experiment, and changes when the run re-trained the winner with `--set FIELD=VALUE`}. Extra flags are passed
-to analysis.rerun, e.g. `--eval-every-kimg 1000` (one evaluation, at the end), `--set g_width=64` and `--checkpoint-every-min M` / `--checkpoint-every-kimg K` (checkpoints between
-evaluations: a killed run continues from the last one; default every 2 minutes).
+experiment, and changes when the run re-trained the winner with `--set FIELD=VALUE`}. Extra flags are
+passed to analysis.rerun, e.g. `--eval-every-kimg 1000` (one evaluation, at the end), `--set g_width=64`
+and `--checkpoint-every-min M` / `--checkpoint-every-kimg K` (checkpoints between evaluations: a killed
+run continues from the last one; default every 2 minutes).
 """
 
 from __future__ import annotations
