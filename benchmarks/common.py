@@ -284,3 +284,21 @@ def publish(text: str, args: argparse.Namespace, name: str | None = None) -> Pat
         print(f"Reminder: update the \"Latest result\" of `## {name}` in BENCHMARKS.md (and its row at a glance), "
               f"with a link to {shown}.")
     return out
+
+
+def processes_under(path: Path) -> dict[int, str]:
+    """pid -> command line of every live process of one driver run: its command line names `path` (the
+    run's Ray temp dir), or it inherited RAY_TMPDIR=path (Ray's workers rename themselves ray::...).
+    Used by benchmarks/first_trial.py and by the tests' drivers (tests/conftest.py) to end what a run left."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and (str(path) in cmdline or f"RAY_TMPDIR={path}".encode() in environ):
+            found[int(entry.name)] = cmdline
+    return found

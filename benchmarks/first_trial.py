@@ -46,22 +46,6 @@ def build_parser():
     return p
 
 
-def processes_under(path: Path) -> list[int]:
-    """Live processes of one run: their command line names its Ray temp folder, or they inherited it."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline and (str(path).encode() in cmdline or f"RAY_TMPDIR={path}".encode() in environ):
-            found.append(int(entry.name))
-    return found
-
-
 def one_round(flags: list[str], cache: Path | None, timeout: float) -> float | None:
     root = common.ROOT
     work = Path(tempfile.mkdtemp(prefix="gentune-bench-first-"))
@@ -98,7 +82,7 @@ def one_round(flags: list[str], cache: Path | None, timeout: float) -> float | N
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
     finally:
-        for pid in processes_under(ray_tmp):
+        for pid in common.processes_under(ray_tmp):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -60,6 +60,19 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]  # the project root (tests/ is one level down)
 
 
+def import_benchmarks_common():
+    """benchmarks/common.py (the benchmarks' shared helpers), imported without leaving benchmarks/ on sys.path."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return common
+
+
+processes_under = import_benchmarks_common().processes_under  # the processes of one driver run, by its Ray temp dir
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than about 10 s on 2 CPU cores")
 
@@ -299,23 +312,6 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
             pytest.fail(f"process exited (rc {proc.returncode}) while waiting for {what}")
         time.sleep(poll)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def processes_under(path: Path) -> dict[int, str]:
-    """pid -> command line of every live process of a driver run: its command line names `path` (the
-    run's Ray temp dir), or it inherited RAY_TMPDIR=path (Ray's workers rename themselves ray::...)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline and (str(path) in cmdline or f"RAY_TMPDIR={path}".encode() in environ):
-            found[int(entry.name)] = cmdline
-    return found
 
 
 class Driver:

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import import_benchmarks_common
+
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_MARK = "(SMOKE: tiny sizes"
 SYSTEM_TMP = Path(tempfile.gettempdir())  # where a benchmark's own temporary folders go unless TMPDIR is set
@@ -76,17 +78,8 @@ def test_benchmark_smoke_run(name: str, request: pytest.FixtureRequest, tmp_path
         assert "| GPU | 1, 2, 4 | — | not measured: no GPU on this machine |" in section
 
 
-def import_common():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import common
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return common
-
-
 def test_a_real_run_goes_to_the_results_folder_and_a_smoke_run_nowhere(monkeypatch):
-    common = import_common()
+    common = import_benchmarks_common()
     parse = common.parser("x").parse_args
     monkeypatch.delenv(common.REPORT_ENV, raising=False)
     assert common.report_path(parse([])) == common.RESULTS_DIR == ROOT / "benchmarks" / "results"
@@ -102,7 +95,7 @@ def test_a_real_run_writes_a_new_dated_file_and_never_overwrites_one(tmp_path, m
     file is left, and each prints its path and the reminder to update BENCHMARKS.md."""
     import datetime as real_dt
 
-    common = import_common()
+    common = import_benchmarks_common()
 
     class FixedClock:  # every call lands in the same minute
         timezone = real_dt.timezone
