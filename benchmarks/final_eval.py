@@ -41,21 +41,22 @@ def result(exp: Path) -> dict:
     rows = pd.read_parquet(exp / "rerun.parquet")
     rows = rows[rows["trial_id"] == best]
     latest = rows.sort_values("finished_at").iloc[-1]  # the protocol of the run just made
+    sampler, changes = row_sampler(latest.to_dict()), row_changes(latest.to_dict())
     records = rows.to_dict("records")
-    sampler = pd.Series([row_sampler(r) for r in records], index=rows.index)
-    changes = pd.Series([row_changes(r) for r in records], index=rows.index)  # --set: never mixed with the winner's own
     same = rows[(rows["fid_backbone"] == latest["fid_backbone"]) & (rows["fid_samples"] == latest["fid_samples"])
-                & (rows["max_kimg"] == latest["max_kimg"]) & (sampler == row_sampler(latest.to_dict()))
-                & (changes == row_changes(latest.to_dict()))].sort_values("seed")
+                & (rows["max_kimg"] == latest["max_kimg"])
+                & pd.Series([row_sampler(r) == sampler for r in records], index=rows.index)
+                & pd.Series([row_changes(r) == changes for r in records], index=rows.index)  # --set: never mixed
+                ].sort_values("seed")
     out = {
         "experiment": str(exp), "trial_id": str(best), "dataset": str(latest["dataset"]),
         "fid_backbone": str(latest["fid_backbone"]), "fid_samples": int(latest["fid_samples"]),
         "max_kimg": float(latest["max_kimg"]), "precision": sorted({str(p) for p in same["precision"].dropna()}),
         "seeds": [int(s) for s in same["seed"]], "fids": [float(f) for f in same["fid_final"]],
-        "scored_checkpoint": "last", "latent_sampler": row_sampler(latest.to_dict()), "config": json.loads(latest["config"]),
+        "scored_checkpoint": "last", "latent_sampler": sampler, "config": json.loads(latest["config"]),
     }
-    if row_changes(latest.to_dict()):
-        out["changes"] = row_changes(latest.to_dict())  # the winner re-trained with these fields changed (--set)
+    if changes:
+        out["changes"] = changes  # the winner re-trained with these fields changed (--set)
     decays = pd.to_numeric(same["g_ema"], errors="coerce").fillna(0.0)
     emas = [float(f) if d > 0 and math.isfinite(f) else None
             for f, d in zip(pd.to_numeric(same["fid_ema_final"], errors="coerce"), decays)]
