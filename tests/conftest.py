@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import json
 import os
 import secrets
@@ -60,17 +61,17 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]  # the project root (tests/ is one level down)
 
 
-def import_benchmarks_common():
-    """benchmarks/common.py (the benchmarks' shared helpers), imported without leaving benchmarks/ on sys.path."""
+def import_benchmark(name: str):
+    """benchmarks/NAME.py (`common`: the benchmarks' shared helpers), imported without leaving benchmarks/ on
+    sys.path."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        import common
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    return common
 
 
-processes_under = import_benchmarks_common().processes_under  # the processes of one driver run, by its Ray temp dir
+processes_under = import_benchmark("common").processes_under  # the processes of one driver run, by its Ray temp dir
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,7 +4,6 @@ run that a SIGKILL interrupts and the same command continues, protocol-keyed row
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +12,7 @@ import pytest
 from analysis.final import FINAL_PROTOCOL, Protocol, merge_rows, resolve
 from analysis.rerun import build_parser
 from analysis.rerun import main as rerun_main
-from conftest import REPO, TINY_TRIAL, Driver, run_study, wait_for
+from conftest import TINY_TRIAL, Driver, import_benchmark, run_study, wait_for
 
 
 
@@ -233,11 +232,7 @@ def test_rerun_runs_through_ray_continues_after_sigkill_and_skips_done_rows(idx_
     pd.testing.assert_frame_equal(pd.read_parquet(exp / "rerun.parquet"), rows)
 
     # benchmarks/final_eval.py's result file, from these rows (the winner's, in seed order)
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from final_eval import result
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    result = import_benchmark("final_eval").result
     out = result(exp)
     assert {k: out[k] for k in ("dataset", "fid_backbone", "fid_samples", "max_kimg", "seeds")} == {
         "dataset": "mnist", "fid_backbone": "domain", "fid_samples": 48, "max_kimg": 0.5, "seeds": [7, 8]}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import import_benchmarks_common
+from conftest import import_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_MARK = "(SMOKE: tiny sizes"
@@ -79,7 +79,7 @@ def test_benchmark_smoke_run(name: str, request: pytest.FixtureRequest, tmp_path
 
 
 def test_a_real_run_goes_to_the_results_folder_and_a_smoke_run_nowhere(monkeypatch):
-    common = import_benchmarks_common()
+    common = import_benchmark("common")
     parse = common.parser("x").parse_args
     monkeypatch.delenv(common.REPORT_ENV, raising=False)
     assert common.report_path(parse([])) == common.RESULTS_DIR == ROOT / "benchmarks" / "results"
@@ -95,7 +95,7 @@ def test_a_real_run_writes_a_new_dated_file_and_never_overwrites_one(tmp_path, m
     file is left, and each prints its path and the reminder to update BENCHMARKS.md."""
     import datetime as real_dt
 
-    common = import_benchmarks_common()
+    common = import_benchmark("common")
 
     class FixedClock:  # every call lands in the same minute
         timezone = real_dt.timezone
@@ -129,11 +129,7 @@ def test_final_eval_result_names_the_seeds_that_kept_an_ema(tmp_path):
     a run kept no EMA (never a number it did not measure), and g_ema names the decay."""
     import pandas as pd
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from final_eval import result
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    result = import_benchmark("final_eval").result
     pd.DataFrame({"trial_id": ["w", "x"], "fid_best": [40.0, 50.0], "status": ["completed"] * 2}).to_parquet(
         tmp_path / "trials.parquet")
     base = dict(trial_id="w", dataset="fashion-mnist", fid_backbone="inception", fid_samples=10000, max_kimg=1000.0,
