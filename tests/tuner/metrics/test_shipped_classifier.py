@@ -22,6 +22,7 @@ from tuner.metrics.fid import cli as fid_cli
 
 FASHION = domain.SHIPPED["fashion-mnist"]
 FASHION_ID = FASHION["weights_sha256"][:domain.ID_LENGTH]
+MNIST_ID = domain.SHIPPED["mnist"]["weights_sha256"][:domain.ID_LENGTH]
 # `python -m tuner.fid fashion-mnist:train fashion-mnist:test --backbone domain --limit 1000` with the shipped
 # classifier, measured 2026-12-04 on an AMD EPYC (AVX512): 6.257614483 with the CPU's own instruction sets
 # (1 or 2 threads, batch 256 or 1000), 6.257614388 capped to AVX2 (ATEN_CPU_CAPABILITY=avx2
@@ -30,6 +31,13 @@ FASHION_ID = FASHION["weights_sha256"][:domain.ID_LENGTH]
 # pinned to 6 significant digits (and prints as 6.2576 everywhere).
 FLOOR_1000 = 6.2576145
 FLOOR_TOLERANCE = 2e-6
+# The same for MNIST (`mnist:train mnist:test`), measured 2026-12-06 on an Intel Xeon (AVX512-BF16):
+# 67.648062334 with the CPU's own instruction sets (2 threads), 67.648062870 with 1 thread, 67.648059976
+# capped to AVX2, 67.648061598 capped to SSE4.1. Ten times Fashion-MNIST's floor: the features are larger
+# (their covariance's trace 1335 against 558), and the first 1000 test images are from other writers than
+# the first 1000 training images (train[:1000] against train[1000:2000] gives 19.8).
+MNIST_FLOOR_1000 = 67.648061
+MNIST_FLOOR_TOLERANCE = 5e-6
 TOOL = REPO / "tools" / "train_domain_classifier.py"
 
 
@@ -80,7 +88,7 @@ def test_shipped_files_match_their_pinned_checksums_and_are_package_data():
         # the file is exactly what classifier_bytes makes of its contents: no time or host inside
         blob = torch.load(path, weights_only=True)
         assert domain.classifier_bytes(blob["state_dict"], blob["meta"]) == path.read_bytes()
-    assert "mnist" not in domain.SHIPPED  # none trained yet: no MNIST where the shipped files were made
+    assert set(domain.SHIPPED) == set(domain.TARGET_ACCURACY)  # one for every dataset gentune knows
 
 
 def test_weights_sha256_covers_names_shapes_and_values():
@@ -92,24 +100,31 @@ def test_weights_sha256_covers_names_shapes_and_values():
     assert domain.weights_sha256(a) != domain.weights_sha256(flipped)  # one ulp of one value
 
 
-def test_the_shipped_classifier_is_loaded_not_trained(clean_backbones, monkeypatch):
+@pytest.mark.parametrize("dataset, classifier_id", [("fashion-mnist", FASHION_ID), ("mnist", MNIST_ID)])
+def test_the_shipped_classifier_is_loaded_not_trained(dataset, classifier_id, clean_backbones, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("trained (or read the data) despite the shipped classifier")
 
     monkeypatch.setattr(domain, "train_classifier", no_training)
     monkeypatch.setattr(domain, "load_split", no_training)
-    bb = get_backbone("domain", "fashion-mnist")
-    assert bb.meta["source"] == "shipped" and bb.classifier_id == FASHION_ID
-    assert bb.cache_key == f"domain-fashion-mnist-n60000-v{domain.VERSION}-{FASHION_ID}"
+    bb = get_backbone("domain", dataset)
+    assert bb.meta["source"] == "shipped" and bb.classifier_id == classifier_id
+    assert bb.cache_key == f"domain-{dataset}-n60000-v{domain.VERSION}-{classifier_id}"
     assert not (clean_backbones / "domain").exists()  # nothing trained, nothing cached
-    assert get_backbone("domain", "fashion-mnist", classifier="shipped") is bb
+    assert get_backbone("domain", dataset, classifier="shipped") is bb
 
 
-def test_mnist_has_none_and_trains_on_first_use(idx_mnist):
+def test_a_train_limit_trains_instead_of_the_shipped_mnist_classifier(idx_mnist, monkeypatch):
+    """idx_mnist's tests score with the classifier of its own tiny data ($GENTUNE_DOMAIN_TRAIN_LIMIT); without
+    the variable the same data is scored with the shipped one, trained on real MNIST."""
     get_backbone.cache_clear()
-    bb = get_backbone("domain", "mnist")
-    assert bb.meta["source"] == "trained" and bb.meta["n_train"] == 512
-    assert bb.classifier_id == domain.weights_sha256(bb.model.state_dict())[:12]
+    own = get_backbone("domain", "mnist")
+    assert own.meta["source"] == "trained" and own.meta["n_train"] == 512
+    assert own.classifier_id == domain.weights_sha256(own.model.state_dict())[:12] != MNIST_ID
+    monkeypatch.delenv(domain.TRAIN_LIMIT_ENV)
+    shipped = get_backbone("domain", "mnist")
+    assert shipped.meta["source"] == "shipped" and shipped.classifier_id == MNIST_ID
+    assert shipped.cache_key != own.cache_key
     get_backbone.cache_clear()
 
 
@@ -147,6 +162,17 @@ def test_fashion_real_vs_real_floor_is_pinned(fashion_mirror, clean_backbones, c
     assert capsys.readouterr().out.strip() == f"FID (domain classifier {FASHION_ID}, 1000 vs 1000): 6.2576"
 
 
+@pytest.mark.slow
+def test_mnist_real_vs_real_floor_is_pinned(mnist_mirror, clean_backbones, capsys):
+    argv = ["mnist:train", "mnist:test", "--backbone", "domain", "--limit", "1000"]
+    assert fid_cli.main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["domain_classifier_sha"] == MNIST_ID
+    assert result["fid"] == pytest.approx(MNIST_FLOOR_1000, abs=MNIST_FLOOR_TOLERANCE)
+    assert fid_cli.main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"FID (domain classifier {MNIST_ID}, 1000 vs 1000): 67.6481"
+
+
 # ------------------------------------------------------------------------------------------
 # the script, a user's file, every record naming its classifier
 
@@ -166,10 +192,11 @@ def test_the_script_is_deterministic_and_its_file_is_usable(idx_mnist, tmp_path,
     assert fid_cli.main([*argv, "--domain-classifier", str(a)]) == 0
     from_file = json.loads(capsys.readouterr().out)
     assert from_file["domain_classifier_sha"] == meta["weights_sha256"][:12]
-    assert fid_cli.main(argv) == 0  # MNIST's default: trained on first use on all 512 images, another classifier
-    trained = json.loads(capsys.readouterr().out)
-    assert trained["domain_classifier_sha"] != from_file["domain_classifier_sha"]
-    assert trained["fid"] != from_file["fid"]
+    monkeypatch.delenv(domain.TRAIN_LIMIT_ENV)
+    assert fid_cli.main(argv) == 0  # MNIST's default: the shipped classifier, another feature space
+    shipped = json.loads(capsys.readouterr().out)
+    assert shipped["domain_classifier_sha"] == MNIST_ID != from_file["domain_classifier_sha"]
+    assert shipped["fid"] != from_file["fid"]
     with pytest.raises(domain.ClassifierError, match="allowed a fashion-mnist classifier"):
         domain.load_classifier("fashion-mnist", str(a))
     # a relative path is made absolute once, where the command runs: trials run in their own folders

@@ -139,8 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default=None,
                         help="dataset whose classifier the domain backbone uses when neither A nor B is a dataset split")
     parser.add_argument("--domain-classifier", default="shipped",
-                        help="the domain backbone's classifier: shipped (the package's; MNIST has none and trains one "
-                             "on first use) | train (train one on this machine, cached) | PATH of a classifier file "
+                        help="the domain backbone's classifier: shipped (the package's, one per dataset) | train (train one on this machine, cached) | PATH of a classifier file "
                              "[default: shipped]")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of each set")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
