@@ -152,25 +152,20 @@ def test_train_flag_trains_its_own_classifier_with_its_own_id(clean_backbones, t
 
 
 @pytest.mark.slow
-def test_fashion_real_vs_real_floor_is_pinned(fashion_mirror, clean_backbones, capsys):
-    argv = ["fashion-mnist:train", "fashion-mnist:test", "--backbone", "domain", "--limit", "1000"]
+@pytest.mark.parametrize("dataset, mirror, classifier_id, floor, tolerance, printed", [
+    ("fashion-mnist", "fashion_mirror", FASHION_ID, FLOOR_1000, FLOOR_TOLERANCE, "6.2576"),
+    ("mnist", "mnist_mirror", MNIST_ID, MNIST_FLOOR_1000, MNIST_FLOOR_TOLERANCE, "67.6481"),
+])
+def test_real_vs_real_floor_is_pinned(dataset, mirror, classifier_id, floor, tolerance, printed, request,
+                                      clean_backbones, capsys):
+    request.getfixturevalue(mirror)  # the real data (skips where absent)
+    argv = [f"{dataset}:train", f"{dataset}:test", "--backbone", "domain", "--limit", "1000"]
     assert fid_cli.main([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["domain_classifier_sha"] == FASHION_ID
-    assert result["fid"] == pytest.approx(FLOOR_1000, abs=FLOOR_TOLERANCE)
+    assert result["domain_classifier_sha"] == classifier_id
+    assert result["fid"] == pytest.approx(floor, abs=tolerance)
     assert fid_cli.main(argv) == 0  # the sentence, from the cached statistics
-    assert capsys.readouterr().out.strip() == f"FID (domain classifier {FASHION_ID}, 1000 vs 1000): 6.2576"
-
-
-@pytest.mark.slow
-def test_mnist_real_vs_real_floor_is_pinned(mnist_mirror, clean_backbones, capsys):
-    argv = ["mnist:train", "mnist:test", "--backbone", "domain", "--limit", "1000"]
-    assert fid_cli.main([*argv, "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["domain_classifier_sha"] == MNIST_ID
-    assert result["fid"] == pytest.approx(MNIST_FLOOR_1000, abs=MNIST_FLOOR_TOLERANCE)
-    assert fid_cli.main(argv) == 0
-    assert capsys.readouterr().out.strip() == f"FID (domain classifier {MNIST_ID}, 1000 vs 1000): 67.6481"
+    assert capsys.readouterr().out.strip() == f"FID (domain classifier {classifier_id}, 1000 vs 1000): {printed}"
 
 
 # ------------------------------------------------------------------------------------------
