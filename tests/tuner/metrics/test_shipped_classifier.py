@@ -1,5 +1,5 @@
-"""The shipped domain classifiers (tuner/assets, `tuner.metrics.domain.SHIPPED`): pinned checksums, loaded instead
-of trained, the Fashion-MNIST real-vs-real floor pinned, a user's own classifier (`--domain-classifier
+"""The shipped domain classifiers (tuner/metrics/assets, `tuner.metrics.domain.SHIPPED`): pinned checksums, loaded
+instead of trained, the real-vs-real floors pinned (Fashion-MNIST; MNIST where real MNIST is present), a user's own classifier (`--domain-classifier
 train` or a file), every evaluation naming its classifier, and a file that fails its checksum."""
 
 from __future__ import annotations
