@@ -13,10 +13,10 @@ written with `torch.save` and read back with `torch.load(weights_only=True)`.
 Shipped classifiers: the package holds the Fashion-MNIST and MNIST classifiers, each trained once by
 tools/train_domain_classifier.py (deterministic, one thread) and pinned by its file's SHA-256
 (`SHIPPED`), so every machine scores in the same feature space. `load_classifier` chooses:
-`shipped` (the default: the package's file; a dataset without one would be trained on first use as
-above), `train` (train on this machine, cached), or the path of a classifier file (one the
-script wrote). A classifier's identity is the SHA-256 of its weights (`weights_sha256`); its first
-12 hex digits are the `domain_classifier` of every evaluation record.
+`shipped` (the default: the package's file), `train` (train on this machine, cached, as above), or
+the path of a classifier file (one the script wrote). A classifier's identity is the SHA-256 of its
+weights (`weights_sha256`); its first 12 hex digits are the `domain_classifier` of every evaluation
+record.
 """
 
 from __future__ import annotations
@@ -298,10 +298,9 @@ def classifier_bytes(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> by
     return buffer.getvalue()
 
 
-def shipped_path(dataset: str) -> Path | None:
-    """The package's classifier file for `dataset`, or None where the package ships none."""
-    entry = SHIPPED.get(dataset)
-    return None if entry is None else ASSET_DIR / entry["file"]
+def shipped_path(dataset: str) -> Path:
+    """The package's classifier file for `dataset` (every dataset gentune knows has one)."""
+    return ASSET_DIR / SHIPPED[dataset]["file"]
 
 
 def load_classifier_file(path: str | Path, expected_sha256: str | None = None,
@@ -353,7 +352,7 @@ def load_classifier(dataset: str, source: str | None = "shipped", *, cache_dir: 
     """The dataset's domain classifier (eval mode, on `device`) and its metadata, from `source`:
 
     - `shipped` (default): the package's checked file (`SHIPPED`); when a train limit is set
-      ($GENTUNE_DOMAIN_TRAIN_LIMIT), or for a dataset the package ships none for, as `train`;
+      ($GENTUNE_DOMAIN_TRAIN_LIMIT), as `train`;
     - `train`: trained on this machine on first use, then cached (`load_or_train`);
     - a path: a classifier file (tools/train_domain_classifier.py --out PATH), checked.
 
@@ -363,7 +362,7 @@ def load_classifier(dataset: str, source: str | None = "shipped", *, cache_dir: 
         raise ValueError(f"invalid dataset={dataset!r}: allowed one of {', '.join(TARGET_ACCURACY)}")
     source = resolve_source(source)
     limit = resolve_train_limit(train_limit)
-    if source == "shipped" and limit is None and dataset in SHIPPED:
+    if source == "shipped" and limit is None:
         path = shipped_path(dataset)
         state, meta = load_classifier_file(path, SHIPPED[dataset]["sha256"], dataset)
         meta = {**meta, "source": "shipped", "path": str(path)}
